@@ -1,0 +1,73 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Batchhouse",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "batchhouse", targets: ["batchhouse"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "BatchhouseCore"),
+        .target(
+            name: "BatchhouseConfig",
+            dependencies: ["BatchhouseCore", .product(name: "Yams", package: "Yams")]
+        ),
+        .target(
+            name: "BatchhouseUpstream",
+            dependencies: [
+                "CCurl", "CZlib", "BatchhouseCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "BatchhouseServer",
+            dependencies: [
+                "BatchhouseCore", "BatchhouseConfig", "BatchhouseUpstream",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "batchhouse",
+            dependencies: [
+                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(name: "BatchhouseCoreTests", dependencies: ["BatchhouseCore"]),
+        .testTarget(name: "BatchhouseConfigTests", dependencies: ["BatchhouseConfig", "BatchhouseCore"]),
+        .testTarget(
+            name: "BatchhouseUpstreamTests",
+            dependencies: ["BatchhouseUpstream", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "BatchhouseIntegrationTests",
+            dependencies: [
+                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore", "BatchhouseUpstream",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,226 @@
+/// A batch closed for appends, ready to go upstream as one INSERT.
+public struct SealedBatch: Sendable {
+    /// Unique within the process; kept across retries.
+    public var id: UInt64
+    public var key: BatchKey
+    public var rule: TableRule
+    /// The request body: header (for *WithNames formats) followed by the concatenated rows.
+    public var data: [UInt8]
+    public var rows: Int
+    /// How many client requests contributed rows.
+    public var requests: Int
+    public var trigger: FlushTrigger
+    public var firstRowAt: Instant
+    public var sealedAt: Instant
+
+    public init(
+        id: UInt64, key: BatchKey, rule: TableRule, data: [UInt8], rows: Int, requests: Int,
+        trigger: FlushTrigger, firstRowAt: Instant, sealedAt: Instant
+    ) {
+        self.id = id
+        self.key = key
+        self.rule = rule
+        self.data = data
+        self.rows = rows
+        self.requests = requests
+        self.trigger = trigger
+        self.firstRowAt = firstRowAt
+        self.sealedAt = sealedAt
+    }
+}
+
+/// The bytes of one open batch, joined as ClickHouse needs them (DESIGN.md, "Formats and concatenation").
+public struct BatchBuffer: Sendable {
+    public private(set) var data: [UInt8]
+    public private(set) var rows: Int = 0
+    public private(set) var requests: Int = 0
+    public let format: InputFormat
+    /// Bytes of row data, without the header (what `max_bytes` and memory limits count).
+    public private(set) var rowBytes: Int = 0
+    private let headerBytes: Int
+
+    public init(format: InputFormat, header: [UInt8]?, reservingCapacity capacity: Int = 0) {
+        self.format = format
+        var data: [UInt8] = []
+        data.reserveCapacity(capacity + (header?.count ?? 0))
+        if let header {
+            data.append(contentsOf: header)
+            if header.last != UInt8(ascii: "\n") { data.append(UInt8(ascii: "\n")) }
+        }
+        self.data = data
+        self.headerBytes = data.count
+    }
+
+    /// The bytes a chunk adds to a batch, separators included.
+    public func joinedSize(of chunk: Int, endsWithNewline: Bool) -> Int {
+        chunk + separatorCost(endsWithNewline: endsWithNewline)
+    }
+
+    private func separatorCost(endsWithNewline: Bool) -> Int {
+        switch format {
+        case .values: return rows > 0 || requests > 0 ? 1 : 0
+        case .rowBinary, .native: return 0
+        case .jsonEachRow, .jsonCompactEachRow, .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes:
+            return 1
+        default: return endsWithNewline ? 0 : 1
+        }
+    }
+
+    /// Appends one request's rows (already validated by the row scanner).
+    public mutating func append(_ chunk: UnsafeRawBufferPointer, rows chunkRows: Int, endsWithNewline: Bool) {
+        let before = data.count
+        switch format {
+        case .values:
+            if requests > 0 && !chunk.isEmpty { data.append(UInt8(ascii: ",")) }
+            data.append(contentsOf: chunk)
+        case .rowBinary, .native:
+            data.append(contentsOf: chunk)
+        case .jsonEachRow, .jsonCompactEachRow, .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes:
+            data.append(contentsOf: chunk)
+            data.append(UInt8(ascii: "\n"))
+        default:
+            data.append(contentsOf: chunk)
+            if !endsWithNewline && !chunk.isEmpty { data.append(UInt8(ascii: "\n")) }
+        }
+        if !chunk.isEmpty { requests += 1 }
+        rows += chunkRows
+        rowBytes += data.count - before
+    }
+
+    public var isEmpty: Bool { data.count == headerBytes }
+}
+
+/// Every open batch, keyed by `BatchKey`: where rows wait for their flush.
+///
+/// A plain value with no clock and no locks: callers pass `now` and serialise access themselves.
+public struct BatchStore: Sendable {
+    struct OpenBatch: Sendable {
+        var buffer: BatchBuffer
+        var rule: TableRule
+        var firstRowAt: Instant
+        var deadline: Instant
+    }
+
+    private var open: [BatchKey: OpenBatch] = [:]
+    private var nextID: UInt64
+    public private(set) var bufferedRows = 0
+    public private(set) var bufferedBytes = 0
+
+    /// `firstBatchID` lets a restarted process continue numbering after what its spool already holds.
+    public init(firstBatchID: UInt64 = 1) {
+        self.nextID = firstBatchID
+    }
+
+    public var openBatchCount: Int { open.count }
+
+    /// Appends a request's rows to the open batch of `key`, opening one if needed.
+    /// Returns the batches that must go upstream now: at most one sealed before the append (the chunk would
+    /// have crossed `max_bytes`) and one sealed after it (a size limit reached).
+    public mutating func append(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant
+    ) -> [SealedBatch] {
+        var sealed: [SealedBatch] = []
+        if var batch = open[key] {
+            batch.rule = rule
+            let incoming = batch.buffer.joinedSize(of: chunk.count, endsWithNewline: endsWithNewline)
+            if FlushPolicy.mustFlushBefore(appending: incoming, to: batch.buffer.rowBytes, rule: rule) {
+                open[key] = nil
+                sealed.append(seal(key: key, batch, trigger: .bytes, now: now))
+            } else {
+                open[key] = batch
+            }
+        }
+        var batch = open.removeValue(forKey: key) ?? OpenBatch(
+            buffer: BatchBuffer(format: key.format, header: key.header, reservingCapacity: min(rule.maxBytes, 64 * 1024)),
+            rule: rule,
+            firstRowAt: now,
+            deadline: FlushPolicy.deadline(rule: rule, firstRowAt: now)
+        )
+        let before = batch.buffer.rowBytes
+        batch.buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline)
+        bufferedRows += rows
+        bufferedBytes += batch.buffer.rowBytes - before
+        if let trigger = FlushPolicy.trigger(rule: rule, rows: batch.buffer.rows, bytes: batch.buffer.rowBytes) {
+            sealed.append(seal(key: key, batch, trigger: trigger, now: now))
+        } else {
+            open[key] = batch
+        }
+        return sealed
+    }
+
+    /// Seals every batch whose deadline is at or before `now`.
+    public mutating func sealDue(now: Instant) -> [SealedBatch] {
+        var due: [SealedBatch] = []
+        for (key, batch) in open where batch.deadline <= now {
+            open[key] = nil
+            due.append(seal(key: key, batch, trigger: .time, now: now))
+        }
+        return due.sorted { $0.id < $1.id }
+    }
+
+    /// The earliest deadline of any open batch.
+    public var nextDeadline: Instant? {
+        open.values.lazy.map(\.deadline).min()
+    }
+
+    /// Seals everything (shutdown, or a reload that must close batches).
+    public mutating func sealAll(trigger: FlushTrigger, now: Instant) -> [SealedBatch] {
+        let all = open.map { seal(key: $0.key, $0.value, trigger: trigger, now: now) }
+        open.removeAll()
+        return all.sorted { $0.id < $1.id }
+    }
+
+    /// Applies new rules to open batches (hot reload): each keeps its rows and first-row time, gets the new
+    /// deadline, and is sealed at once if it already meets the new rule's limits.
+    public mutating func updateRules(now: Instant, _ ruleFor: (BatchKey) -> TableRule) -> [SealedBatch] {
+        var sealed: [SealedBatch] = []
+        for (key, var batch) in open {
+            let rule = ruleFor(key)
+            batch.rule = rule
+            batch.deadline = FlushPolicy.deadline(rule: rule, firstRowAt: batch.firstRowAt)
+            if rule.passthrough || rule.strategy == .immediate
+                || FlushPolicy.trigger(rule: rule, rows: batch.buffer.rows, bytes: batch.buffer.rowBytes) != nil
+            {
+                open[key] = nil
+                sealed.append(seal(key: key, batch, trigger: .reload, now: now))
+            } else {
+                open[key] = batch
+            }
+        }
+        return sealed.sorted { $0.id < $1.id }
+    }
+
+    /// Buffered rows and bytes per `db.table`, for gauges.
+    public func bufferedByTable() -> [String: (rows: Int, bytes: Int)] {
+        var result: [String: (rows: Int, bytes: Int)] = [:]
+        for (key, batch) in open {
+            let name = key.qualifiedTable
+            let current = result[name] ?? (0, 0)
+            result[name] = (current.rows + batch.buffer.rows, current.bytes + batch.buffer.rowBytes)
+        }
+        return result
+    }
+
+    /// A batch of one request's rows that never waits in the store (the `immediate` strategy).
+    public mutating func single(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant
+    ) -> SealedBatch {
+        var buffer = BatchBuffer(format: key.format, header: key.header, reservingCapacity: chunk.count + 1)
+        buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline)
+        defer { nextID += 1 }
+        return SealedBatch(
+            id: nextID, key: key, rule: rule, data: buffer.data, rows: rows, requests: 1,
+            trigger: .immediate, firstRowAt: now, sealedAt: now
+        )
+    }
+
+    private mutating func seal(key: BatchKey, _ batch: OpenBatch, trigger: FlushTrigger, now: Instant) -> SealedBatch {
+        bufferedRows -= batch.buffer.rows
+        bufferedBytes -= batch.buffer.rowBytes
+        defer { nextID += 1 }
+        return SealedBatch(
+            id: nextID, key: key, rule: batch.rule, data: batch.buffer.data, rows: batch.buffer.rows,
+            requests: batch.buffer.requests, trigger: trigger, firstRowAt: batch.firstRowAt, sealedAt: now
+        )
+    }
+}

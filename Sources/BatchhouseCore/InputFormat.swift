@@ -1,0 +1,53 @@
+/// An input format ClickHouse accepts on INSERT, as far as batching is concerned.
+///
+/// Only formats whose chunks can be concatenated are batchable; everything else is
+/// forwarded to ClickHouse as received (see DESIGN.md, request path item 6).
+public enum InputFormat: String, Sendable, Hashable, CaseIterable {
+    case values = "Values"
+    case tabSeparated = "TabSeparated"
+    case tabSeparatedRaw = "TabSeparatedRaw"
+    case tabSeparatedWithNames = "TabSeparatedWithNames"
+    case tabSeparatedWithNamesAndTypes = "TabSeparatedWithNamesAndTypes"
+    case csv = "CSV"
+    case csvWithNames = "CSVWithNames"
+    case jsonEachRow = "JSONEachRow"
+    case jsonCompactEachRow = "JSONCompactEachRow"
+    case jsonCompactEachRowWithNames = "JSONCompactEachRowWithNames"
+    case jsonCompactEachRowWithNamesAndTypes = "JSONCompactEachRowWithNamesAndTypes"
+    case tskv = "TSKV"
+    case rowBinary = "RowBinary"
+    case native = "Native"
+
+    /// Resolves a format name as written in `FORMAT name`, including ClickHouse's aliases.
+    /// Returns nil for formats that cannot be batched (Parquet, Avro, Template, ...) or unknown names.
+    public init?(clickHouseName name: String) {
+        switch name {
+        case "TSV": self = .tabSeparated
+        case "TSVRaw", "TabSeparatedRaw": self = .tabSeparatedRaw
+        case "TSVWithNames": self = .tabSeparatedWithNames
+        case "TSVWithNamesAndTypes": self = .tabSeparatedWithNamesAndTypes
+        case "JSONLines", "NDJSON": self = .jsonEachRow
+        default:
+            guard let format = InputFormat(rawValue: name) else { return nil }
+            self = format
+        }
+    }
+
+    /// How many header lines (or header arrays) precede the rows. They are part of the batch key
+    /// and are written once at the head of a batch.
+    public var headerRows: Int {
+        switch self {
+        case .tabSeparatedWithNames, .csvWithNames, .jsonCompactEachRowWithNames: return 1
+        case .tabSeparatedWithNamesAndTypes, .jsonCompactEachRowWithNamesAndTypes: return 2
+        default: return 0
+        }
+    }
+
+    /// Whether rows are counted structurally (true) or the data is only concatenated as bytes.
+    public var isRowCounted: Bool {
+        switch self {
+        case .rowBinary, .native: return false
+        default: return true
+        }
+    }
+}

@@ -1,0 +1,197 @@
+/// What a ClickHouse HTTP request says besides its body: the `query` parameter, the database, who sends it
+/// and which settings apply. Parsed from the URL's query string and the headers ClickHouse reads.
+public struct RequestParameters: Sendable, Hashable {
+    /// The `query` URL parameter, decoded; the statement is this + "\n" + body.
+    public var query: String?
+    /// `database` parameter, else the `X-ClickHouse-Database` header.
+    public var database: String?
+    public var identity: ClientIdentity
+    /// URL parameters that are ClickHouse settings (everything not in `nonSettingParameters`).
+    public var settings: [Setting]
+    /// `decompress=1`: the body is in ClickHouse's native compression, which is not batched.
+    public var decompress: Bool
+
+    /// URL parameters ClickHouse's HTTP handler reads itself; every other parameter is a setting.
+    /// `query_id` and `session_*` are deliberately not part of a batch key and not forwarded with batches.
+    public static let nonSettingParameters: Set<String> = [
+        "query", "database", "default_format", "user", "password", "quota_key", "query_id", "session_id",
+        "session_timeout", "session_check", "compress", "decompress", "buffer_size", "wait_end_of_query",
+        "stacktrace", "role", "client_protocol_version", "with_stacktrace",
+    ]
+
+    public init(query: String?, database: String?, identity: ClientIdentity, settings: [Setting], decompress: Bool) {
+        self.query = query
+        self.database = database
+        self.identity = identity
+        self.settings = settings
+        self.decompress = decompress
+    }
+
+    /// - Parameters:
+    ///   - uriQuery: the part of the request target after `?` (without it), still percent-encoded.
+    ///   - header: looks a request header up by lowercase name.
+    public init(uriQuery: Substring, header: (String) -> String?) {
+        var query: String?
+        var database: String?
+        var user: String?
+        var password: String?
+        var settings: [Setting] = []
+        var decompress = false
+        for (name, value) in QueryString.parse(uriQuery) {
+            switch name {
+            case "query": query = value
+            case "database": database = value
+            case "user": user = value
+            case "password": password = value
+            case "decompress": decompress = value != "0" && !value.isEmpty
+            default:
+                if !Self.nonSettingParameters.contains(name) && !name.hasPrefix("param_") {
+                    settings.append(Setting(name: name, value: value))
+                }
+            }
+        }
+        if database == nil || database?.isEmpty == true, let headerDatabase = header("x-clickhouse-database"),
+            !headerDatabase.isEmpty
+        {
+            database = headerDatabase
+        }
+        if user == nil { user = header("x-clickhouse-user") }
+        if password == nil { password = header("x-clickhouse-key") }
+        if user == nil && password == nil, let authorization = header("authorization"),
+            let basic = BasicAuthorization(headerValue: authorization)
+        {
+            user = basic.user
+            password = basic.password
+        }
+        self.init(
+            query: query,
+            database: database?.isEmpty == true ? nil : database,
+            identity: ClientIdentity(user: user, password: password),
+            settings: settings,
+            decompress: decompress
+        )
+    }
+}
+
+/// `Authorization: Basic base64(user:password)`.
+public struct BasicAuthorization: Sendable, Hashable {
+    public var user: String
+    public var password: String
+
+    public init?(headerValue: String) {
+        let parts = headerValue.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "basic",
+            let decoded = Base64.decode(parts[1].trimmingSpaces())
+        else { return nil }
+        let text = String(decoding: decoded, as: UTF8.self)
+        guard let colon = text.firstIndex(of: ":") else { return nil }
+        user = String(text[..<colon])
+        password = String(text[text.index(after: colon)...])
+    }
+}
+
+/// Decoding of `application/x-www-form-urlencoded` query strings, as ClickHouse's HTTP handler reads them:
+/// `&`-separated, `%XX` escapes, `+` as space.
+public enum QueryString {
+    public static func parse(_ query: Substring) -> [(name: String, value: String)] {
+        var items: [(name: String, value: String)] = []
+        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+            if let equals = pair.firstIndex(of: "=") {
+                items.append((decode(pair[..<equals]), decode(pair[pair.index(after: equals)...])))
+            } else {
+                items.append((decode(pair), ""))
+            }
+        }
+        return items
+    }
+
+    public static func decode(_ text: Substring) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            switch byte {
+            case UInt8(ascii: "+"):
+                bytes.append(UInt8(ascii: " "))
+            case UInt8(ascii: "%"):
+                let high = iterator.next()
+                let low = iterator.next()
+                if let high, let low, let h = hexValue(high), let l = hexValue(low) {
+                    bytes.append(h << 4 | l)
+                } else {
+                    bytes.append(byte)
+                    if let high { bytes.append(high) }
+                    if let low { bytes.append(low) }
+                }
+            default:
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Percent-encodes a value for a query string (RFC 3986 unreserved characters stay as they are).
+    public static func encode(_ text: String) -> String {
+        var out = ""
+        out.reserveCapacity(text.utf8.count)
+        let hex = Array("0123456789ABCDEF".utf8)
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."),
+                UInt8(ascii: "~"):
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            default:
+                out.unicodeScalars.append("%")
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 0xf)]))
+            }
+        }
+        return out
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}
+
+enum Base64 {
+    static func decode(_ text: Substring) -> [UInt8]? {
+        var out: [UInt8] = []
+        var buffer: UInt32 = 0
+        var bits = 0
+        for byte in text.utf8 {
+            let value: UInt8
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = byte - UInt8(ascii: "A")
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = byte - UInt8(ascii: "a") + 26
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = byte - UInt8(ascii: "0") + 52
+            case UInt8(ascii: "+"), UInt8(ascii: "-"): value = 62
+            case UInt8(ascii: "/"), UInt8(ascii: "_"): value = 63
+            case UInt8(ascii: "="): continue
+            default: return nil
+            }
+            buffer = buffer << 6 | UInt32(value)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8(truncatingIfNeeded: buffer >> UInt32(bits)))
+            }
+        }
+        return out
+    }
+}
+
+extension Substring {
+    func trimmingSpaces() -> Substring {
+        var result = self
+        while result.first == " " || result.first == "\t" { result.removeFirst() }
+        while result.last == " " || result.last == "\t" { result.removeLast() }
+        return result
+    }
+}

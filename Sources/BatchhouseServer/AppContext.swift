@@ -1,0 +1,45 @@
+import BatchhouseConfig
+import BatchhouseCore
+import BatchhouseUpstream
+import Logging
+import Synchronization
+
+/// What every connection's handler shares: the current configuration, the batcher, the flusher,
+/// the upstream client and the metrics. Swapping `configuration` is how a reload takes effect.
+final class AppContext: Sendable {
+    let batcher: Batcher
+    let flusher: Flusher
+    let sender: BatchSender
+    let client: CurlClient
+    let metrics: BatchhouseMetrics
+    let logger: Logger
+    let startedAt: ContinuousClock.Instant
+    private let current: Mutex<BatchhouseConfiguration>
+    private let acceptingInserts = Mutex(true)
+
+    init(
+        configuration: BatchhouseConfiguration, batcher: Batcher, flusher: Flusher, sender: BatchSender,
+        client: CurlClient, metrics: BatchhouseMetrics, logger: Logger
+    ) {
+        self.current = Mutex(configuration)
+        self.batcher = batcher
+        self.flusher = flusher
+        self.sender = sender
+        self.client = client
+        self.metrics = metrics
+        self.logger = logger
+        self.startedAt = .now
+    }
+
+    var configuration: BatchhouseConfiguration { current.withLock { $0 } }
+
+    func replaceConfiguration(_ configuration: BatchhouseConfiguration) {
+        current.withLock { $0 = configuration }
+    }
+
+    /// False once shutdown began: `/ping` answers 503 so load balancers move away.
+    var isAcceptingInserts: Bool {
+        get { acceptingInserts.withLock { $0 } }
+        set { acceptingInserts.withLock { $0 = newValue } }
+    }
+}

@@ -1,0 +1,86 @@
+import BatchhouseCore
+import Synchronization
+
+/// The shared `BatchStore` behind a lock, plus the global memory limit. Event loops append to it;
+/// the flush scheduler seals due batches; sealed batches go to the `Flusher`.
+final class Batcher: Sendable {
+    enum AppendResult: Sendable {
+        case accepted
+        case overMemoryLimit(bufferedBytes: Int)
+    }
+
+    private let store: Mutex<BatchStore>
+    private let flusher: Flusher
+    private let clock: any NowProvider
+    private let maxBufferMemory: Mutex<Int>
+
+    init(flusher: Flusher, clock: any NowProvider, maxBufferMemory: Int) {
+        self.store = Mutex(BatchStore())
+        self.flusher = flusher
+        self.clock = clock
+        self.maxBufferMemory = Mutex(maxBufferMemory)
+    }
+
+    func setMaxBufferMemory(_ bytes: Int) { maxBufferMemory.withLock { $0 = bytes } }
+
+    /// Rows in open batches plus bytes of sealed batches not yet in ClickHouse.
+    var memoryInUse: Int { store.withLock { $0.bufferedBytes } + flusher.queuedBytes }
+
+    var bufferedRows: Int { store.withLock { $0.bufferedRows } }
+    var bufferedBytes: Int { store.withLock { $0.bufferedBytes } }
+
+    func append(key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool)
+        -> AppendResult
+    {
+        let limit = maxBufferMemory.withLock { $0 }
+        let queued = flusher.queuedBytes
+        let now = clock.now()
+        let outcome: (sealed: [SealedBatch], refusedAt: Int?) = store.withLock { store in
+            let inUse = store.bufferedBytes + queued
+            if inUse + chunk.count > limit { return ([], inUse) }
+            let sealed = store.append(
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now)
+            return (sealed, nil)
+        }
+        if let refusedAt = outcome.refusedAt { return .overMemoryLimit(bufferedBytes: refusedAt) }
+        for batch in outcome.sealed { flusher.submit(batch) }
+        return .accepted
+    }
+
+    /// A batch of one request's rows for the `immediate` strategy (numbered like the others).
+    func single(key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool)
+        -> SealedBatch
+    {
+        let now = clock.now()
+        return store.withLock {
+            $0.single(key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now)
+        }
+    }
+
+    /// Seals and submits every batch whose `max_delay` has passed; returns the next deadline.
+    @discardableResult
+    func flushDue() -> Instant? {
+        let now = clock.now()
+        let (due, next) = store.withLock { store in (store.sealDue(now: now), store.nextDeadline) }
+        for batch in due { flusher.submit(batch) }
+        return next
+    }
+
+    func flushAll(trigger: FlushTrigger) {
+        let now = clock.now()
+        let all = store.withLock { $0.sealAll(trigger: trigger, now: now) }
+        for batch in all { flusher.submit(batch) }
+    }
+
+    func updateRules(_ ruleFor: (BatchKey) -> TableRule) {
+        let now = clock.now()
+        let sealed = store.withLock { $0.updateRules(now: now, ruleFor) }
+        for batch in sealed { flusher.submit(batch) }
+    }
+
+    func bufferedByTable() -> [String: (rows: Int, bytes: Int)] {
+        store.withLock { $0.bufferedByTable() }
+    }
+
+    func now() -> Instant { clock.now() }
+}

@@ -1,0 +1,76 @@
+import BatchhouseConfig
+import BatchhouseCore
+import BatchhouseUpstream
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// The composition root: builds every part from a configuration and hands out the services to run.
+/// `services` go into one `ServiceGroup`; they are ordered so that graceful shutdown stops the HTTP server
+/// first (no new requests, in-flight ones finish) and the flush service last (every buffer is sent).
+public final class BatchhouseApplication: Sendable {
+    let app: AppContext
+    private let server: HTTPServer
+    private let flushService: FlushService
+
+    public init(
+        configuration: BatchhouseConfiguration, logger: Logger,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        let client = CurlClient(maxConnections: max(64, configuration.upstream.maxConcurrentFlushes * 4))
+        let metrics = BatchhouseMetrics()
+        let sender = BatchSender(client: client, upstream: configuration.upstream)
+        let flusher = Flusher(
+            sender: sender, deadLetters: DeadLetterWriter(directory: configuration.deadLetterDir, logger: logger),
+            metrics: metrics, logger: logger, concurrency: configuration.upstream.maxConcurrentFlushes)
+        let batcher = Batcher(
+            flusher: flusher, clock: MonotonicClock(), maxBufferMemory: configuration.limits.maxBufferMemory)
+        app = AppContext(
+            configuration: configuration, batcher: batcher, flusher: flusher, sender: sender, client: client,
+            metrics: metrics, logger: logger)
+        server = HTTPServer(
+            host: configuration.listen.host, port: configuration.listen.port, group: eventLoopGroup, app: app,
+            logger: logger)
+        flushService = FlushService(app: app, logger: logger)
+    }
+
+    /// In start order; a `ServiceGroup` stops them in reverse.
+    public var services: [any Service] { [flushService, server] }
+
+    /// The port the server listens on, once it does (nil if binding failed).
+    public func waitUntilListening() async -> Int? {
+        await server.waitUntilBound()
+    }
+
+    /// Asks the upstream for its version (logged once at start; decides which settings may be sent).
+    public func probeUpstreamVersion() async -> String? {
+        let configuration = app.configuration
+        var url = configuration.upstream.servers[0]
+        while url.hasSuffix("/") { url.removeLast() }
+        let request = UpstreamRequest(
+            method: "GET", url: url + "/?query=" + QueryString.encode("SELECT version()"), headers: [], body: nil,
+            basicAuth: configuration.upstream.user.map { ($0, configuration.upstream.password ?? "") },
+            connectTimeout: configuration.upstream.connectTimeout, timeout: .seconds(10))
+        do {
+            let response = try await app.client.execute(request)
+            let text = String(decoding: response.body.readableBytesView, as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard response.status == 200 else {
+                app.logger.warning("upstream version probe failed", metadata: ["status": "\(response.status)"])
+                return nil
+            }
+            app.logger.info("upstream ClickHouse", metadata: ["version": "\(text)", "server": "\(redacted(url))"])
+            return text
+        } catch {
+            app.logger.warning("upstream not reachable yet", metadata: ["error": "\(error.message)"])
+            return nil
+        }
+    }
+
+    /// Stops the upstream client's thread; call after the service group has finished.
+    public func shutdown() {
+        app.client.shutdown()
+    }
+}

@@ -1,0 +1,187 @@
+import BatchhouseCore
+import Prometheus
+import Synchronization
+
+/// Every figure Batchhouse exports, in Prometheus text and as the JSON block of `/metrics?format=json`.
+final class BatchhouseMetrics: Sendable {
+    enum RequestKind: String, CaseIterable {
+        case batchedInsert = "batched_insert"
+        case immediateInsert = "immediate_insert"
+        case passthrough
+        case local
+        case rejected
+    }
+
+    struct Totals: Sendable {
+        var batches = 0
+        var rowsFlushed = 0
+        var failedBatches = 0
+        var flushLatencySeconds = 0.0
+        var lastFlushUnixSeconds: Double?
+        var rowsReceived = 0
+        var bytesReceived = 0
+    }
+
+    let registry = PrometheusCollectorRegistry()
+    private let requests: [RequestKind: Counter]
+    private let flushDuration: DurationHistogram
+    private let retries: Counter
+    private let queueBytes: Gauge
+    private let configReloads: Counter
+    private let configReloadFailures: Counter
+    private let perTable = Mutex<[String: TableCounters]>([:])
+    private let bufferedTables = Mutex<Set<String>>([])
+    private let totals = Mutex(Totals())
+
+    struct TableCounters: Sendable {
+        var rowsReceived: Counter
+        var bytesReceived: Counter
+        var rowsFlushed: Counter
+        var batchesFlushed: Counter
+        var flushFailures: Counter
+        var rowsDeadLettered: Counter
+        var rowsSampledOut: Counter
+    }
+
+    init() {
+        var requests: [RequestKind: Counter] = [:]
+        for kind in RequestKind.allCases {
+            requests[kind] = registry.makeCounter(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "requests", unitName: "total",
+                    helpText: "HTTP requests by kind: batched_insert, immediate_insert, passthrough, local, rejected"),
+                labels: [("kind", kind.rawValue)])
+        }
+        self.requests = requests
+        flushDuration = registry.makeDurationHistogram(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "flush_duration", unitName: "seconds",
+                helpText: "Time from a batch's first upstream attempt to its outcome, retries included"),
+            labels: [],
+            buckets: [
+                .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+                .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5),
+                .seconds(10), .seconds(30),
+            ])
+        retries = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "upstream_retries", unitName: "total",
+                helpText: "Batch inserts retried after a connection error, timeout or retryable ClickHouse error"))
+        queueBytes = registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "flush_queue", unitName: "bytes",
+                helpText: "Bytes of sealed batches waiting for or in an upstream insert"))
+        configReloads = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "config_reloads", unitName: "total",
+                helpText: "Configuration reloads applied"))
+        configReloadFailures = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "config_reload_failures", unitName: "total",
+                helpText: "Configuration reloads rejected because the new file was invalid"))
+    }
+
+    func request(_ kind: RequestKind) {
+        requests[kind]?.increment()
+    }
+
+    private func table(_ name: String) -> TableCounters {
+        if let counters = perTable.withLock({ $0[name] }) { return counters }
+        func counter(_ metric: String, _ help: String) -> Counter {
+            registry.makeCounter(
+                descriptor: .init(namespace: "batchhouse", metricName: metric, unitName: "total", helpText: help),
+                labels: [("table", name)])
+        }
+        let counters = TableCounters(
+            rowsReceived: counter("received_rows", "Rows accepted from clients into batches"),
+            bytesReceived: counter("received_bytes", "Row bytes accepted from clients into batches"),
+            rowsFlushed: counter("flushed_rows", "Rows ClickHouse accepted in batch inserts"),
+            batchesFlushed: counter("flushed_batches", "Batch inserts ClickHouse accepted"),
+            flushFailures: counter("flush_failures", "Batch inserts that failed for good (after retries)"),
+            rowsDeadLettered: counter("dead_lettered_rows", "Rows written to the dead-letter folder"),
+            rowsSampledOut: counter("sampled_out_rows", "Rows dropped on purpose by a table's `sample` rule")
+        )
+        return perTable.withLock { tables in
+            if let existing = tables[name] { return existing }
+            tables[name] = counters
+            return counters
+        }
+    }
+
+    func received(table name: String, rows: Int, bytes: Int) {
+        let counters = table(name)
+        counters.rowsReceived.increment(by: Int64(rows))
+        counters.bytesReceived.increment(by: Int64(bytes))
+        totals.withLock {
+            $0.rowsReceived += rows
+            $0.bytesReceived += bytes
+        }
+    }
+
+    func sampledOut(table name: String, rows: Int) {
+        table(name).rowsSampledOut.increment(by: Int64(rows))
+    }
+
+    func flushed(table name: String, rows: Int, duration: Duration, unixTime: Double) {
+        let counters = table(name)
+        counters.rowsFlushed.increment(by: Int64(rows))
+        counters.batchesFlushed.increment()
+        flushDuration.record(duration)
+        totals.withLock {
+            $0.batches += 1
+            $0.rowsFlushed += rows
+            $0.flushLatencySeconds += duration.seconds
+            $0.lastFlushUnixSeconds = unixTime
+        }
+    }
+
+    func flushFailed(table name: String, duration: Duration) {
+        table(name).flushFailures.increment()
+        flushDuration.record(duration)
+        totals.withLock { $0.failedBatches += 1 }
+    }
+
+    func deadLettered(table name: String, rows: Int) {
+        table(name).rowsDeadLettered.increment(by: Int64(rows))
+    }
+
+    func retried() { retries.increment() }
+
+    func configReloaded(ok: Bool) {
+        (ok ? configReloads : configReloadFailures).increment()
+    }
+
+    func setQueueBytes(_ bytes: Int) { queueBytes.set(Double(bytes)) }
+
+    var snapshot: Totals { totals.withLock { $0 } }
+
+    /// Sets the per-table buffer gauges from the store's figures (tables that emptied go to 0).
+    func updateBuffered(_ byTable: [String: (rows: Int, bytes: Int)]) {
+        let previous = bufferedTables.withLock { known in
+            let old = known
+            known.formUnion(byTable.keys)
+            return old
+        }
+        for name in previous.union(byTable.keys) {
+            let figures = byTable[name] ?? (0, 0)
+            registry.makeGauge(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "buffered_rows", unitName: "",
+                    helpText: "Rows waiting in open batches"),
+                labels: [("table", name)]
+            ).set(Double(figures.rows))
+            registry.makeGauge(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "buffered_bytes", unitName: "",
+                    helpText: "Row bytes waiting in open batches"),
+                labels: [("table", name)]
+            ).set(Double(figures.bytes))
+        }
+    }
+
+    func prometheusText() -> [UInt8] {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}

@@ -1,0 +1,55 @@
+import BatchhouseCore
+import Foundation
+import Logging
+
+/// Writes batches ClickHouse would not take to a folder: the data as it would have been sent, and a JSON file
+/// with the statement, settings and error, so a person can fix and re-send them. Never a credential: the
+/// client's identity appears only as its fingerprint.
+struct DeadLetterWriter: Sendable {
+    let directory: String
+    let logger: Logger
+
+    struct Record: Codable {
+        var batchID: UInt64
+        var table: String
+        var database: String?
+        var statement: String
+        var settings: [String: String]
+        var format: String
+        var rows: Int
+        var identity: String
+        var attempts: Int
+        var error: String
+        var httpStatus: Int?
+        var writtenAt: String
+    }
+
+    /// Returns the data file's path, or nil when it could not be written (logged).
+    @discardableResult
+    func write(_ batch: SealedBatch, attempts: Int, error: String, httpStatus: Int?) -> String? {
+        let stamp = Date()
+        let millis = Int64(stamp.timeIntervalSince1970 * 1000)
+        let safeTable = String(batch.key.qualifiedTable.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "_" ? $0 : "_" })
+        let base = "\(directory)/\(millis)-\(batch.id)-\(safeTable)"
+        let record = Record(
+            batchID: batch.id, table: batch.key.table, database: batch.key.database,
+            statement: batch.key.insertStatement,
+            settings: Dictionary(batch.key.settings.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 }),
+            format: batch.key.format.rawValue, rows: batch.rows, identity: batch.key.identity.description,
+            attempts: attempts, error: error, httpStatus: httpStatus,
+            writtenAt: ISO8601DateFormatter().string(from: stamp))
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try Data(batch.data).write(to: URL(fileURLWithPath: base + ".data"))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(record).write(to: URL(fileURLWithPath: base + ".json"))
+            return base + ".data"
+        } catch {
+            logger.error(
+                "could not write dead letter",
+                metadata: ["table": "\(batch.key.qualifiedTable)", "batch": "\(batch.id)", "error": "\(error)"])
+            return nil
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// The listening socket and its connections. On graceful shutdown it stops accepting, lets each connection
+/// finish the request it is in (NIO's pipelining handler closes idle ones on the quiesce event), and waits for
+/// them to close, up to `drainTimeout`.
+final class HTTPServer: Service, Sendable {
+    private let host: String
+    private let port: Int
+    private let group: any EventLoopGroup
+    private let app: AppContext
+    private let logger: Logger
+    private let drainTimeout: Duration
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    private let boundPort = Mutex<Int?>(nil)
+    private let bound = AsyncStream<Int>.makeStream()
+
+    init(host: String, port: Int, group: any EventLoopGroup, app: AppContext, logger: Logger, drainTimeout: Duration = .seconds(30)) {
+        self.host = host
+        self.port = port
+        self.group = group
+        self.app = app
+        self.logger = logger
+        self.drainTimeout = drainTimeout
+    }
+
+    /// The port actually bound (useful with port 0); waits until the socket is listening.
+    func waitUntilBound() async -> Int? {
+        if let port = boundPort.withLock({ $0 }) { return port }
+        for await port in bound.stream { return port }
+        return boundPort.withLock { $0 }
+    }
+
+    func run() async throws {
+        let app = self.app
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [weak self] channel in
+                self?.track(channel)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withPipeliningAssistance: true, withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(RequestHandler(app: app))
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.bind(host: host, port: port).get()
+        } catch {
+            bound.continuation.finish()
+            throw error
+        }
+        let actualPort = channel.localAddress?.port ?? port
+        boundPort.withLock { $0 = actualPort }
+        bound.continuation.yield(actualPort)
+        bound.continuation.finish()
+        logger.info("listening", metadata: ["address": "\(host):\(actualPort)"])
+
+        await withGracefulShutdownHandler {
+            try? await channel.closeFuture.get()
+        } onGracefulShutdown: {
+            channel.close(promise: nil)
+        }
+        await drainConnections()
+    }
+
+    private func track(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        connections.withLock { $0[id] = channel }
+        channel.closeFuture.whenComplete { [weak self] _ in
+            _ = self?.connections.withLock { $0.removeValue(forKey: id) }
+        }
+    }
+
+    private func drainConnections() async {
+        app.isAcceptingInserts = false
+        let open = connections.withLock { Array($0.values) }
+        logger.info("stopped accepting connections; draining", metadata: ["open_connections": "\(open.count)"])
+        for channel in open {
+            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+        let deadline = ContinuousClock.now + drainTimeout
+        while ContinuousClock.now < deadline {
+            if connections.withLock({ $0.isEmpty }) { return }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let stuck = connections.withLock { Array($0.values) }
+        logger.warning("closing connections still busy after the drain timeout", metadata: ["count": "\(stuck.count)"])
+        for channel in stuck { channel.close(promise: nil) }
+    }
+}

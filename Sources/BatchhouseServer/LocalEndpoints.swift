@@ -1,0 +1,95 @@
+import BatchhouseCore
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// `/ping`, `/health` and `/metrics`, answered by the proxy itself.
+enum LocalEndpoint: String, Sendable {
+    case ping = "/ping"
+    case health = "/health"
+    case metrics = "/metrics"
+
+    init?(path: Substring) {
+        self.init(rawValue: String(path))
+    }
+
+    struct Response {
+        var status: HTTPResponseStatus
+        var contentType: String
+        var body: [UInt8]
+    }
+
+    func respond(query: Substring, acceptHeader: String?, app: AppContext) -> Response {
+        switch self {
+        case .ping:
+            if app.isAcceptingInserts {
+                return Response(status: .ok, contentType: "text/plain; charset=UTF-8", body: Array("Ok.\n".utf8))
+            }
+            return Response(
+                status: .serviceUnavailable, contentType: "text/plain; charset=UTF-8",
+                body: Array(ClickHouseError.shuttingDown.body.utf8))
+        case .health:
+            return health(app)
+        case .metrics:
+            let wantsJSON =
+                QueryString.parse(query).contains { $0.name == "format" && $0.value.lowercased() == "json" }
+                || (acceptHeader?.contains("application/json") ?? false)
+            app.metrics.updateBuffered(app.batcher.bufferedByTable())
+            if wantsJSON { return metricsJSON(app) }
+            return Response(
+                status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                body: app.metrics.prometheusText())
+        }
+    }
+
+    private func health(_ app: AppContext) -> Response {
+        let status = app.isAcceptingInserts ? "healthy" : "disconnected"
+        let object: [String: Any] = [
+            "status": status,
+            "upstreams": app.configuration.upstream.servers.map { ["url": redacted($0)] },
+            "buffered_rows": app.batcher.bufferedRows,
+            "buffered_bytes": app.batcher.bufferedBytes,
+            "spool_bytes": 0,
+            "uptime_seconds": (ContinuousClock.now - app.startedAt).seconds.rounded(),
+        ]
+        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+        return Response(
+            status: app.isAcceptingInserts ? .ok : .serviceUnavailable, contentType: "application/json",
+            body: Array(body))
+    }
+
+    private func metricsJSON(_ app: AppContext) -> Response {
+        let totals = app.metrics.snapshot
+        let uptime = max((ContinuousClock.now - app.startedAt).seconds, 0.001)
+        let attempts = totals.batches + totals.failedBatches
+        var batching: [String: Any] = [
+            "total_batches": totals.batches,
+            "total_items": totals.rowsFlushed,
+            "failed_batches": totals.failedBatches,
+            "avg_batch_size": totals.batches > 0 ? Double(totals.rowsFlushed) / Double(totals.batches) : 0,
+            "avg_flush_latency_ms": totals.batches > 0 ? totals.flushLatencySeconds * 1000 / Double(totals.batches) : 0,
+            "queued_items": app.batcher.bufferedRows,
+            "memory_usage_mb": Double(app.batcher.memoryInUse) / 1_048_576,
+        ]
+        if let last = totals.lastFlushUnixSeconds {
+            batching["last_flush_time"] = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: last))
+        } else {
+            batching["last_flush_time"] = NSNull()
+        }
+        let object: [String: Any] = [
+            "batching": batching,
+            "calculated": [
+                "batch_success_rate": attempts > 0 ? Double(totals.batches) / Double(attempts) : 1.0,
+                "events_per_second": Double(totals.rowsReceived) / uptime,
+            ],
+        ]
+        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+        return Response(status: .ok, contentType: "application/json", body: Array(body))
+    }
+}
+
+/// A server URL without any `user:password@` part.
+func redacted(_ url: String) -> String {
+    guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].firstIndex(of: "@") else { return url }
+    return String(url[..<scheme.upperBound]) + String(url[url.index(after: at)...])
+}

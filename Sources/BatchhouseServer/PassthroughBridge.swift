@@ -1,0 +1,124 @@
+import BatchhouseUpstream
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Connects one client request to one streaming upstream transfer, with backpressure both ways:
+/// the client is not read while the upstream request body is backed up, and the upstream response is paused
+/// while the client has not taken what was already written.
+final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
+    /// Response bytes written to the client but not yet flushed to its socket, before pausing upstream.
+    static let responseHighWatermark = 1 << 20
+    static let responseLowWatermark = 256 << 10
+    /// Request bytes queued for upstream before the client is no longer read.
+    static let requestHighWatermark = 512 << 10
+
+    let requestHead: HTTPRequestHead
+    private let eventLoop: any EventLoop
+    private let target: NIOLoopBound<RequestHandler>
+    private let allocator: ByteBufferAllocator
+
+    private struct State {
+        var stream: UpstreamStream?
+        var unflushedResponseBytes = 0
+        var responsePaused = false
+        var headSent = false
+        var requestEnded = false
+        var finished = false
+    }
+    private let state = Mutex(State())
+
+    init(handler: RequestHandler, context: ChannelHandlerContext, requestHead: HTTPRequestHead) {
+        self.requestHead = requestHead
+        self.eventLoop = context.eventLoop
+        self.target = NIOLoopBound(handler, eventLoop: context.eventLoop)
+        self.allocator = context.channel.allocator
+    }
+
+    func start(client: CurlClient, request: UpstreamRequest, requestBodyLength: Int?, hasBody: Bool) {
+        let stream = client.stream(request, requestBodyLength: requestBodyLength, delegate: self)
+        state.withLock { $0.stream = stream }
+        if !hasBody { finishRequestBody() }
+    }
+
+    // MARK: Client side (event loop)
+
+    func writeRequestBody(_ buffer: ByteBuffer) {
+        guard let stream = state.withLock({ $0.stream }) else { return }
+        stream.writeRequestBody(buffer)
+        if stream.pendingRequestBodyBytes > Self.requestHighWatermark {
+            target.value.pauseReading()
+        }
+    }
+
+    func finishRequestBody() {
+        let stream = state.withLock { state -> UpstreamStream? in
+            state.requestEnded = true
+            return state.stream
+        }
+        stream?.finishRequestBody()
+    }
+
+    /// Whether the client's request body has ended (read on the event loop, where it is set).
+    var isRequestEnded: Bool { state.withLock { $0.requestEnded } }
+
+    func cancel() {
+        state.withLock { $0.stream }?.cancel()
+    }
+
+    /// The client's socket took `count` response bytes.
+    func wrote(_ count: Int) {
+        let resume = state.withLock { state -> UpstreamStream? in
+            state.unflushedResponseBytes -= count
+            if state.responsePaused && state.unflushedResponseBytes <= Self.responseLowWatermark {
+                state.responsePaused = false
+                return state.stream
+            }
+            return nil
+        }
+        resume?.resumeResponse()
+    }
+
+    // MARK: Upstream side (curl thread)
+
+    func upstreamStream(_ stream: UpstreamStream, didReceiveHead status: Int, headers: [(String, String)]) {
+        state.withLock { $0.headSent = true }
+        eventLoop.execute {
+            self.target.value.passthroughHead(status: status, headers: headers, bridge: self)
+        }
+    }
+
+    func upstreamStream(_ stream: UpstreamStream, didReceiveBody bytes: UnsafeRawBufferPointer) -> Bool {
+        let accept = state.withLock { state -> Bool in
+            if state.unflushedResponseBytes >= Self.responseHighWatermark {
+                state.responsePaused = true
+                return false
+            }
+            state.unflushedResponseBytes += bytes.count
+            return true
+        }
+        guard accept else { return false }
+        let buffer = allocator.buffer(bytes: bytes)
+        eventLoop.execute {
+            self.target.value.passthroughBody(buffer, bridge: self)
+        }
+        return true
+    }
+
+    func upstreamStreamWantsMoreRequestBody(_ stream: UpstreamStream) {
+        eventLoop.execute {
+            self.target.value.resumeReading()
+        }
+    }
+
+    func upstreamStream(_ stream: UpstreamStream, didFinishWith error: UpstreamError?) {
+        let headSent = state.withLock { state in
+            state.finished = true
+            return state.headSent
+        }
+        eventLoop.execute {
+            self.target.value.passthroughFinished(
+                error: error, headSent: headSent, requestEnded: self.isRequestEnded, bridge: self)
+        }
+    }
+}

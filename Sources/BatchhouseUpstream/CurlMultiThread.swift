@@ -1,0 +1,208 @@
+import CCurl
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One thread that drives a curl multi handle: every easy handle is created, configured, paused,
+/// resumed, removed and freed here. Other threads talk to it only through `inbox` (a locked queue of
+/// commands) followed by `curl_multi_wakeup`, which interrupts `curl_multi_poll`.
+///
+/// Each turn of the loop: take the commands, act on them, let libcurl do its I/O
+/// (`curl_multi_perform`), finish the transfers that completed, then sleep in `curl_multi_poll` until
+/// a socket is ready, a libcurl timer is due, or a command arrives.
+final class CurlMultiThread: Sendable {
+    enum Command {
+        /// Create the stream's easy handle and add it to the multi handle.
+        case add(UpstreamStream)
+        /// Look at the stream's flags: resume a paused direction, or cancel.
+        case poke(UpstreamStream)
+    }
+
+    private struct Inbox {
+        var commands: [Command] = []
+        /// False once the loop has taken its last commands; later ones are refused.
+        var accepting = true
+        var shuttingDown = false
+        var threadStarted = false
+        var thread: pthread_t?
+    }
+
+    let multi: CurlMulti
+    /// CURLOPT_MAXAGE_CONN for every transfer.
+    let maxIdleSeconds: Int
+    let logger: Logger
+    private let inbox = Mutex(Inbox())
+    private let exited = DispatchSemaphore(value: 0)
+
+    init(maxConnections: Int, maxIdleSeconds: Int, logger: Logger) {
+        multi = CurlMulti(maxConnections: maxConnections)
+        self.maxIdleSeconds = maxIdleSeconds
+        self.logger = logger
+        let thread = Thread { [self] in
+            self.run()
+        }
+        thread.name = "batchhouse-curl"
+        thread.start()
+    }
+
+    // MARK: Any thread
+
+    /// Hands a new stream to the curl thread. False when the loop has stopped; the stream was not
+    /// touched by it then.
+    func add(_ stream: UpstreamStream) -> Bool {
+        submit(.add(stream))
+    }
+
+    func poke(_ stream: UpstreamStream) {
+        _ = submit(.poke(stream))
+    }
+
+    private func submit(_ command: Command) -> Bool {
+        inbox.withLock { inbox in
+            guard inbox.accepting else { return false }
+            inbox.commands.append(command)
+            // Under the lock, so that it cannot race with the loop's exit. The multi handle itself
+            // lives as long as `self`.
+            multi.wakeup()
+            return true
+        }
+    }
+
+    /// Cancels every transfer (their delegates get `.cancelled`) and stops the thread. Waits for it,
+    /// except when called on the curl thread itself (from a delegate). Idempotent.
+    func shutdown() {
+        let (wait, onCurlThread) = inbox.withLock { inbox -> (Bool, Bool) in
+            let first = !inbox.shuttingDown
+            inbox.shuttingDown = true
+            if inbox.accepting { multi.wakeup() }
+            let onCurlThread = inbox.thread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
+            return (first, onCurlThread)
+        }
+        if wait && !onCurlThread {
+            exited.wait()
+            // Let a later shutdown() return at once too.
+            exited.signal()
+        }
+    }
+
+    // MARK: Curl thread
+
+    private func run() {
+        inbox.withLock { $0.thread = pthread_self() }
+        let loop = CurlLoop(multi: multi, logger: logger)
+        while true {
+            let (commands, shuttingDown) = inbox.withLock { inbox -> ([Command], Bool) in
+                defer { inbox.commands.removeAll(keepingCapacity: true) }
+                return (inbox.commands, inbox.shuttingDown)
+            }
+            for command in commands { loop.handle(command) }
+            if shuttingDown { break }
+            loop.perform()
+            loop.poll()
+        }
+        let error = UpstreamError(kind: .cancelled, message: "the upstream client was shut down")
+        loop.removeAll(with: error)
+        // Streams added while the active ones were being finished (by their delegates) end here.
+        let last = inbox.withLock { inbox -> [Command] in
+            inbox.accepting = false
+            defer { inbox.commands.removeAll() }
+            return inbox.commands
+        }
+        for case .add(let stream) in last {
+            stream.finish(error)
+        }
+        exited.signal()
+    }
+}
+
+/// The state of the curl thread: the multi handle's transfers, each retained while its easy handle
+/// is in the multi (libcurl calls back into it only then).
+private final class CurlLoop {
+    let multi: CurlMulti
+    let logger: Logger
+    var active: [UnsafeMutableRawPointer: UpstreamStream] = [:]
+
+    init(multi: CurlMulti, logger: Logger) {
+        self.multi = multi
+        self.logger = logger
+    }
+
+    func handle(_ command: CurlMultiThread.Command) {
+        switch command {
+        case .add(let stream):
+            if stream.isCancelRequested {
+                stream.finish(UpstreamError(kind: .cancelled, message: "cancelled"))
+                return
+            }
+            guard let easy = stream.makeEasyHandle() else { return }
+            let code = curl_multi_add_handle(multi.handle, easy.handle)
+            guard code == CURLM_OK else {
+                let text = String(cString: curl_multi_strerror(code))
+                stream.finish(UpstreamError(kind: .transport, message: "curl_multi_add_handle: \(text)"))
+                return
+            }
+            active[easy.handle] = stream
+        case .poke(let stream):
+            guard let easy = stream.curl.easy, active[easy.handle] === stream else {
+                // Not started yet (an execute() cancelled before it began; `add` looks at the flag) or
+                // already finished.
+                stream.shared.withLock { $0.pokeQueued = false }
+                return
+            }
+            if stream.serviceRequests() {
+                remove(easy.handle, with: UpstreamError(kind: .cancelled, message: "cancelled"))
+            }
+        }
+    }
+
+    func perform() {
+        var running: Int32 = 0
+        let code = curl_multi_perform(multi.handle, &running)
+        if code != CURLM_OK {
+            logger.error("curl_multi_perform failed", metadata: ["code": "\(code.rawValue)"])
+        }
+        var queued: Int32 = 0
+        while let message = curl_multi_info_read(multi.handle, &queued) {
+            guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle else { continue }
+            // Read before remove: the message does not survive curl_multi_remove_handle.
+            let result = bh_curl_msg_result(message)
+            guard let stream = active[easy] else { continue }
+            remove(easy, with: stream.error(for: result))
+        }
+    }
+
+    func poll() {
+        // libcurl shortens the wait to its next timer; the upper bound only matters if none is due.
+        let code = curl_multi_poll(multi.handle, nil, 0, 1000, nil)
+        if code != CURLM_OK {
+            logger.error("curl_multi_poll failed", metadata: ["code": "\(code.rawValue)"])
+        }
+    }
+
+    func removeAll(with error: UpstreamError) {
+        for easy in Array(active.keys) {
+            remove(easy, with: error)
+        }
+    }
+
+    private func remove(_ easy: UnsafeMutableRawPointer, with error: UpstreamError?) {
+        guard let stream = active.removeValue(forKey: easy) else { return }
+        curl_multi_remove_handle(multi.handle, easy)
+        if let error {
+            logger.debug(
+                "upstream transfer failed",
+                metadata: ["kind": "\(error.kind)", "error": "\(error.message)"]
+            )
+        }
+        stream.finish(error)
+    }
+}

@@ -1,0 +1,98 @@
+import ArgumentParser
+import BatchhouseConfig
+import BatchhouseServer
+import Foundation
+import Logging
+import ServiceLifecycle
+
+@main
+struct Batchhouse: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "batchhouse",
+        abstract: "A ClickHouse HTTP proxy that merges many small INSERTs into few large ones.",
+        discussion: """
+            Point clients at Batchhouse instead of ClickHouse's HTTP port. INSERTs it can parse are validated, \
+            merged per table following the strategy file, and sent upstream as large inserts; everything else \
+            (SELECT, DDL, other formats) is streamed to ClickHouse untouched.
+
+            Without --config, built-in defaults apply: listen 0.0.0.0:8123, upstream http://127.0.0.1:8124, \
+            every table on the hybrid strategy (100000 rows, 16MiB or 1s, whichever first), ack enqueued, \
+            gzip to upstream, 4 concurrent flushes, dead letters in ./batchhouse-dead-letter.
+            """,
+        subcommands: [Serve.self, CheckConfig.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the proxy (the default command).")
+
+    @Option(name: .long, help: "The YAML strategy file. Without it, the built-in defaults apply.")
+    var config: String?
+
+    @Option(name: .long, help: "Where to listen, host:port (overrides `listen` in the file).")
+    var listen: String?
+
+    @Option(
+        name: .long,
+        help: "Upstream ClickHouse HTTP URL; repeat for replicas (overrides `upstream.servers` in the file).")
+    var upstream: [String] = []
+
+    @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        var logger = Logger(label: "batchhouse")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        var configuration: BatchhouseConfiguration
+        do {
+            configuration = try loadConfiguration(path: config)
+            if let listen { configuration.listen = try ListenAddress(parsing: listen) }
+            if !upstream.isEmpty { configuration.upstream.servers = upstream }
+        } catch {
+            FileHandle.standardError.write(Data("batchhouse: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let application = BatchhouseApplication(configuration: configuration, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: application.services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        Task { _ = await application.probeUpstreamVersion() }
+        do {
+            try await group.run()
+        } catch {
+            application.shutdown()
+            logger.error("stopped with an error", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        application.shutdown()
+        logger.info("stopped")
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a strategy file and print the effective rule of every table pattern.")
+
+    @Argument(help: "The YAML strategy file.")
+    var file: String
+
+    func run() throws {
+        do {
+            let configuration = try loadConfiguration(path: file)
+            print(configuration.describeEffectiveRules())
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+func loadConfiguration(path: String?) throws -> BatchhouseConfiguration {
+    guard let path else { return BatchhouseConfiguration() }
+    return try ConfigurationLoader.load(path: path, environment: ProcessInfo.processInfo.environment)
+}
