@@ -31,32 +31,46 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "BatchhouseSpool", dependencies: ["BatchhouseCore", "CZlib"]),
         .target(
             name: "BatchhouseServer",
             dependencies: [
-                "BatchhouseCore", "BatchhouseConfig", "BatchhouseUpstream",
+                "BatchhouseCore", "BatchhouseConfig", "BatchhouseUpstream", "BatchhouseSpool",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
             name: "batchhouse",
             dependencies: [
-                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore",
+                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore", "BatchhouseSpool",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .executableTarget(name: "batchhouse-microbench", dependencies: ["BatchhouseCore"], path: "Benchmarks/Microbench"),
         .testTarget(name: "BatchhouseCoreTests", dependencies: ["BatchhouseCore"]),
         .testTarget(name: "BatchhouseConfigTests", dependencies: ["BatchhouseConfig", "BatchhouseCore"]),
+        .testTarget(name: "BatchhouseSpoolTests", dependencies: ["BatchhouseSpool", "BatchhouseCore"]),
         .testTarget(
             name: "BatchhouseUpstreamTests",
             dependencies: ["BatchhouseUpstream", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "BatchhouseServerTests",
+            dependencies: [
+                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore", "BatchhouseUpstream",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "BatchhouseIntegrationTests",

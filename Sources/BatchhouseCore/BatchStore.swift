@@ -101,7 +101,19 @@ public struct BatchStore: Sendable {
         var deadline: Instant
     }
 
+    /// The controller of one `adaptive` table, with a key of that table to ask for its rule on reload.
+    struct AdaptiveTable: Sendable {
+        var controller: AdaptiveController
+        var sampleKey: BatchKey
+    }
+
+    /// A controller idle this long (no arrival, no flush result, no open batch) is dropped.
+    static let adaptiveIdleLimit: Duration = .seconds(600)
+
     private var open: [BatchKey: OpenBatch] = [:]
+    /// One controller per `db.table` whose rule says `strategy: adaptive`.
+    private var adaptive: [String: AdaptiveTable] = [:]
+    private var lastAdaptivePrune: Instant?
     private var nextID: UInt64
     public private(set) var bufferedRows = 0
     public private(set) var bufferedBytes = 0
@@ -120,6 +132,7 @@ public struct BatchStore: Sendable {
         key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant
     ) -> [SealedBatch] {
         var sealed: [SealedBatch] = []
+        let target = adaptiveTarget(key: key, rule: rule, rows: rows, bytes: chunk.count, now: now)
         if var batch = open[key] {
             batch.rule = rule
             let incoming = batch.buffer.joinedSize(of: chunk.count, endsWithNewline: endsWithNewline)
@@ -134,13 +147,15 @@ public struct BatchStore: Sendable {
             buffer: BatchBuffer(format: key.format, header: key.header, reservingCapacity: min(rule.maxBytes, 64 * 1024)),
             rule: rule,
             firstRowAt: now,
-            deadline: FlushPolicy.deadline(rule: rule, firstRowAt: now)
+            deadline: FlushPolicy.deadline(rule: rule, target: target, firstRowAt: now)
         )
         let before = batch.buffer.rowBytes
         batch.buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline)
         bufferedRows += rows
         bufferedBytes += batch.buffer.rowBytes - before
-        if let trigger = FlushPolicy.trigger(rule: rule, rows: batch.buffer.rows, bytes: batch.buffer.rowBytes) {
+        if let trigger = FlushPolicy.trigger(
+            rule: rule, target: target, rows: batch.buffer.rows, bytes: batch.buffer.rowBytes)
+        {
             sealed.append(seal(key: key, batch, trigger: trigger, now: now))
         } else {
             open[key] = batch
@@ -155,6 +170,7 @@ public struct BatchStore: Sendable {
             open[key] = nil
             due.append(seal(key: key, batch, trigger: .time, now: now))
         }
+        pruneIdleControllers(now: now)
         return due.sorted { $0.id < $1.id }
     }
 
@@ -174,13 +190,23 @@ public struct BatchStore: Sendable {
     /// deadline, and is sealed at once if it already meets the new rule's limits.
     public mutating func updateRules(now: Instant, _ ruleFor: (BatchKey) -> TableRule) -> [SealedBatch] {
         var sealed: [SealedBatch] = []
+        for (table, var entry) in adaptive {
+            let rule = ruleFor(entry.sampleKey)
+            if rule.strategy == .adaptive && !rule.passthrough {
+                entry.controller.update(rule: rule)
+                adaptive[table] = entry
+            } else {
+                adaptive[table] = nil
+            }
+        }
         for (key, var batch) in open {
             let rule = ruleFor(key)
+            let target = rule.strategy == .adaptive ? adaptive[key.qualifiedTable]?.controller.target : nil
             batch.rule = rule
-            batch.deadline = FlushPolicy.deadline(rule: rule, firstRowAt: batch.firstRowAt)
-            if rule.passthrough || rule.strategy == .immediate
-                || FlushPolicy.trigger(rule: rule, rows: batch.buffer.rows, bytes: batch.buffer.rowBytes) != nil
-            {
+            batch.deadline = FlushPolicy.deadline(rule: rule, target: target, firstRowAt: batch.firstRowAt)
+            let full = FlushPolicy.trigger(
+                rule: rule, target: target, rows: batch.buffer.rows, bytes: batch.buffer.rowBytes)
+            if rule.passthrough || rule.strategy == .immediate || full != nil {
                 open[key] = nil
                 sealed.append(seal(key: key, batch, trigger: .reload, now: now))
             } else {
@@ -199,6 +225,53 @@ public struct BatchStore: Sendable {
             result[name] = (current.rows + batch.buffer.rows, current.bytes + batch.buffer.rowBytes)
         }
         return result
+    }
+
+    /// Feeds the outcome of one upstream insert (every attempt, retries included) to the table's `adaptive`
+    /// controller; ignored for tables with another strategy. `table` is `BatchKey.qualifiedTable`.
+    public mutating func recordFlush(
+        table: String, rows: Int, bytes: Int, latency: Duration, result: FlushResult, now: Instant
+    ) {
+        adaptive[table]?.controller.recordFlush(rows: rows, bytes: bytes, latency: latency, result: result, now: now)
+    }
+
+    /// The current flush point of every `adaptive` table, by `db.table`, for gauges.
+    public func adaptiveTargets() -> [String: AdaptiveTarget] {
+        adaptive.mapValues(\.controller.target)
+    }
+
+    /// The controller of `table` (`db.table`), if it is `adaptive`.
+    func adaptiveController(table: String) -> AdaptiveController? {
+        adaptive[table]?.controller
+    }
+
+    /// Records an arrival with the table's controller and returns its target; nil unless the rule is `adaptive`.
+    /// A table whose rule is no longer `adaptive` loses its controller.
+    private mutating func adaptiveTarget(key: BatchKey, rule: TableRule, rows: Int, bytes: Int, now: Instant)
+        -> AdaptiveTarget?
+    {
+        guard rule.strategy == .adaptive else {
+            if !adaptive.isEmpty { adaptive[key.qualifiedTable] = nil }
+            return nil
+        }
+        let table = key.qualifiedTable
+        var entry = adaptive[table] ?? AdaptiveTable(controller: AdaptiveController(rule: rule), sampleKey: key)
+        if entry.controller.rule != rule { entry.controller.update(rule: rule) }
+        entry.controller.recordArrival(rows: rows, bytes: bytes, now: now)
+        adaptive[table] = entry
+        return entry.controller.target
+    }
+
+    /// Drops controllers of tables that went quiet, at most once a minute, so a table that stopped (or a
+    /// client that tried many names) does not stay in memory and in the metrics forever.
+    private mutating func pruneIdleControllers(now: Instant) {
+        guard !adaptive.isEmpty else { return }
+        if let last = lastAdaptivePrune, now - last < .seconds(60) { return }
+        lastAdaptivePrune = now
+        let busy = Set(open.keys.map(\.qualifiedTable))
+        adaptive = adaptive.filter { table, entry in
+            busy.contains(table) || entry.controller.lastActivity.map { now - $0 < Self.adaptiveIdleLimit } ?? false
+        }
     }
 
     /// A batch of one request's rows that never waits in the store (the `immediate` strategy).

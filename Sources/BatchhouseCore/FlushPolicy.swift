@@ -31,6 +31,15 @@ public enum FlushPolicy {
         }
     }
 
+    /// As `trigger(rule:rows:bytes:)`, except that an `adaptive` rule's batches close at the controller's
+    /// current target (which lies within the rule's bounds) instead of the bounds themselves.
+    public static func trigger(rule: TableRule, target: AdaptiveTarget?, rows: Int, bytes: Int) -> FlushTrigger? {
+        guard rule.strategy == .adaptive, let target else { return trigger(rule: rule, rows: rows, bytes: bytes) }
+        if rows >= min(target.maxRows, rule.maxRows) { return .rows }
+        if bytes >= min(target.maxBytes, rule.maxBytes) { return .bytes }
+        return nil
+    }
+
     /// Whether a batch already holding `bytes` bytes must be flushed before `incoming` more bytes join it,
     /// so that no batch grows past `max_bytes` (a single larger chunk still forms a batch of its own).
     public static func mustFlushBefore(appending incoming: Int, to bytes: Int, rule: TableRule) -> Bool {
@@ -40,5 +49,12 @@ public enum FlushPolicy {
     /// The latest moment a batch whose first row arrived at `firstRowAt` may stay buffered.
     public static func deadline(rule: TableRule, firstRowAt: Instant) -> Instant {
         firstRowAt + rule.effectiveMaxDelay
+    }
+
+    /// As `deadline(rule:firstRowAt:)`, except that an `adaptive` rule's batches use the controller's current
+    /// delay, never past `max_delay`.
+    public static func deadline(rule: TableRule, target: AdaptiveTarget?, firstRowAt: Instant) -> Instant {
+        guard rule.strategy == .adaptive, let target else { return deadline(rule: rule, firstRowAt: firstRowAt) }
+        return firstRowAt + min(target.maxDelay, rule.effectiveMaxDelay)
     }
 }

@@ -29,7 +29,7 @@ public struct TableRule: Sendable, Hashable {
     public var strategy: FlushStrategy
     public var maxRows: Int
     public var maxBytes: Int
-    /// nil means "the strategy's default" (60 s for `size` and `memory`, 1 s otherwise).
+    /// nil means "the strategy's default" (60 s for `size` and `memory`, 5 s for `adaptive`, 1 s otherwise).
     public var maxDelay: Duration?
     public var priority: Int
     public var retries: Int
@@ -67,6 +67,8 @@ public struct TableRule: Sendable, Hashable {
         if let maxDelay { return maxDelay }
         switch strategy {
         case .size, .memory: return .seconds(60)
+        // Room for the adaptive controller to lengthen the interval when ClickHouse struggles.
+        case .adaptive: return .seconds(5)
         default: return .seconds(1)
         }
     }

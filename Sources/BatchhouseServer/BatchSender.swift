@@ -7,12 +7,19 @@ import Synchronization
 /// Turns a sealed batch into one upstream INSERT request and sends it to one of the servers.
 final class BatchSender: Sendable {
     private let client: CurlClient
-    private let upstream: UpstreamConfiguration
+    private let current: Mutex<UpstreamConfiguration>
     private let nextServer = Mutex(0)
 
     init(client: CurlClient, upstream: UpstreamConfiguration) {
         self.client = client
-        self.upstream = upstream
+        self.current = Mutex(upstream)
+    }
+
+    var upstream: UpstreamConfiguration { current.withLock { $0 } }
+
+    /// A reload: servers, timeouts, compression, credentials and settings apply to the next request.
+    func update(_ upstream: UpstreamConfiguration) {
+        current.withLock { $0 = upstream }
     }
 
     /// The server for an attempt: round robin, so a retry after a failure goes to the next replica.
@@ -26,6 +33,7 @@ final class BatchSender: Sendable {
     }
 
     func request(for batch: SealedBatch, server: String) -> UpstreamRequest {
+        let upstream = self.upstream
         var url = server
         while url.hasSuffix("/") { url.removeLast() }
         url += "/?query=" + QueryString.encode(batch.key.insertStatement)

@@ -37,7 +37,9 @@ final class Batcher: Sendable {
         let now = clock.now()
         let outcome: (sealed: [SealedBatch], refusedAt: Int?) = store.withLock { store in
             let inUse = store.bufferedBytes + queued
-            if inUse + chunk.count > limit { return ([], inUse) }
+            if !AdmissionControl.admits(priority: rule.priority, inUse: inUse, incoming: chunk.count, limit: limit) {
+                return ([], inUse)
+            }
             let sealed = store.append(
                 key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now)
             return (sealed, nil)
@@ -76,6 +78,21 @@ final class Batcher: Sendable {
         let now = clock.now()
         let sealed = store.withLock { $0.updateRules(now: now, ruleFor) }
         for batch in sealed { flusher.submit(batch) }
+    }
+
+    /// An upstream attempt's outcome, for the adaptive strategy's controllers.
+    func recordFlush(_ batch: SealedBatch, latency: Duration, result: FlushResult) {
+        guard batch.rule.strategy == .adaptive else { return }
+        let now = clock.now()
+        store.withLock {
+            $0.recordFlush(
+                table: batch.key.qualifiedTable, rows: batch.rows, bytes: batch.data.count, latency: latency,
+                result: result, now: now)
+        }
+    }
+
+    func adaptiveTargets() -> [String: AdaptiveTarget] {
+        store.withLock { $0.adaptiveTargets() }
     }
 
     func bufferedByTable() -> [String: (rows: Int, bytes: Int)] {

@@ -27,6 +27,9 @@ public final class BatchhouseApplication: Sendable {
             metrics: metrics, logger: logger, concurrency: configuration.upstream.maxConcurrentFlushes)
         let batcher = Batcher(
             flusher: flusher, clock: MonotonicClock(), maxBufferMemory: configuration.limits.maxBufferMemory)
+        flusher.observeAttempts { [weak batcher] batch, latency, result in
+            batcher?.recordFlush(batch, latency: latency, result: result)
+        }
         app = AppContext(
             configuration: configuration, batcher: batcher, flusher: flusher, sender: sender, client: client,
             metrics: metrics, logger: logger)
@@ -67,6 +70,50 @@ public final class BatchhouseApplication: Sendable {
             app.logger.warning("upstream not reachable yet", metadata: ["error": "\(error.message)"])
             return nil
         }
+    }
+
+    /// Applies a new configuration to the running proxy (hot reload). Buffered rows stay in their batches and
+    /// follow the new rules from now on; a batch that already meets its new limits is flushed. Returns notes on
+    /// what could not change without a restart.
+    @discardableResult
+    public func apply(_ new: BatchhouseConfiguration) -> [String] {
+        let old = app.configuration
+        var applied = new
+        var notes: [String] = []
+        if new.listen != old.listen {
+            notes.append("listen stays \(old.listen) until a restart")
+            applied.listen = old.listen
+        }
+        if new.upstream.maxConcurrentFlushes != old.upstream.maxConcurrentFlushes {
+            notes.append("max_concurrent_flushes stays \(old.upstream.maxConcurrentFlushes) until a restart")
+            applied.upstream.maxConcurrentFlushes = old.upstream.maxConcurrentFlushes
+        }
+        if new.spool != old.spool {
+            notes.append("spool settings stay as they were until a restart")
+            applied.spool = old.spool
+        }
+        if new.deadLetterDir != old.deadLetterDir {
+            notes.append("dead_letter_dir stays \(old.deadLetterDir) until a restart")
+            applied.deadLetterDir = old.deadLetterDir
+        }
+        app.sender.update(applied.upstream)
+        app.replaceConfiguration(applied)
+        app.batcher.setMaxBufferMemory(applied.limits.maxBufferMemory)
+        let rules = applied.rules
+        app.batcher.updateRules { key in rules.rule(database: key.database ?? "default", table: key.table) }
+        app.metrics.configReloaded(ok: true)
+        return notes
+    }
+
+    /// A service that reloads `path` on SIGHUP and when the file changes (checked every `pollInterval`).
+    /// `overrides` re-applies command-line options to each new file.
+    public func configurationWatcher(
+        path: String, pollInterval: Duration = .seconds(1),
+        environment: @escaping @Sendable () -> [String: String] = { ProcessInfo.processInfo.environment },
+        overrides: @escaping @Sendable (inout BatchhouseConfiguration) -> Void = { _ in }
+    ) -> any Service {
+        ConfigurationWatcher(
+            path: path, application: self, pollInterval: pollInterval, environment: environment, overrides: overrides)
     }
 
     /// Stops the upstream client's thread; call after the service group has finished.

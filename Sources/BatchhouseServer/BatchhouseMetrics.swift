@@ -179,6 +179,22 @@ final class BatchhouseMetrics: Sendable {
         }
     }
 
+    /// The adaptive controllers' current flush points, per table.
+    func updateAdaptiveTargets(_ targets: [String: AdaptiveTarget]) {
+        for (table, target) in targets {
+            for (metric, help, value) in [
+                ("adaptive_target_rows", "Rows at which the adaptive strategy flushes this table now", Double(target.maxRows)),
+                ("adaptive_target_bytes", "Bytes at which the adaptive strategy flushes this table now", Double(target.maxBytes)),
+                ("adaptive_target_delay_seconds", "Delay after the first row at which the adaptive strategy flushes now", target.maxDelay.seconds),
+            ] {
+                registry.makeGauge(
+                    descriptor: .init(namespace: "batchhouse", metricName: metric, unitName: "", helpText: help),
+                    labels: [("table", table)]
+                ).set(value)
+            }
+        }
+    }
+
     func prometheusText() -> [UInt8] {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)

@@ -54,6 +54,7 @@ final class Flusher: Sendable {
     private let logger: Logger
     private let concurrency: Int
     private let sleep: @Sendable (Duration) async -> Void
+    private let attemptObserver = Mutex<(@Sendable (SealedBatch, Duration, FlushResult) -> Void)?>(nil)
 
     init(
         sender: BatchSender, deadLetters: DeadLetterWriter, metrics: BatchhouseMetrics, logger: Logger,
@@ -66,6 +67,30 @@ final class Flusher: Sendable {
         self.logger = logger
         self.concurrency = max(1, concurrency)
         self.sleep = sleep
+    }
+
+    /// Told about every upstream attempt (the adaptive strategy learns from latency and errors).
+    func observeAttempts(_ observer: @escaping @Sendable (SealedBatch, Duration, FlushResult) -> Void) {
+        attemptObserver.withLock { $0 = observer }
+    }
+
+    /// ClickHouse error codes that mean "too much at once", not "wrong data".
+    static let overloadCodes: Set<Int> = [252, 202, 159, 209, 241]
+
+    private func report(_ batch: SealedBatch, latency: Duration, result: Result<UpstreamResponse, UpstreamError>) {
+        guard let observer = attemptObserver.withLock({ $0 }) else { return }
+        let outcome: FlushResult
+        switch result {
+        case .success(let response) where (200..<300).contains(response.status):
+            outcome = .ok
+        case .success(let response):
+            let code = clickHouseErrorCode(in: response.body)
+            let overloaded = response.status == 503 || response.status == 429 || code.map(Self.overloadCodes.contains) == true
+            outcome = overloaded ? .struggling : .failed
+        case .failure(let error):
+            outcome = error.kind == .timeout ? .struggling : .failed
+        }
+        observer(batch, latency, outcome)
     }
 
     /// Bytes of batches queued or being sent.
@@ -140,11 +165,13 @@ final class Flusher: Sendable {
         var attempt = 0
         while true {
             let result: Result<UpstreamResponse, UpstreamError>
+            let attemptStarted = ContinuousClock.now
             do {
                 result = .success(try await sender.send(batch, attempt: attempt))
             } catch {
                 result = .failure(error)
             }
+            report(batch, latency: ContinuousClock.now - attemptStarted, result: result)
             let retryable: Bool
             let failure: String
             var httpStatus: Int?

@@ -35,6 +35,7 @@ enum LocalEndpoint: String, Sendable {
                 QueryString.parse(query).contains { $0.name == "format" && $0.value.lowercased() == "json" }
                 || (acceptHeader?.contains("application/json") ?? false)
             app.metrics.updateBuffered(app.batcher.bufferedByTable())
+            app.metrics.updateAdaptiveTargets(app.batcher.adaptiveTargets())
             if wantsJSON { return metricsJSON(app) }
             return Response(
                 status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",

@@ -158,18 +158,6 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 var part = part
                 request.body.writeBuffer(&part)
             }
-            let limit = app.configuration.limits.maxRequestBody
-            if request.body.readableBytes > limit {
-                if request.statement != nil {
-                    app.metrics.request(.rejected)
-                    respondError(.bodyTooLarge(limit: limit), head: request.head, close: true, context: context)
-                    state = .discarding
-                } else {
-                    // Too large to batch: ClickHouse gets it as it came.
-                    startPassthrough(head: request.head, initialBody: request.body, bodyComplete: false, context: context)
-                }
-                return
-            }
             if request.coding == nil && !request.classificationDone {
                 switch classify(request, isComplete: false) {
                 case .insert(let statement):
@@ -184,6 +172,18 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                         return
                     }
                 }
+            }
+            let limit = app.configuration.limits.maxRequestBody
+            if request.body.readableBytes > limit {
+                if request.statement != nil {
+                    app.metrics.request(.rejected)
+                    respondError(.bodyTooLarge(limit: limit), head: request.head, close: true, context: context)
+                    state = .discarding
+                } else {
+                    // Too large to batch: ClickHouse gets it as it came.
+                    startPassthrough(head: request.head, initialBody: request.body, bodyComplete: false, context: context)
+                }
+                return
             }
             state = .buffering(request)
         case .passthrough(let bridge):
@@ -332,7 +332,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             app.metrics.request(.rejected)
             respondError(
                 .memoryLimit(
-                    "Batchhouse: buffers are full (\(inUse) bytes in use, limits.max_buffer_memory \(configuration.limits.maxBufferMemory)); retry later"
+                    "Batchhouse: buffers are full for priority \(rule.priority) tables (\(inUse) bytes in use of limits.max_buffer_memory \(configuration.limits.maxBufferMemory); shedding starts at 80% for priority 5); retry later"
                 ), head: request.head, close: false, context: context)
         case .acceptedEmpty:
             app.metrics.request(.batchedInsert)

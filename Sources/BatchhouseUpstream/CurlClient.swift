@@ -1,6 +1,5 @@
 import Logging
 import NIOCore
-import Synchronization
 
 /// An HTTP/1.1 client for ClickHouse built on libcurl.
 ///
@@ -106,7 +105,7 @@ private final class ResponseCollector: UpstreamStreamDelegate {
         var body = ByteBuffer()
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     func setContinuation(_ continuation: CheckedContinuation<Result<UpstreamResponse, UpstreamError>, Never>) {
         state.withLock { $0.continuation = continuation }

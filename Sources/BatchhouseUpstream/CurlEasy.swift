@@ -122,9 +122,11 @@ final class CurlEasy {
     }
 }
 
-/// Owns one multi handle. `wakeup()` is the only method that may be called off the curl thread.
+/// Owns one multi handle. `wakeup()` is the only method that may be called off the curl thread, and
+/// only before `close()`; CurlMultiThread guarantees both.
 final class CurlMulti: @unchecked Sendable {
     let handle: UnsafeMutableRawPointer
+    private var isClosed = false
 
     init(maxConnections: Int) {
         _ = CurlGlobal.initialized
@@ -137,8 +139,14 @@ final class CurlMulti: @unchecked Sendable {
     }
 
     deinit {
-        // Easy handles are removed from the multi before it goes away (CurlMultiThread's loop ends
-        // with none in it), so this only closes the cached connections.
+        close()
+    }
+
+    /// Frees the handle and closes the cached connections. Every easy handle must have been removed
+    /// (CurlMultiThread's loop ends with none in it).
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
         curl_multi_cleanup(handle)
     }
 

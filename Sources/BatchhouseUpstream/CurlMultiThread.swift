@@ -2,15 +2,6 @@ import CCurl
 import Dispatch
 import Foundation
 import Logging
-import Synchronization
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// One thread that drives a curl multi handle: every easy handle is created, configured, paused,
 /// resumed, removed and freed here. Other threads talk to it only through `inbox` (a locked queue of
@@ -33,14 +24,14 @@ final class CurlMultiThread: Sendable {
         var accepting = true
         var shuttingDown = false
         var threadStarted = false
-        var thread: pthread_t?
+        var thread: UInt?
     }
 
     let multi: CurlMulti
     /// CURLOPT_MAXAGE_CONN for every transfer.
     let maxIdleSeconds: Int
     let logger: Logger
-    private let inbox = Mutex(Inbox())
+    private let inbox = Locked(Inbox())
     private let exited = DispatchSemaphore(value: 0)
 
     init(maxConnections: Int, maxIdleSeconds: Int, logger: Logger) {
@@ -80,16 +71,14 @@ final class CurlMultiThread: Sendable {
     /// Cancels every transfer (their delegates get `.cancelled`) and stops the thread. Waits for it,
     /// except when called on the curl thread itself (from a delegate). Idempotent.
     func shutdown() {
-        let (wait, onCurlThread) = inbox.withLock { inbox -> (Bool, Bool) in
-            let first = !inbox.shuttingDown
+        let onCurlThread = inbox.withLock { inbox -> Bool in
             inbox.shuttingDown = true
             if inbox.accepting { multi.wakeup() }
-            let onCurlThread = inbox.thread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
-            return (first, onCurlThread)
+            return inbox.thread == currentThreadID()
         }
-        if wait && !onCurlThread {
+        if !onCurlThread {
             exited.wait()
-            // Let a later shutdown() return at once too.
+            // Pass it on: every other shutdown(), concurrent or later, returns too.
             exited.signal()
         }
     }
@@ -97,7 +86,7 @@ final class CurlMultiThread: Sendable {
     // MARK: Curl thread
 
     private func run() {
-        inbox.withLock { $0.thread = pthread_self() }
+        inbox.withLock { $0.thread = currentThreadID() }
         let loop = CurlLoop(multi: multi, logger: logger)
         while true {
             let (commands, shuttingDown) = inbox.withLock { inbox -> ([Command], Bool) in
@@ -120,6 +109,9 @@ final class CurlMultiThread: Sendable {
         for case .add(let stream) in last {
             stream.finish(error)
         }
+        // No more wakeups can come (`accepting` is false), so the multi handle can go now; this closes
+        // the cached connections.
+        multi.close()
         exited.signal()
     }
 }

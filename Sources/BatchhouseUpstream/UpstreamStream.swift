@@ -1,6 +1,5 @@
 import CCurl
 import NIOCore
-import Synchronization
 
 /// Receives the events of one ``UpstreamStream``. Every method is called on the curl thread, one at a
 /// time, so an implementation hops to its own event loop and returns quickly: while it runs, no other
@@ -22,7 +21,11 @@ public protocol UpstreamStreamDelegate: AnyObject, Sendable {
     func upstreamStreamWantsMoreRequestBody(_ stream: UpstreamStream)
 
     /// The end: `nil` after the whole response was delivered, otherwise why it stopped. Called exactly
-    /// once per stream. Nothing is called after it.
+    /// once per stream. Nothing is called after it, and the stream lets go of its delegate.
+    ///
+    /// It can come before the request body is complete: a server may answer early (an error for an
+    /// INSERT it rejected) and libcurl then stops sending. A caller waiting for
+    /// `upstreamStreamWantsMoreRequestBody` stops waiting here too; later writes are ignored.
     func upstreamStream(_ stream: UpstreamStream, didFinishWith error: UpstreamError?)
 }
 
@@ -37,10 +40,9 @@ public final class UpstreamStream: Sendable {
 
     let request: UpstreamRequest
     let framing: RequestFraming
-    let delegate: any UpstreamStreamDelegate
     let driver: CurlMultiThread
     /// State shared between the caller's threads and the curl thread.
-    let shared: Mutex<SharedState>
+    let shared: Locked<SharedState>
     /// State of the curl thread alone.
     let curl: CurlSideState
 
@@ -65,6 +67,8 @@ public final class UpstreamStream: Sendable {
     /// Touched only on the curl thread (and, for a stream the curl thread never saw, by the thread
     /// that failed to hand it over), hence unchecked.
     final class CurlSideState: @unchecked Sendable {
+        /// Released after `didFinishWith`, so a delegate that holds its stream makes no lasting cycle.
+        var delegate: (any UpstreamStreamDelegate)?
         var easy: CurlEasy?
         var head = ResponseHeadParser()
         var receivePaused = false
@@ -82,7 +86,6 @@ public final class UpstreamStream: Sendable {
     ) {
         self.request = request
         self.framing = framing
-        self.delegate = delegate
         self.driver = driver
         var state = SharedState()
         if let body = request.body, body.readableBytes > 0 {
@@ -91,8 +94,9 @@ public final class UpstreamStream: Sendable {
             if rewindable { state.rewindableBody = body }
         }
         state.bodyFinished = !framing.hasBody
-        shared = Mutex(state)
+        shared = Locked(state)
         curl = CurlSideState()
+        curl.delegate = delegate
     }
 
     // MARK: Public API
@@ -206,7 +210,6 @@ public final class UpstreamStream: Sendable {
         easy.set(CURLOPT_HEADERDATA, pointer: userdata)
         easy.set(CURLOPT_WRITEFUNCTION, writeFunction: curlWriteCallback)
         easy.set(CURLOPT_WRITEDATA, pointer: userdata)
-        easy.set(CURLOPT_PRIVATE, pointer: userdata)
 
         if let failure = easy.setupFailure {
             let text = String(cString: curl_easy_strerror(failure.code))
@@ -259,10 +262,12 @@ public final class UpstreamStream: Sendable {
         if error == nil, let easy = curl.easy,
             let head = curl.head.finish(fallbackStatus: easy.info(long: CURLINFO_RESPONSE_CODE) ?? 0)
         {
-            delegate.upstreamStream(self, didReceiveHead: head.status, headers: head.headers)
+            curl.delegate?.upstreamStream(self, didReceiveHead: head.status, headers: head.headers)
         }
         curl.easy = nil
-        delegate.upstreamStream(self, didFinishWith: error)
+        let delegate = curl.delegate
+        curl.delegate = nil
+        delegate?.upstreamStream(self, didFinishWith: error)
     }
 
     /// The error for a transfer that libcurl ended with `code`.
@@ -287,7 +292,7 @@ public final class UpstreamStream: Sendable {
 
     fileprivate func receiveHeaderLine(_ line: UnsafeRawBufferPointer) {
         if let head = curl.head.consume(line) {
-            delegate.upstreamStream(self, didReceiveHead: head.status, headers: head.headers)
+            curl.delegate?.upstreamStream(self, didReceiveHead: head.status, headers: head.headers)
         }
     }
 
@@ -295,9 +300,9 @@ public final class UpstreamStream: Sendable {
         if !curl.head.isComplete, let easy = curl.easy,
             let head = curl.head.finish(fallbackStatus: easy.info(long: CURLINFO_RESPONSE_CODE) ?? 0)
         {
-            delegate.upstreamStream(self, didReceiveHead: head.status, headers: head.headers)
+            curl.delegate?.upstreamStream(self, didReceiveHead: head.status, headers: head.headers)
         }
-        if delegate.upstreamStream(self, didReceiveBody: bytes) {
+        if curl.delegate?.upstreamStream(self, didReceiveBody: bytes) ?? true {
             return bytes.count
         }
         curl.receivePaused = true
@@ -334,7 +339,7 @@ public final class UpstreamStream: Sendable {
             if notify { state.wantsMoreNotified = true }
             return (copied, notify)
         }
-        if notify { delegate.upstreamStreamWantsMoreRequestBody(self) }
+        if notify { curl.delegate?.upstreamStreamWantsMoreRequestBody(self) }
         return result
     }
 

@@ -28,7 +28,9 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the proxy (the default command).")
 
-    @Option(name: .long, help: "The YAML strategy file. Without it, the built-in defaults apply.")
+    @Option(
+        name: .long,
+        help: "The YAML strategy file. Without it, the built-in defaults apply. Reloaded on SIGHUP and when it changes.")
     var config: String?
 
     @Option(name: .long, help: "Where to listen, host:port (overrides `listen` in the file).")
@@ -46,18 +48,29 @@ struct Serve: AsyncParsableCommand {
         var logger = Logger(label: "batchhouse")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var configuration: BatchhouseConfiguration
+        let overrides: @Sendable (inout BatchhouseConfiguration) -> Void
         do {
+            let listenOverride = try listen.map { try ListenAddress(parsing: $0) }
+            let upstreamOverride = upstream
+            overrides = { configuration in
+                if let listenOverride { configuration.listen = listenOverride }
+                if !upstreamOverride.isEmpty { configuration.upstream.servers = upstreamOverride }
+            }
             configuration = try loadConfiguration(path: config)
-            if let listen { configuration.listen = try ListenAddress(parsing: listen) }
-            if !upstream.isEmpty { configuration.upstream.servers = upstream }
+            overrides(&configuration)
         } catch {
             FileHandle.standardError.write(Data("batchhouse: \(error)\n".utf8))
             throw ExitCode(2)
         }
         let application = BatchhouseApplication(configuration: configuration, logger: logger)
+        var services = application.services
+        if let config {
+            // Last in the list, so it is the first to stop.
+            services.append(application.configurationWatcher(path: config, overrides: overrides))
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: application.services.map { .init(service: $0) },
+                services: services.map { .init(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         Task { _ = await application.probeUpstreamVersion() }

@@ -120,9 +120,10 @@ final class ProxyUnderTest: Sendable {
     let deadLetterDir: String
 
     /// `rules` is YAML for `defaults:`/`tables:` (and anything else but listen/upstream/dead_letter_dir).
-    static func start(_ rules: String, upstream: String? = nil, upstreamSettings: String = "{}") async throws
-        -> ProxyUnderTest
-    {
+    /// With `watchedFile`, the YAML is written there and reloaded when it changes (checked every 100 ms).
+    static func start(
+        _ rules: String, upstream: String? = nil, upstreamSettings: String = "{}", watchedFile: String? = nil
+    ) async throws -> ProxyUnderTest {
         let deadLetterDir = NSTemporaryDirectory() + "bh-dead-letter-\(UInt32.random(in: 0...UInt32.max))"
         let yaml = """
             listen: 127.0.0.1:0
@@ -135,11 +136,16 @@ final class ProxyUnderTest: Sendable {
             \(rules)
             """
         let configuration = try ConfigurationLoader.parse(yaml: yaml, environment: [:])
+        if let watchedFile { try yaml.write(toFile: watchedFile, atomically: true, encoding: .utf8) }
         var logger = Logger(label: "batchhouse-test")
         logger.logLevel = ProcessInfo.processInfo.environment["BATCHHOUSE_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
         let application = BatchhouseApplication(configuration: configuration, logger: logger)
+        var services = application.services
+        if let watchedFile {
+            services.append(application.configurationWatcher(path: watchedFile, pollInterval: .milliseconds(100)))
+        }
         let group = ServiceGroup(
-            configuration: .init(services: application.services.map { .init(service: $0) }, logger: logger))
+            configuration: .init(services: services.map { .init(service: $0) }, logger: logger))
         let task = Task { try await group.run() }
         guard let port = await application.waitUntilListening() else {
             task.cancel()
@@ -167,6 +173,23 @@ final class ProxyUnderTest: Sendable {
         try await task.value
         application.shutdown()
         try? FileManager.default.removeItem(atPath: deadLetterDir)
+    }
+
+    /// The YAML `start` used, with `rules` replaced: what a reload test writes to the watched file.
+    static func configurationText(_ rules: String, deadLetterDir: String) -> String {
+        """
+        listen: 127.0.0.1:0
+        upstream:
+          servers: [\(TestEnvironment.clickHouseURL!)]
+          connect_timeout: 2s
+          timeout: 20s
+        dead_letter_dir: \(deadLetterDir)
+        \(rules)
+        """
+    }
+
+    func metricsText() async throws -> String {
+        String(decoding: try await endpoint.get("/metrics").body, as: UTF8.self)
     }
 
     func deadLetterFiles() -> [String] {

@@ -1,7 +1,6 @@
-import BatchhouseUpstream
+@testable import BatchhouseUpstream
 import Foundation
 import NIOCore
-import Synchronization
 import Testing
 
 /// The ClickHouse the integration tests talk to: `CLICKHOUSE_URL` if set, otherwise one started for
@@ -135,7 +134,7 @@ final class StreamRecorder: UpstreamStreamDelegate {
     let pauseEvery: Int?
     let resumeAfter: Duration
     let keepBody: Bool
-    let state = Mutex(State())
+    let state = Locked(State())
     let wantsMoreEvents: AsyncStream<Void>
     private let wantsMoreContinuation: AsyncStream<Void>.Continuation
 

@@ -1,0 +1,137 @@
+/// Reads a spool directory back at start.
+///
+/// Segments are read newest first: a `delivered` record is always written after its chunk, so in
+/// the chunk's segment or a newer one. By the time a segment is read, every delivery of its chunks
+/// is known, and only undelivered chunks are decoded and kept: memory holds what must be replayed
+/// plus one segment, not the whole spool.
+enum Recovery {
+    struct Result {
+        /// Sorted by number, none of them open.
+        var segments: [SegmentState]
+        var chunks: [SpooledChunk]
+        var corruptions: [SpoolCorruption]
+        var fileCount: Int
+        var bytes: Int
+        /// Above every chunk id and segment number seen, so new segment names never collide.
+        var nextChunkID: UInt64
+    }
+
+    static func run(directory: String) throws(SpoolError) -> Result {
+        let files = try FileSystem.segmentFiles(in: directory)
+        var delivered = IDRanges()
+        var markers: [(segment: UInt64, ranges: IDRanges)] = []
+        var segments: [SegmentState] = []
+        var chunks: [SpooledChunk] = []
+        var kept = Set<UInt64>()
+        var corruptions: [SpoolCorruption] = []
+        var bytesTotal = 0
+        var highest: UInt64 = files.last?.number ?? 0
+
+        for (number, name) in files.reversed() {
+            let path = directory + "/" + name
+            FileSystem.setPrivate(path)
+            let bytes = try FileSystem.readFile(path)
+            bytesTotal += bytes.count
+            var segment = SegmentState(
+                number: number,
+                path: path,
+                file: nil,
+                size: bytes.count,
+                durableSize: bytes.count,
+                needsDirectorySync: false
+            )
+            var fileMarkers: [ClosedRange<UInt64>] = []
+            var chunkRecords: [(offset: Int, payload: Range<Int>)] = []
+            var scanner: SegmentScanner?
+            let outcome = bytes.withUnsafeBytes { buffer in
+                var reader = SegmentScanner(bytes: buffer, fileName: name)
+                let outcome = reader.scan { type, payload, offset in
+                    let start = payload.baseAddress! - buffer.baseAddress!
+                    switch type {
+                    case .chunk:
+                        chunkRecords.append((offset, start..<start + payload.count))
+                    case .delivered:
+                        do throws(RecordDecodingError) {
+                            fileMarkers += try RecordFormat.decodeDelivered(payload)
+                        } catch {
+                            corruptions.append(
+                                SpoolCorruption(segment: name, offset: offset, reason: "malformed delivered record: \(error.reason)")
+                            )
+                        }
+                    }
+                }
+                scanner = reader
+                return outcome
+            }
+            if case .unsupportedVersion(let version) = outcome {
+                throw SpoolError(
+                    code: .io,
+                    message: "\(path) has spool format version \(version); this build reads version \(RecordFormat.version). Move it aside to start."
+                )
+            }
+            corruptions += scanner?.corruptions ?? []
+
+            if !fileMarkers.isEmpty {
+                let ranges = IDRanges(ranges: fileMarkers)
+                markers.append((number, ranges))
+                delivered = IDRanges(ranges: delivered.ranges + ranges.ranges)
+                highest = max(highest, ranges.ranges.last!.upperBound)
+            }
+            bytes.withUnsafeBytes { buffer in
+                for record in chunkRecords {
+                    let payload = UnsafeRawBufferPointer(rebasing: buffer[record.payload])
+                    guard payload.count >= 8 else {
+                        corruptions.append(SpoolCorruption(segment: name, offset: record.offset, reason: "malformed chunk record: no id"))
+                        continue
+                    }
+                    let id = UInt64(littleEndian: payload.loadUnaligned(as: UInt64.self))
+                    segment.firstID = min(segment.firstID ?? id, id)
+                    segment.lastID = max(segment.lastID ?? id, id)
+                    highest = max(highest, id)
+                    if delivered.contains(id) { continue }
+                    do throws(RecordDecodingError) {
+                        let chunk = try RecordFormat.decodeChunk(payload)
+                        if kept.contains(id) {
+                            corruptions.append(SpoolCorruption(segment: name, offset: record.offset, reason: "duplicate chunk id \(id), skipped"))
+                            continue
+                        }
+                        kept.insert(id)
+                        segment.undelivered.insert(id)
+                        chunks.append(chunk)
+                    } catch {
+                        corruptions.append(
+                            SpoolCorruption(segment: name, offset: record.offset, reason: "malformed chunk record: \(error.reason)")
+                        )
+                    }
+                }
+            }
+            segments.append(segment)
+        }
+
+        segments.reverse()
+        for index in segments.indices {
+            guard let first = segments[index].firstID, let last = segments[index].lastID else { continue }
+            for marker in markers where marker.segment >= segments[index].number && marker.ranges.overlaps(first...last) {
+                segments[index].markerSegments.insert(marker.segment)
+            }
+        }
+        chunks.sort { $0.id < $1.id }
+        corruptions.sort { ($0.segment, $0.offset) < ($1.segment, $1.offset) }
+        return Result(
+            segments: segments,
+            chunks: chunks,
+            corruptions: corruptions,
+            fileCount: files.count,
+            bytes: bytesTotal,
+            nextChunkID: highest == .max ? .max : max(highest + 1, 1)
+        )
+    }
+}
+
+extension RecordDecodingError {
+    var reason: String {
+        switch self {
+        case .malformed(let reason): reason
+        }
+    }
+}

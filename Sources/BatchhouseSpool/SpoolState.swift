@@ -1,0 +1,298 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+typealias DurabilityContinuation = CheckedContinuation<Result<Void, SpoolError>, Never>
+
+/// What the spool knows about one segment file. Lives under the spool's lock.
+struct SegmentState {
+    let number: UInt64
+    let path: String
+    /// Open while it is the active segment, and after rotation until its last bytes are synced.
+    /// Recovered segments are never written and need no descriptor.
+    var file: OpenFile?
+    var size: Int
+    /// Bytes known to be on stable storage.
+    var durableSize: Int
+    /// Set when fdatasync failed: nothing more in this file can be promised durable.
+    var syncFailure: SpoolError?
+    /// A new file is durable only once its directory entry is too.
+    var needsDirectorySync: Bool
+    /// Chunks in this segment not yet delivered. Memory is proportional to undelivered chunks,
+    /// which are buffered (and so in memory) anyway.
+    var undelivered: Set<UInt64> = []
+    /// The span of chunk ids written to this segment, delivered or not.
+    var firstID: UInt64?
+    var lastID: UInt64?
+    /// Segments holding `delivered` records for this segment's chunks. Deleting one of them would
+    /// forget that those chunks were delivered, so their ids are first written again to the active
+    /// segment (see ``SpoolState/planRemovals()``).
+    var markerSegments: Set<UInt64> = []
+    /// A `delivered` record for this segment's chunks could not be written; write them again.
+    var markersUnwritten = false
+    var waiters: [(offset: Int, continuation: DurabilityContinuation)] = []
+
+    init(number: UInt64, path: String, file: OpenFile?, size: Int, durableSize: Int, needsDirectorySync: Bool) {
+        self.number = number
+        self.path = path
+        self.file = file
+        self.size = size
+        self.durableSize = durableSize
+        self.needsDirectorySync = needsDirectorySync
+    }
+
+    var deliveredSpan: [ClosedRange<UInt64>] {
+        guard let firstID, let lastID else { return [] }
+        return IDRanges.complement(of: undelivered, in: firstID...lastID)
+    }
+}
+
+/// A fully delivered segment whose file waits for the carried-forward `delivered` record that
+/// replaces its own to be synced before it is unlinked.
+struct PendingRemoval {
+    var path: String
+    var bytes: Int
+    var segment: UInt64
+    var durableSize: Int
+}
+
+/// Everything mutable in a spool; every field is guarded by the spool's lock.
+struct SpoolState {
+    /// Sorted by number; the last one is the active segment, where appends go.
+    var segments: [SegmentState]
+    var nextChunkID: UInt64
+    /// Live segments plus files waiting to be unlinked: what `spool.max_size` bounds.
+    var totalBytes: Int
+    var undeliveredCount: Int
+    var pendingRemovals: [PendingRemoval] = []
+    var rotateBeforeNextAppend = false
+    var closed = false
+    /// The sync thread is running (or has been signalled to run); see ``Spool`` for the protocol.
+    var syncThreadBusy = false
+    var fsyncCount = 0
+    var lockFile: OpenFile?
+
+    var activeIndex: Int { segments.count - 1 }
+
+    func index(ofSegment number: UInt64) -> Int? {
+        var low = 0
+        var high = segments.count
+        while low < high {
+            let middle = (low + high) / 2
+            if segments[middle].number < number {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        return low < segments.count && segments[low].number == number ? low : nil
+    }
+
+    /// The segment holding an undelivered chunk. A segment's chunk ids are at least its number
+    /// and below the next segment's number; the linear fallback only guards against files that
+    /// were moved around by hand.
+    func index(holdingUndelivered id: UInt64) -> Int? {
+        var low = 0
+        var high = segments.count
+        while low < high {
+            let middle = (low + high) / 2
+            if segments[middle].number <= id {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        if low > 0 && segments[low - 1].undelivered.contains(id) { return low - 1 }
+        return segments.firstIndex { $0.undelivered.contains(id) }
+    }
+
+    /// Appends a record to the active segment. On a failed write the partial record is cut off;
+    /// if even that fails, the next append starts a new segment.
+    mutating func writeToActive(_ parts: UnsafeRawBufferPointer...) -> Int32? {
+        let index = activeIndex
+        guard let file = segments[index].file else { return EBADF }
+        let length = parts.reduce(0) { $0 + $1.count }
+        let offset = segments[index].size
+        if let failure = FileSystem.write(file.descriptor, at: offset, parts) {
+            if !FileSystem.truncate(file.descriptor, to: offset) { rotateBeforeNextAppend = true }
+            return failure
+        }
+        segments[index].size += length
+        totalBytes += length
+        return nil
+    }
+
+    // MARK: Delivery and segment removal
+
+    /// Files to unlink now and waiters to resume, once the lock is released.
+    struct Removals {
+        var unlinkNow: [String] = []
+        var resume: [DurabilityContinuation] = []
+        var wakeSyncThread = false
+    }
+
+    /// Removes every segment but the active one whose chunks are all delivered. Before that, the
+    /// `delivered` ids those files hold for chunks of segments that stay are written again to the
+    /// active segment; such files are then unlinked only after that record is synced, so no crash
+    /// brings back chunks that ClickHouse already has.
+    mutating func planRemovals() -> Removals {
+        var result = Removals()
+        let active = activeIndex
+        guard active > 0 else { return result }
+        let removable = segments[..<active].indices.filter { segments[$0].undelivered.isEmpty }
+        guard !removable.isEmpty || segments.contains(where: \.markersUnwritten) else { return result }
+        let removedNumbers = Set(removable.map { segments[$0].number })
+
+        let carried = segments.indices.filter { index in
+            !removedNumbers.contains(segments[index].number)
+                && (segments[index].markersUnwritten || !segments[index].markerSegments.isDisjoint(with: removedNumbers))
+        }
+        let ranges = IDRanges(ranges: carried.flatMap { segments[$0].deliveredSpan }).ranges
+        var carriedTo: (segment: UInt64, size: Int)?
+        if !ranges.isEmpty {
+            let record = RecordFormat.deliveredRecord(ranges)
+            let failure = record.withUnsafeBytes { writeToActive($0) }
+            // Without the carried record, removing the files would forget deliveries: try again later.
+            guard failure == nil else { return result }
+            // A segment whose sync already failed cannot be made durable: do not wait for it.
+            if segments[active].syncFailure == nil {
+                carriedTo = (segments[active].number, segments[active].size)
+            }
+        }
+        for index in carried {
+            segments[index].markerSegments = [segments[active].number]
+            segments[index].markersUnwritten = false
+        }
+
+        for index in removable.reversed() {
+            let segment = segments.remove(at: index)
+            result.resume += segment.waiters.map(\.continuation)
+            if let carriedTo {
+                pendingRemovals.append(
+                    PendingRemoval(path: segment.path, bytes: segment.size, segment: carriedTo.segment, durableSize: carriedTo.size)
+                )
+            } else {
+                totalBytes -= segment.size
+                result.unlinkNow.append(segment.path)
+            }
+        }
+        // Removals that waited for a carried record in a file removed now: that record either
+        // moved on with this carry, or nothing kept depends on it any more.
+        for index in pendingRemovals.indices.reversed() where removedNumbers.contains(pendingRemovals[index].segment) {
+            if let carriedTo {
+                pendingRemovals[index].segment = carriedTo.segment
+                pendingRemovals[index].durableSize = carriedTo.size
+            } else {
+                let removal = pendingRemovals.remove(at: index)
+                totalBytes -= removal.bytes
+                result.unlinkNow.append(removal.path)
+            }
+        }
+        if carriedTo != nil && !syncThreadBusy {
+            syncThreadBusy = true
+            result.wakeSyncThread = true
+        }
+        return result
+    }
+
+    // MARK: Group commit
+
+    struct SyncTarget {
+        var segment: UInt64
+        var file: OpenFile
+        var size: Int
+        var directory: Bool
+    }
+
+    enum SyncStep {
+        case sync([SyncTarget])
+        /// Nothing to do: the thread waits for the next signal.
+        case idle
+        /// Closed and everything synced: the thread resumes whoever still waits and exits.
+        case exit([DurabilityContinuation])
+    }
+
+    /// Which segments to sync now: the active one when someone waits on it (or a removal waits
+    /// for it, or the spool is closing), and every rotated segment with unsynced bytes.
+    mutating func nextSyncStep() -> SyncStep {
+        var targets: [SyncTarget] = []
+        for index in segments.indices {
+            let segment = segments[index]
+            guard let file = segment.file, segment.syncFailure == nil,
+                segment.durableSize < segment.size || segment.needsDirectorySync
+            else { continue }
+            let wanted =
+                closed || index != activeIndex || !segment.waiters.isEmpty
+                || pendingRemovals.contains { $0.segment == segment.number }
+            if wanted {
+                targets.append(SyncTarget(segment: segment.number, file: file, size: segment.size, directory: segment.needsDirectorySync))
+            }
+        }
+        if !targets.isEmpty { return .sync(targets) }
+        guard closed else {
+            syncThreadBusy = false
+            return .idle
+        }
+        var remaining: [DurabilityContinuation] = []
+        for index in segments.indices {
+            remaining += segments[index].waiters.map(\.continuation)
+            segments[index].waiters = []
+            segments[index].file = nil
+        }
+        return .exit(remaining)
+    }
+
+    struct SyncCompletion {
+        var resume: [(DurabilityContinuation, Result<Void, SpoolError>)] = []
+        var unlink: [String] = []
+    }
+
+    /// Records what a round of syncs achieved.
+    mutating func finishSync(_ results: [(target: SyncTarget, failure: SpoolError?)]) -> SyncCompletion {
+        var completion = SyncCompletion()
+        for (target, failure) in results {
+            fsyncCount += 1
+            guard let index = index(ofSegment: target.segment) else { continue }
+            if let failure {
+                segments[index].syncFailure = failure
+                completion.resume += segments[index].waiters.map { ($0.continuation, .failure(failure)) }
+                segments[index].waiters = []
+                if index == activeIndex {
+                    rotateBeforeNextAppend = true
+                } else {
+                    segments[index].file = nil
+                }
+                continue
+            }
+            segments[index].durableSize = max(segments[index].durableSize, target.size)
+            if target.directory { segments[index].needsDirectorySync = false }
+            let durable = segments[index].durableSize
+            var stillWaiting: [(offset: Int, continuation: DurabilityContinuation)] = []
+            for waiter in segments[index].waiters {
+                if waiter.offset <= durable {
+                    completion.resume.append((waiter.continuation, .success(())))
+                } else {
+                    stillWaiting.append(waiter)
+                }
+            }
+            segments[index].waiters = stillWaiting
+            if index != activeIndex && durable >= segments[index].size {
+                segments[index].file = nil
+            }
+        }
+        // A failed sync does not hold removals back forever: the worst a crash can then do is
+        // replay chunks ClickHouse already has, which at-least-once delivery allows.
+        let settled = results.map { ($0.target.segment, $0.failure == nil ? $0.target.size : Int.max) }
+        pendingRemovals.removeAll { removal in
+            guard settled.contains(where: { $0.0 == removal.segment && $0.1 >= removal.durableSize }) else { return false }
+            totalBytes -= removal.bytes
+            completion.unlink.append(removal.path)
+            return true
+        }
+        return completion
+    }
+}

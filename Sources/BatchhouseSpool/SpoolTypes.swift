@@ -1,0 +1,101 @@
+import BatchhouseCore
+
+/// One client request's validated rows for one batch key, as the spool stores and replays them.
+///
+/// `key.identity` holds the client's user and password: replay must send these rows upstream with
+/// the identity they came with, so the spool keeps them (see ``Spool`` for where and how).
+public struct SpooledChunk: Sendable {
+    /// Assigned by the spool; increasing in append order, also across restarts.
+    public var id: UInt64
+    public var key: BatchKey
+    public var rows: Int
+    public var endsWithNewline: Bool
+    public var data: [UInt8]
+
+    public init(id: UInt64, key: BatchKey, rows: Int, endsWithNewline: Bool, data: [UInt8]) {
+        self.id = id
+        self.key = key
+        self.rows = rows
+        self.endsWithNewline = endsWithNewline
+        self.data = data
+    }
+}
+
+/// Where an appended chunk ended up: what ``Spool/waitDurable(_:)`` waits for.
+public struct SpoolPosition: Sendable, Hashable {
+    public var chunkID: UInt64
+    /// The segment's number (the number in its file name).
+    public var segment: UInt64
+    /// The offset just past the chunk's record in that segment.
+    public var offset: Int
+
+    public init(chunkID: UInt64, segment: UInt64, offset: Int) {
+        self.chunkID = chunkID
+        self.segment = segment
+        self.offset = offset
+    }
+}
+
+/// A stretch of a segment file that could not be read back: a torn write, a flipped bit, garbage.
+/// Recovery reports it and goes on with the next record that verifies.
+public struct SpoolCorruption: Sendable, Hashable, CustomStringConvertible {
+    /// The segment's file name, e.g. `segment-00000000000000000001.wal`.
+    public var segment: String
+    /// Byte offset in that file where the bad data starts.
+    public var offset: Int
+    public var reason: String
+
+    public init(segment: String, offset: Int, reason: String) {
+        self.segment = segment
+        self.offset = offset
+        self.reason = reason
+    }
+
+    public var description: String { "\(segment) at offset \(offset): \(reason)" }
+}
+
+public struct SpoolError: Error, Sendable, CustomStringConvertible {
+    public enum Code: Sendable {
+        /// `spool.max_size` would be exceeded: answer 503 and let the client retry.
+        case full
+        /// A system call failed (disk full, I/O error, permissions); `message` says which and why.
+        case io
+        /// The spool was closed.
+        case closed
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(code: Code, message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String {
+        switch code {
+        case .full: "spool full: \(message)"
+        case .io: "spool I/O error: \(message)"
+        case .closed: "spool closed: \(message)"
+        }
+    }
+}
+
+/// What ``Spool/open(directory:maxSize:segmentSize:)`` found on disk.
+public struct SpoolRecovery: Sendable {
+    /// Chunks not yet delivered, in id order: replay them, then call ``Spool/markDelivered(_:)``
+    /// with their ids once ClickHouse has them.
+    public var chunks: [SpooledChunk]
+    public var corruptions: [SpoolCorruption]
+    /// Segment files found (before any was deleted as fully delivered).
+    public var segments: Int
+    /// Their total size in bytes.
+    public var bytes: Int
+
+    public init(chunks: [SpooledChunk], corruptions: [SpoolCorruption], segments: Int, bytes: Int) {
+        self.chunks = chunks
+        self.corruptions = corruptions
+        self.segments = segments
+        self.bytes = bytes
+    }
+}

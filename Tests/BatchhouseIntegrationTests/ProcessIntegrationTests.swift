@@ -1,0 +1,127 @@
+import BatchhouseCore
+import Foundation
+import Testing
+
+/// The real `batchhouse` executable as a separate process: signals, exit codes, and its own memory.
+/// (`RunningProxy` is only touched from the test task; its Process is thread-safe for what is used.)
+@Suite(.serialized, .enabled(if: TestEnvironment.hasClickHouse, "needs CLICKHOUSE_URL (scripts/test sets it)"))
+struct ProcessIntegrationTests {
+    static let repo: String = {
+        if let repo = ProcessInfo.processInfo.environment["BATCHHOUSE_REPO"] { return repo }
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path
+    }()
+
+    final class RunningProxy: @unchecked Sendable {
+        let process = Process()
+        let port: Int
+        let logFile: String
+        let workDir: String
+
+        init(config: String) throws {
+            workDir = NSTemporaryDirectory() + "bh-proc-\(UInt32.random(in: 0...UInt32.max))"
+            try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
+            port = Int.random(in: 30000...60000)
+            let configPath = workDir + "/batchhouse.yaml"
+            try (config + "\ndead_letter_dir: \(workDir)/dead-letter\n").write(
+                toFile: configPath, atomically: true, encoding: .utf8)
+            logFile = workDir + "/batchhouse.log"
+            _ = FileManager.default.createFile(atPath: logFile, contents: nil)
+            process.executableURL = URL(fileURLWithPath: ProcessIntegrationTests.repo + "/.build/debug/batchhouse")
+            process.arguments = [
+                "--config", configPath, "--listen", "127.0.0.1:\(port)", "--upstream", TestEnvironment.clickHouseURL!,
+            ]
+            let log = FileHandle(forWritingAtPath: logFile)
+            process.standardOutput = log
+            process.standardError = log
+            try process.run()
+        }
+
+        var endpoint: HTTPEndpoint { HTTPEndpoint(baseURL: "http://127.0.0.1:\(port)") }
+
+        func waitUntilReady() async throws {
+            for _ in 0..<100 {
+                if let ping = try? await endpoint.get("/ping"), ping.status == 200 { return }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            throw TestFailure("batchhouse did not answer /ping; log:\n\(log)")
+        }
+
+        var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+
+        /// Resident memory of the proxy process now, in bytes.
+        var residentBytes: Int {
+            let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+            for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+                let kilobytes = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+                return kilobytes * 1024
+            }
+            return 0
+        }
+
+        func terminateAndWait() async -> Int32 {
+            process.terminate()  // SIGTERM
+            for _ in 0..<300 where process.isRunning {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+
+        deinit {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            try? FileManager.default.removeItem(atPath: workDir)
+        }
+    }
+
+    @Test func sigtermFinishesRequestsFlushesEverythingAndExitsZero() async throws {
+        let db = try await TestDatabase.create()
+        defer { Task { await db.drop() } }
+        try await db.clickHouse.sql("CREATE TABLE \(db.name).g (id UInt64) ENGINE = MergeTree ORDER BY id")
+        let proxy = try RunningProxy(config: "defaults: { strategy: hybrid, max_rows: 1000000, max_delay: 60s }")
+        try await proxy.waitUntilReady()
+        try await runConcurrently(count: 500, concurrency: 8) { id in
+            let result = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).g VALUES (\(id))")
+            guard result.status == 200 else { throw TestFailure("\(result.status) \(result.body)") }
+        }
+        #expect(try await db.count("g") == 0, "nothing should be flushed before max_delay")
+        let status = await proxy.terminateAndWait()
+        #expect(status == 0)
+        #expect(try await db.count("g") == 500)
+        #expect(try await db.clickHouse.sql("SELECT uniqExact(id) FROM \(db.name).g") == "500\n")
+        #expect(proxy.log.contains("trigger=shutdown"))
+    }
+
+    @Test func largeSelectStreamsWithoutGrowingTheProxy() async throws {
+        let proxy = try RunningProxy(config: "defaults: { strategy: hybrid }")
+        try await proxy.waitUntilReady()
+        let before = proxy.residentBytes
+        // About 200 MB of TSV, read by a client that takes only 100 MB/s: the proxy must pause upstream
+        // instead of buffering what the client has not taken.
+        let query = "SELECT number, toString(number) FROM system.numbers LIMIT 12000000"
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        curl.arguments = [
+            "-sS", "--limit-rate", "100M", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+            "http://127.0.0.1:\(proxy.port)/?query=" + QueryString.encode(query),
+        ]
+        let output = Pipe()
+        curl.standardOutput = output
+        try curl.run()
+        var peak = before
+        while curl.isRunning {
+            peak = max(peak, proxy.residentBytes)
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let result = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let parts = result.split(separator: " ")
+        #expect(parts.first == "200")
+        let downloaded = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+        #expect(downloaded > 150_000_000, "downloaded \(downloaded) bytes")
+        let growth = peak - before
+        print("streaming: \(downloaded) bytes through the proxy, RSS \(before >> 20) MiB -> peak \(peak >> 20) MiB")
+        #expect(growth < 48 << 20, "proxy RSS grew by \(growth >> 20) MiB while streaming")
+        #expect(await proxy.terminateAndWait() == 0)
+    }
+}
