@@ -1,3 +1,20 @@
+/// One request's rows inside a batch: who is waiting for them (`token`, 0 for nobody), which spool chunk
+/// holds them, and where they are in the batch's data.
+public struct Contribution: Sendable, Hashable {
+    public var token: UInt64
+    public var spoolChunk: UInt64?
+    /// Byte range of the rows in the batch's `data` (separators excluded).
+    public var range: Range<Int>
+    public var rows: Int
+
+    public init(token: UInt64, spoolChunk: UInt64?, range: Range<Int>, rows: Int) {
+        self.token = token
+        self.spoolChunk = spoolChunk
+        self.range = range
+        self.rows = rows
+    }
+}
+
 /// A batch closed for appends, ready to go upstream as one INSERT.
 public struct SealedBatch: Sendable {
     /// Unique within the process; kept across retries.
@@ -12,11 +29,14 @@ public struct SealedBatch: Sendable {
     public var trigger: FlushTrigger
     public var firstRowAt: Instant
     public var sealedAt: Instant
+    /// The requests whose rows are in this batch, in order.
+    public var contributions: [Contribution]
 
     public init(
         id: UInt64, key: BatchKey, rule: TableRule, data: [UInt8], rows: Int, requests: Int,
-        trigger: FlushTrigger, firstRowAt: Instant, sealedAt: Instant
+        trigger: FlushTrigger, firstRowAt: Instant, sealedAt: Instant, contributions: [Contribution] = []
     ) {
+        self.contributions = contributions
         self.id = id
         self.key = key
         self.rule = rule
@@ -37,6 +57,7 @@ public struct BatchBuffer: Sendable {
     public let format: InputFormat
     /// Bytes of row data, without the header (what `max_bytes` and memory limits count).
     public private(set) var rowBytes: Int = 0
+    public private(set) var contributions: [Contribution] = []
     private let headerBytes: Int
 
     public init(format: InputFormat, header: [UInt8]?, reservingCapacity capacity: Int = 0) {
@@ -67,11 +88,17 @@ public struct BatchBuffer: Sendable {
     }
 
     /// Appends one request's rows (already validated by the row scanner).
-    public mutating func append(_ chunk: UnsafeRawBufferPointer, rows chunkRows: Int, endsWithNewline: Bool) {
+    public mutating func append(
+        _ chunk: UnsafeRawBufferPointer, rows chunkRows: Int, endsWithNewline: Bool, token: UInt64 = 0,
+        spoolChunk: UInt64? = nil
+    ) {
         let before = data.count
+        if format == .values && requests > 0 && !chunk.isEmpty { data.append(UInt8(ascii: ",")) }
+        let start = data.count
+        contributions.append(
+            Contribution(token: token, spoolChunk: spoolChunk, range: start..<(start + chunk.count), rows: chunkRows))
         switch format {
         case .values:
-            if requests > 0 && !chunk.isEmpty { data.append(UInt8(ascii: ",")) }
             data.append(contentsOf: chunk)
         case .rowBinary, .native:
             data.append(contentsOf: chunk)
@@ -129,7 +156,8 @@ public struct BatchStore: Sendable {
     /// Returns the batches that must go upstream now: at most one sealed before the append (the chunk would
     /// have crossed `max_bytes`) and one sealed after it (a size limit reached).
     public mutating func append(
-        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant,
+        token: UInt64 = 0, spoolChunk: UInt64? = nil
     ) -> [SealedBatch] {
         var sealed: [SealedBatch] = []
         let target = adaptiveTarget(key: key, rule: rule, rows: rows, bytes: chunk.count, now: now)
@@ -150,7 +178,7 @@ public struct BatchStore: Sendable {
             deadline: FlushPolicy.deadline(rule: rule, target: target, firstRowAt: now)
         )
         let before = batch.buffer.rowBytes
-        batch.buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline)
+        batch.buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline, token: token, spoolChunk: spoolChunk)
         bufferedRows += rows
         bufferedBytes += batch.buffer.rowBytes - before
         if let trigger = FlushPolicy.trigger(
@@ -276,14 +304,15 @@ public struct BatchStore: Sendable {
 
     /// A batch of one request's rows that never waits in the store (the `immediate` strategy).
     public mutating func single(
-        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant,
+        token: UInt64 = 0, spoolChunk: UInt64? = nil
     ) -> SealedBatch {
         var buffer = BatchBuffer(format: key.format, header: key.header, reservingCapacity: chunk.count + 1)
-        buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline)
+        buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline, token: token, spoolChunk: spoolChunk)
         defer { nextID += 1 }
         return SealedBatch(
             id: nextID, key: key, rule: rule, data: buffer.data, rows: rows, requests: 1,
-            trigger: .immediate, firstRowAt: now, sealedAt: now
+            trigger: .immediate, firstRowAt: now, sealedAt: now, contributions: buffer.contributions
         )
     }
 
@@ -293,7 +322,8 @@ public struct BatchStore: Sendable {
         defer { nextID += 1 }
         return SealedBatch(
             id: nextID, key: key, rule: batch.rule, data: batch.buffer.data, rows: batch.buffer.rows,
-            requests: batch.buffer.requests, trigger: trigger, firstRowAt: batch.firstRowAt, sealedAt: now
+            requests: batch.buffer.requests, trigger: trigger, firstRowAt: batch.firstRowAt, sealedAt: now,
+            contributions: batch.buffer.contributions
         )
     }
 }

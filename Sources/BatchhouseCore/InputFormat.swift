@@ -43,6 +43,16 @@ public enum InputFormat: String, Sendable, Hashable, CaseIterable {
         }
     }
 
+    /// The same format without header lines: how rows that follow the header are read.
+    public var withoutHeader: InputFormat {
+        switch self {
+        case .tabSeparatedWithNames, .tabSeparatedWithNamesAndTypes: return .tabSeparated
+        case .csvWithNames: return .csv
+        case .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes: return .jsonCompactEachRow
+        default: return self
+        }
+    }
+
     /// Whether rows are counted structurally (true) or the data is only concatenated as bytes.
     public var isRowCounted: Bool {
         switch self {

@@ -10,7 +10,7 @@ public enum RowSampler {
     public static func sample<G: RandomNumberGenerator>(
         _ rows: UnsafeRawBufferPointer, format: InputFormat, fraction: Double, using generator: inout G
     ) -> Kept? {
-        guard let ranges = try? RowScanner.rowRanges(rows, format: format) else { return nil }
+        guard let ranges = try? RowScanner.rowRanges(rows, format: format.withoutHeader) else { return nil }
         var data: [UInt8] = []
         var kept = 0
         for range in ranges where fraction >= 1 || Double.random(in: 0..<1, using: &generator) < fraction {

@@ -1,5 +1,6 @@
 import BatchhouseConfig
 import BatchhouseCore
+import BatchhouseSpool
 import BatchhouseUpstream
 import Logging
 import Synchronization
@@ -13,14 +14,19 @@ final class AppContext: Sendable {
     let client: CurlClient
     let metrics: BatchhouseMetrics
     let logger: Logger
+    let acks: PendingAcks
+    /// The write-ahead spool, when `spool:` is configured.
+    let spool: Spool?
     let startedAt: ContinuousClock.Instant
     private let current: Mutex<BatchhouseConfiguration>
     private let acceptingInserts = Mutex(true)
 
     init(
         configuration: BatchhouseConfiguration, batcher: Batcher, flusher: Flusher, sender: BatchSender,
-        client: CurlClient, metrics: BatchhouseMetrics, logger: Logger
+        client: CurlClient, metrics: BatchhouseMetrics, logger: Logger, acks: PendingAcks, spool: Spool?
     ) {
+        self.acks = acks
+        self.spool = spool
         self.current = Mutex(configuration)
         self.batcher = batcher
         self.flusher = flusher

@@ -29,19 +29,23 @@ final class Batcher: Sendable {
     var bufferedRows: Int { store.withLock { $0.bufferedRows } }
     var bufferedBytes: Int { store.withLock { $0.bufferedBytes } }
 
-    func append(key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool)
-        -> AppendResult
-    {
+    func append(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
+        token: UInt64 = 0, spoolChunk: UInt64? = nil, ignoringMemoryLimit: Bool = false
+    ) -> AppendResult {
         let limit = maxBufferMemory.withLock { $0 }
         let queued = flusher.queuedBytes
         let now = clock.now()
         let outcome: (sealed: [SealedBatch], refusedAt: Int?) = store.withLock { store in
             let inUse = store.bufferedBytes + queued
-            if !AdmissionControl.admits(priority: rule.priority, inUse: inUse, incoming: chunk.count, limit: limit) {
+            if !ignoringMemoryLimit
+                && !AdmissionControl.admits(priority: rule.priority, inUse: inUse, incoming: chunk.count, limit: limit)
+            {
                 return ([], inUse)
             }
             let sealed = store.append(
-                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now)
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                token: token, spoolChunk: spoolChunk)
             return (sealed, nil)
         }
         if let refusedAt = outcome.refusedAt { return .overMemoryLimit(bufferedBytes: refusedAt) }
@@ -50,12 +54,14 @@ final class Batcher: Sendable {
     }
 
     /// A batch of one request's rows for the `immediate` strategy (numbered like the others).
-    func single(key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool)
-        -> SealedBatch
-    {
+    func single(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
+        token: UInt64 = 0
+    ) -> SealedBatch {
         let now = clock.now()
         return store.withLock {
-            $0.single(key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now)
+            $0.single(
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now, token: token)
         }
     }
 

@@ -1,5 +1,6 @@
 import BatchhouseConfig
 import BatchhouseCore
+import BatchhouseSpool
 import BatchhouseUpstream
 import Foundation
 import Logging
@@ -15,28 +16,81 @@ public final class BatchhouseApplication: Sendable {
     private let server: HTTPServer
     private let flushService: FlushService
 
+    /// Opens the spool (if configured) and puts every row it holds that ClickHouse does not have yet back into
+    /// batches, so they are sent before or alongside new rows.
     public init(
         configuration: BatchhouseConfiguration, logger: Logger,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
-    ) {
+    ) throws {
+        var spool: Spool?
+        var recovery: SpoolRecovery?
+        if let spoolConfiguration = configuration.spool {
+            do {
+                let (opened, recovered) = try Spool.open(
+                    directory: spoolConfiguration.dir, maxSize: spoolConfiguration.maxSize)
+                spool = opened
+                recovery = recovered
+            } catch {
+                throw BatchhouseStartupError(message: "cannot open the spool in \(spoolConfiguration.dir): \(error)")
+            }
+        }
         let client = CurlClient(maxConnections: max(64, configuration.upstream.maxConcurrentFlushes * 4))
         let metrics = BatchhouseMetrics()
         let sender = BatchSender(client: client, upstream: configuration.upstream)
         let flusher = Flusher(
             sender: sender, deadLetters: DeadLetterWriter(directory: configuration.deadLetterDir, logger: logger),
-            metrics: metrics, logger: logger, concurrency: configuration.upstream.maxConcurrentFlushes)
+            metrics: metrics, logger: logger, concurrency: configuration.upstream.maxConcurrentFlushes,
+            retryUntilDelivered: spool != nil)
         let batcher = Batcher(
             flusher: flusher, clock: MonotonicClock(), maxBufferMemory: configuration.limits.maxBufferMemory)
         flusher.observeAttempts { [weak batcher] batch, latency, result in
             batcher?.recordFlush(batch, latency: latency, result: result)
         }
+        let acks = PendingAcks()
+        flusher.observeReports { [weak spool] report in
+            acks.resolve(report)
+            guard let spool else { return }
+            // Rows that landed or went to the dead-letter folder leave the spool; deferred ones stay for replay.
+            var kept = Set<UInt64>()
+            for failure in report.failures {
+                if case .deferred = failure.reason { kept.formUnion(failure.part.contributions.compactMap(\.spoolChunk)) }
+            }
+            let done = report.batch.contributions.compactMap(\.spoolChunk).filter { !kept.contains($0) }
+            if !done.isEmpty { spool.markDelivered(done) }
+        }
         app = AppContext(
             configuration: configuration, batcher: batcher, flusher: flusher, sender: sender, client: client,
-            metrics: metrics, logger: logger)
+            metrics: metrics, logger: logger, acks: acks, spool: spool)
+        if let recovery {
+            Self.replay(recovery, into: app, logger: logger)
+        }
         server = HTTPServer(
             host: configuration.listen.host, port: configuration.listen.port, group: eventLoopGroup, app: app,
             logger: logger)
         flushService = FlushService(app: app, logger: logger)
+    }
+
+    private static func replay(_ recovery: SpoolRecovery, into app: AppContext, logger: Logger) {
+        for corruption in recovery.corruptions {
+            logger.error("spool corruption skipped", metadata: ["where": "\(corruption)"])
+        }
+        let rules = app.configuration.rules
+        var rows = 0
+        for chunk in recovery.chunks {
+            let rule = rules.rule(database: chunk.key.database ?? "default", table: chunk.key.table)
+            rows += chunk.rows
+            _ = chunk.data.withUnsafeBytes {
+                app.batcher.append(
+                    key: chunk.key, rule: rule, chunk: $0, rows: chunk.rows, endsWithNewline: chunk.endsWithNewline,
+                    spoolChunk: chunk.id, ignoringMemoryLimit: true)
+            }
+        }
+        logger.notice(
+            "spool recovered",
+            metadata: [
+                "segments": "\(recovery.segments)", "bytes": "\(recovery.bytes)", "chunks": "\(recovery.chunks.count)",
+                "rows": "\(rows)", "corruptions": "\(recovery.corruptions.count)",
+            ])
     }
 
     /// In start order; a `ServiceGroup` stops them in reverse.
@@ -119,5 +173,12 @@ public final class BatchhouseApplication: Sendable {
     /// Stops the upstream client's thread; call after the service group has finished.
     public func shutdown() {
         app.client.shutdown()
+        app.spool?.close()
     }
+}
+
+/// Why the proxy could not start (a spool that cannot be opened, ...).
+public struct BatchhouseStartupError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
 }

@@ -33,6 +33,14 @@ struct ClickHouseError: Error, Sendable {
         ClickHouseError(code: 210, name: "NETWORK_ERROR", message: message, status: .badGateway)
     }
 
+    static func spoolFull(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 243, name: "NOT_ENOUGH_SPACE", message: message, status: .serviceUnavailable, retryAfterSeconds: 1)
+    }
+
+    static func spoolFailed(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 1001, name: "STD_EXCEPTION", message: message, status: .internalServerError)
+    }
+
     static func cannotDecompress(_ message: String) -> ClickHouseError {
         ClickHouseError(code: 354, name: "CANNOT_DECOMPRESS", message: message, status: .badRequest)
     }

@@ -5,20 +5,38 @@ import Logging
 import NIOCore
 import Synchronization
 
-/// How a batch ended.
-enum FlushOutcome: Sendable {
-    /// ClickHouse accepted it.
-    case inserted(UpstreamResponse)
+/// Why part of a batch did not land.
+enum FailureReason: Sendable {
     /// ClickHouse refused it for good (4xx, or an error about the data); it is in the dead-letter folder.
     case rejected(UpstreamResponse)
     /// No answer after every retry; it is in the dead-letter folder.
     case failed(UpstreamError)
+    /// Not delivered before shutdown; it stays in the spool and is sent after the next start.
+    case deferred(UpstreamError?)
 }
 
-/// Sends sealed batches upstream: at most `max_concurrent_flushes` at once, higher priority first,
-/// retries with jittered exponential backoff, dead letters for what cannot be delivered.
+/// What became of one sealed batch: how many rows landed, and which parts did not.
+struct FlushReport: Sendable {
+    struct Failure: Sendable {
+        var part: SealedBatch
+        var reason: FailureReason
+    }
+
+    var batch: SealedBatch
+    var landedRows: Int
+    var failures: [Failure]
+
+    /// The failure that holds rows of the request with `token`, if any.
+    func failure(for token: UInt64) -> Failure? {
+        failures.first { $0.part.contributions.contains { $0.token == token } }
+    }
+}
+
+/// Sends sealed batches upstream: at most `max_concurrent_flushes` at once, higher priority first, retries
+/// with jittered exponential backoff, and bad-row isolation: a batch ClickHouse refuses for its data is split
+/// in halves until the rows it objects to are alone; the rest lands, those go to the dead-letter folder.
 final class Flusher: Sendable {
-    typealias Completion = @Sendable (FlushOutcome) -> Void
+    typealias Completion = @Sendable (FlushReport) -> Void
 
     struct Job: Sendable {
         var batch: SealedBatch
@@ -53,12 +71,18 @@ final class Flusher: Sendable {
     private let metrics: BatchhouseMetrics
     private let logger: Logger
     private let concurrency: Int
+    /// With a spool, rows are safe on disk: transport failures are retried until they succeed (or shutdown,
+    /// which leaves them in the spool) instead of going to the dead-letter folder after `retries`.
+    private let retryUntilDelivered: Bool
     private let sleep: @Sendable (Duration) async -> Void
     private let attemptObserver = Mutex<(@Sendable (SealedBatch, Duration, FlushResult) -> Void)?>(nil)
+    private let reportObserver = Mutex<(@Sendable (FlushReport) -> Void)?>(nil)
+    /// Ids for the halves of split batches; far above the store's own numbering.
+    private let nextPartID = Mutex<UInt64>(1 << 48)
 
     init(
         sender: BatchSender, deadLetters: DeadLetterWriter, metrics: BatchhouseMetrics, logger: Logger,
-        concurrency: Int,
+        concurrency: Int, retryUntilDelivered: Bool = false,
         sleep: @escaping @Sendable (Duration) async -> Void = { try? await Task.sleep(for: $0) }
     ) {
         self.sender = sender
@@ -66,6 +90,7 @@ final class Flusher: Sendable {
         self.metrics = metrics
         self.logger = logger
         self.concurrency = max(1, concurrency)
+        self.retryUntilDelivered = retryUntilDelivered
         self.sleep = sleep
     }
 
@@ -74,8 +99,19 @@ final class Flusher: Sendable {
         attemptObserver.withLock { $0 = observer }
     }
 
+    /// Told about every finished batch (acks waiting for it, the spool's delivered marks).
+    func observeReports(_ observer: @escaping @Sendable (FlushReport) -> Void) {
+        reportObserver.withLock { $0 = observer }
+    }
+
     /// ClickHouse error codes that mean "too much at once", not "wrong data".
     static let overloadCodes: Set<Int> = [252, 202, 159, 209, 241]
+
+    /// ClickHouse error codes that say the data itself is wrong: retrying the same bytes cannot help, but
+    /// splitting the batch finds the rows at fault.
+    static let dataErrorCodes: Set<Int> = [
+        6, 25, 26, 27, 32, 33, 38, 41, 53, 62, 69, 70, 72, 73, 76, 84, 108, 117, 130, 131, 321, 349,
+    ]
 
     private func report(_ batch: SealedBatch, latency: Duration, result: Result<UpstreamResponse, UpstreamError>) {
         guard let observer = attemptObserver.withLock({ $0 }) else { return }
@@ -85,7 +121,8 @@ final class Flusher: Sendable {
             outcome = .ok
         case .success(let response):
             let code = clickHouseErrorCode(in: response.body)
-            let overloaded = response.status == 503 || response.status == 429 || code.map(Self.overloadCodes.contains) == true
+            let overloaded =
+                response.status == 503 || response.status == 429 || code.map(Self.overloadCodes.contains) == true
             outcome = overloaded ? .struggling : .failed
         case .failure(let error):
             outcome = error.kind == .timeout ? .struggling : .failed
@@ -95,6 +132,8 @@ final class Flusher: Sendable {
 
     /// Bytes of batches queued or being sent.
     var queuedBytes: Int { state.withLock { $0.queuedBytes } }
+
+    private var isClosed: Bool { state.withLock { $0.closed } }
 
     func submit(_ batch: SealedBatch, completion: Completion? = nil) {
         let job = Job(batch: batch, completion: completion)
@@ -142,24 +181,75 @@ final class Flusher: Sendable {
 
     private func work() async {
         while let job = await next() {
-            let outcome = await deliver(job.batch)
+            let report = await deliver(job.batch)
             state.withLock { $0.queuedBytes -= job.batch.data.count }
             metrics.setQueueBytes(queuedBytes)
-            job.completion?(outcome)
+            reportObserver.withLock { $0 }?(report)
+            job.completion?(report)
         }
     }
 
-    /// ClickHouse error codes that say the data itself is wrong: retrying the same bytes cannot help.
-    static let dataErrorCodes: Set<Int> = [
-        6, 25, 26, 27, 32, 33, 38, 41, 53, 62, 69, 70, 72, 73, 76, 84, 108, 117, 130, 131, 321,
-    ]
+    // MARK: Delivery
 
-    private func isRetryable(status: Int, body: ByteBuffer) -> Bool {
-        if let code = clickHouseErrorCode(in: body), Self.dataErrorCodes.contains(code) { return false }
-        return status >= 500 || status == 408 || status == 429
+    /// One batch, with retries and bad-row isolation.
+    func deliver(_ batch: SealedBatch) async -> FlushReport {
+        var report = FlushReport(batch: batch, landedRows: 0, failures: [])
+        await isolate(batch, original: batch, into: &report)
+        return report
     }
 
-    func deliver(_ batch: SealedBatch) async -> FlushOutcome {
+    private func isolate(_ part: SealedBatch, original: SealedBatch, into report: inout FlushReport) async {
+        switch await attempt(part) {
+        case .inserted:
+            report.landedRows += part.rows
+        case .rejected(let response, let aboutTheData):
+            if aboutTheData, let (first, second) = splitIDs({ BatchSplitter.halves(of: part, firstID: $0, secondID: $1) }) {
+                logger.warning(
+                    "ClickHouse refused a batch for its data; splitting it to isolate the bad rows",
+                    metadata: [
+                        "table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "rows": "\(part.rows)",
+                        "error": "\(Self.text(response).prefix(300))",
+                    ])
+                await isolate(first, original: original, into: &report)
+                await isolate(second, original: original, into: &report)
+            } else {
+                deadLetter(part, original: original, attempts: 1, error: Self.text(response), status: response.status)
+                report.failures.append(.init(part: part, reason: .rejected(response)))
+            }
+        case .failed(let error, let attempts):
+            deadLetter(part, original: original, attempts: attempts, error: "\(error.kind): \(error.message)", status: nil)
+            report.failures.append(.init(part: part, reason: .failed(error)))
+        case .deferred(let error):
+            logger.warning(
+                "batch not delivered before shutdown; it stays in the spool for the next start",
+                metadata: ["table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "rows": "\(part.rows)"])
+            report.failures.append(.init(part: part, reason: .deferred(error)))
+        }
+    }
+
+    private func splitIDs(_ split: (UInt64, UInt64) -> (SealedBatch, SealedBatch)?) -> (SealedBatch, SealedBatch)? {
+        let ids = nextPartID.withLock { next in
+            defer { next += 2 }
+            return (next, next + 1)
+        }
+        return split(ids.0, ids.1)
+    }
+
+    private enum AttemptOutcome {
+        case inserted(UpstreamResponse)
+        /// Refused for good; `aboutTheData` when splitting can find the rows at fault.
+        case rejected(UpstreamResponse, aboutTheData: Bool)
+        case failed(UpstreamError, attempts: Int)
+        case deferred(UpstreamError?)
+    }
+
+    private static func text(_ response: UpstreamResponse) -> String {
+        String(decoding: response.body.readableBytesView.prefix(2000), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Sends `batch` until ClickHouse takes it, refuses it for good, or the retries run out.
+    private func attempt(_ batch: SealedBatch) async -> AttemptOutcome {
         let table = batch.key.qualifiedTable
         let started = ContinuousClock.now
         var attempt = 0
@@ -172,9 +262,8 @@ final class Flusher: Sendable {
                 result = .failure(error)
             }
             report(batch, latency: ContinuousClock.now - attemptStarted, result: result)
-            let retryable: Bool
             let failure: String
-            var httpStatus: Int?
+            var lastError: UpstreamError?
             switch result {
             case .success(let response) where (200..<300).contains(response.status):
                 let elapsed = ContinuousClock.now - started
@@ -189,22 +278,28 @@ final class Flusher: Sendable {
                     ])
                 return .inserted(response)
             case .success(let response):
-                retryable = isRetryable(status: response.status, body: response.body)
-                httpStatus = response.status
-                failure = String(decoding: response.body.readableBytesView.prefix(2000), as: UTF8.self)
-                    .trimmingCharacters(in: .whitespacesAndNewlines)
-                if !retryable || attempt >= batch.rule.retries {
-                    return giveUp(batch, attempts: attempt + 1, error: failure, status: httpStatus, started: started) {
-                        .rejected(response)
-                    }
+                let code = clickHouseErrorCode(in: response.body)
+                let aboutTheData = code.map(Self.dataErrorCodes.contains) ?? false
+                let retryable = !aboutTheData && (response.status >= 500 || response.status == 408 || response.status == 429)
+                if !retryable {
+                    metrics.flushFailed(table: table, duration: ContinuousClock.now - started)
+                    return .rejected(response, aboutTheData: aboutTheData)
                 }
+                failure = Self.text(response)
             case .failure(let error):
-                retryable = error.kind != .cancelled
+                if error.kind == .cancelled {
+                    return retryUntilDelivered ? .deferred(error) : .failed(error, attempts: attempt + 1)
+                }
                 failure = "\(error.kind): \(error.message)"
-                if !retryable || attempt >= batch.rule.retries {
-                    return giveUp(batch, attempts: attempt + 1, error: failure, status: nil, started: started) {
-                        .failed(error)
-                    }
+                lastError = error
+            }
+            if retryUntilDelivered {
+                if isClosed && attempt >= batch.rule.retries { return .deferred(lastError) }
+            } else if attempt >= batch.rule.retries {
+                metrics.flushFailed(table: table, duration: ContinuousClock.now - started)
+                switch result {
+                case .success(let response): return .rejected(response, aboutTheData: false)
+                case .failure(let error): return .failed(error, attempts: attempt + 1)
                 }
             }
             let backoff = Self.backoff(base: batch.rule.retryBackoff, attempt: attempt)
@@ -220,27 +315,23 @@ final class Flusher: Sendable {
         }
     }
 
-    private func giveUp(
-        _ batch: SealedBatch, attempts: Int, error: String, status: Int?, started: ContinuousClock.Instant,
-        outcome: () -> FlushOutcome
-    ) -> FlushOutcome {
-        let table = batch.key.qualifiedTable
-        metrics.flushFailed(table: table, duration: ContinuousClock.now - started)
-        let path = deadLetters.write(batch, attempts: attempts, error: error, httpStatus: status)
-        if path != nil { metrics.deadLettered(table: table, rows: batch.rows) }
+    private func deadLetter(_ part: SealedBatch, original: SealedBatch, attempts: Int, error: String, status: Int?) {
+        let table = part.key.qualifiedTable
+        let path = deadLetters.write(part, attempts: attempts, error: error, httpStatus: status)
+        if path != nil { metrics.deadLettered(table: table, rows: part.rows) }
         logger.error(
-            "batch insert failed for good, written to the dead-letter folder",
+            "rows written to the dead-letter folder",
             metadata: [
-                "table": "\(table)", "batch": "\(batch.id)", "rows": "\(batch.rows)", "attempts": "\(attempts)",
-                "status": "\(status.map(String.init) ?? "none")", "error": "\(error.prefix(500))",
-                "dead_letter": "\(path ?? "not written")",
+                "table": "\(table)", "batch": "\(original.id)", "rows": "\(part.rows)", "of_rows": "\(original.rows)",
+                "attempts": "\(attempts)", "status": "\(status.map(String.init) ?? "none")",
+                "error": "\(error.prefix(500))", "dead_letter": "\(path ?? "not written")",
             ])
-        return outcome()
     }
 
-    /// base * 2^attempt, capped at 30 s, with "equal jitter": between half and all of it.
+    /// base * 2^attempt, capped at 10 s (so a recovered upstream is used again within seconds), with "equal
+    /// jitter": between half and all of it.
     static func backoff(base: Duration, attempt: Int) -> Duration {
-        let exponential = min(base.seconds * pow(2, Double(min(attempt, 20))), 30)
+        let exponential = min(base.seconds * pow(2, Double(min(attempt, 20))), 10)
         return .seconds(exponential / 2 + Double.random(in: 0...(exponential / 2)))
     }
 }

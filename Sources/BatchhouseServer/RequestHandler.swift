@@ -1,4 +1,5 @@
 import BatchhouseCore
+import BatchhouseSpool
 import BatchhouseUpstream
 import Logging
 import NIOCore
@@ -20,8 +21,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case local(LocalEndpoint, HTTPRequestHead)
         case buffering(BufferedRequest)
         case passthrough(PassthroughBridge)
-        /// An INSERT's rows went upstream on their own (`immediate`); the answer is awaited.
-        case awaitingUpstream(HTTPRequestHead)
+        /// An INSERT waits for its ack: an fsync (`durable`) or its batch's outcome (`flushed`, `immediate`).
+        case awaitingAck(HTTPRequestHead)
         /// An error was answered before the body ended; the rest of the body is dropped, then the connection closes.
         case discarding
     }
@@ -188,7 +189,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             state = .buffering(request)
         case .passthrough(let bridge):
             bridge.writeRequestBody(part)
-        case .idle, .local, .awaitingUpstream, .discarding:
+        case .idle, .local, .awaitingAck, .discarding:
             break
         }
     }
@@ -213,7 +214,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .discarding:
             state = .idle
             context.close(promise: nil)
-        case .idle, .awaitingUpstream:
+        case .idle, .awaitingAck:
             break
         }
     }
@@ -341,10 +342,34 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             app.metrics.request(.batchedInsert)
             app.metrics.received(table: key.qualifiedTable, rows: rows, bytes: bytes)
             respondAccepted(head: request.head, rows: rows, bytes: bytes, ack: "enqueued", context: context)
-        case .immediate(let batch):
-            app.metrics.request(.immediateInsert)
-            app.metrics.received(table: batch.key.qualifiedTable, rows: batch.rows, bytes: batch.data.count)
-            awaitUpstream(batch, head: request.head, context: context)
+        case .durable(let key, let rows, let bytes, let position, let spool):
+            app.metrics.request(.batchedInsert)
+            app.metrics.received(table: key.qualifiedTable, rows: rows, bytes: bytes)
+            state = .awaitingAck(request.head)
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let eventLoop = context.eventLoop
+            let head = request.head
+            Task {
+                var synced: SpoolError?
+                do throws(SpoolError) { try await spool.waitDurable(position) } catch { synced = error }
+                let failure = synced
+                eventLoop.execute {
+                    let (handler, context) = loopBound.value
+                    handler.durableAnswered(failure, head: head, rows: rows, bytes: bytes, context: context)
+                }
+            }
+        case .waiting(let key, let rows, let bytes, let immediate):
+            // The answer comes from the flush report, through `flushAnswered`, on this event loop.
+            state = .awaitingAck(request.head)
+            app.metrics.request(immediate ? .immediateInsert : .batchedInsert)
+            app.metrics.received(table: key.qualifiedTable, rows: rows, bytes: bytes)
+        case .spoolRefused(let error):
+            app.metrics.request(.rejected)
+            respondError(
+                error.code == .full
+                    ? .spoolFull("Batchhouse: the spool is full (spool.max_size); retry later")
+                    : .spoolFailed("Batchhouse: cannot write the spool: \(error.message)"),
+                head: request.head, close: false, context: context)
         }
     }
 
@@ -352,47 +377,87 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case invalid(RowScanError?)
         case overMemory(Int)
         case acceptedEmpty(key: BatchKey)
+        /// Buffered (and written to the spool, if any); answer now.
         case enqueued(key: BatchKey, rows: Int, bytes: Int)
-        case immediate(SealedBatch)
+        /// Buffered and written to the spool; answer once an fsync covers it.
+        case durable(key: BatchKey, rows: Int, bytes: Int, position: SpoolPosition, spool: Spool)
+        /// Answered when the batch holding the rows has an outcome (`ack: flushed`, `immediate`).
+        case waiting(key: BatchKey, rows: Int, bytes: Int, immediate: Bool)
+        case spoolRefused(SpoolError)
     }
 
     private func store(key: BatchKey, rule: TableRule, rows: UnsafeRawBufferPointer, rowCount: Int, endsWithNewline: Bool)
         -> IntakeOutcome
     {
         if rowCount == 0 && rows.isEmpty { return .acceptedEmpty(key: key) }
-        if rule.strategy == .immediate || rule.ack == .flushed {
-            return .immediate(
-                app.batcher.single(key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline))
+        let immediate = rule.strategy == .immediate
+        guard let context else { return .acceptedEmpty(key: key) }
+        var token: UInt64 = 0
+        if immediate || rule.ack == .flushed {
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let eventLoop = context.eventLoop
+            let bytes = rows.count
+            token = app.acks.register { failure in
+                eventLoop.execute {
+                    let (handler, context) = loopBound.value
+                    handler.flushAnswered(failure, rows: rowCount, bytes: bytes, context: context)
+                }
+            }
         }
-        switch app.batcher.append(key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline) {
+        // `immediate` rows wait for ClickHouse's own answer, so they are not spooled.
+        var position: SpoolPosition?
+        if let spool = app.spool, !immediate {
+            do throws(SpoolError) {
+                position = try spool.append(key: key, rows: rowCount, endsWithNewline: endsWithNewline, data: rows)
+            } catch {
+                app.acks.cancel(token)
+                return .spoolRefused(error)
+            }
+        }
+        if immediate {
+            let batch = app.batcher.single(
+                key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token)
+            app.flusher.submit(batch)
+            return .waiting(key: key, rows: rowCount, bytes: rows.count, immediate: true)
+        }
+        switch app.batcher.append(
+            key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token,
+            spoolChunk: position?.chunkID)
+        {
         case .accepted:
+            if token != 0 { return .waiting(key: key, rows: rowCount, bytes: rows.count, immediate: false) }
+            if rule.ack == .durable, let position, let spool = app.spool {
+                return .durable(key: key, rows: rowCount, bytes: rows.count, position: position, spool: spool)
+            }
             return .enqueued(key: key, rows: rowCount, bytes: rows.count)
         case .overMemoryLimit(let inUse):
+            app.acks.cancel(token)
+            if let position { app.spool?.markDelivered([position.chunkID]) }
             return .overMemory(inUse)
         }
     }
 
-    /// The `immediate` strategy: the rows go upstream now and the client gets ClickHouse's answer.
-    private func awaitUpstream(_ batch: SealedBatch, head: HTTPRequestHead, context: ChannelHandlerContext) {
-        state = .awaitingUpstream(head)
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        app.flusher.submit(batch) { outcome in
-            eventLoop.execute {
-                let (handler, context) = loopBound.value
-                handler.upstreamAnswered(outcome, head: head, rows: batch.rows, bytes: batch.data.count, context: context)
-            }
+    private func durableAnswered(
+        _ failure: SpoolError?, head: HTTPRequestHead, rows: Int, bytes: Int, context: ChannelHandlerContext
+    ) {
+        guard case .awaitingAck = state else { return }
+        state = .idle
+        if let failure {
+            respondError(.spoolFailed("Batchhouse: the spool could not be synced: \(failure.message)"), head: head, close: false, context: context)
+        } else {
+            respondAccepted(head: head, rows: rows, bytes: bytes, ack: "durable", context: context)
         }
     }
 
-    private func upstreamAnswered(
-        _ outcome: FlushOutcome, head: HTTPRequestHead, rows: Int, bytes: Int, context: ChannelHandlerContext
-    ) {
-        guard case .awaitingUpstream = state else { return }
+    /// The batch holding this request's rows has an outcome (`ack: flushed`, `immediate`).
+    private func flushAnswered(_ failure: FlushReport.Failure?, rows: Int, bytes: Int, context: ChannelHandlerContext) {
+        guard case .awaitingAck(let head) = state else { return }
         state = .idle
-        switch outcome {
-        case .inserted:
+        guard let failure else {
             respondAccepted(head: head, rows: rows, bytes: bytes, ack: "flushed", context: context)
+            return
+        }
+        switch failure.reason {
         case .rejected(let response):
             var headers = HTTPHeaders()
             for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased())
@@ -408,6 +473,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             respondError(
                 .upstreamUnavailable("Batchhouse: ClickHouse did not take the rows: \(error.message)"), head: head,
                 close: false, context: context)
+        case .deferred:
+            respondError(
+                .spoolFull("Batchhouse: the rows are in the spool but not yet in ClickHouse (shutting down)"),
+                head: head, close: true, context: context)
         }
     }
 

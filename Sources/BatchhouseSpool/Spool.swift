@@ -104,9 +104,10 @@ public final class Spool: Sendable {
         let (position, wake) = try core.state.withLock { state throws(SpoolError) -> (SpoolPosition, Bool) in
             guard !state.closed else { throw SpoolError(code: .closed, message: "cannot append") }
             var wake = false
-            let active = state.segments[state.activeIndex]
+            // Only the size: a copy of the segment would make the insert below copy its id set.
+            let activeSize = state.segments[state.activeIndex].size
             if state.rotateBeforeNextAppend
-                || (active.size > RecordFormat.segmentHeaderSize && active.size + record.recordLength > segmentSize)
+                || (activeSize > RecordFormat.segmentHeaderSize && activeSize + record.recordLength > segmentSize)
             {
                 let needed = RecordFormat.segmentHeaderSize + record.recordLength
                 guard state.totalBytes + needed <= maxSize else { throw full(state, needed) }

@@ -221,15 +221,17 @@ struct SpoolState {
     mutating func nextSyncStep() -> SyncStep {
         var targets: [SyncTarget] = []
         for index in segments.indices {
-            let segment = segments[index]
-            guard let file = segment.file, segment.syncFailure == nil,
-                segment.durableSize < segment.size || segment.needsDirectorySync
+            guard let file = segments[index].file, segments[index].syncFailure == nil,
+                segments[index].durableSize < segments[index].size || segments[index].needsDirectorySync
             else { continue }
+            let number = segments[index].number
             let wanted =
-                closed || index != activeIndex || !segment.waiters.isEmpty
-                || pendingRemovals.contains { $0.segment == segment.number }
+                closed || index != activeIndex || !segments[index].waiters.isEmpty
+                || pendingRemovals.contains { $0.segment == number }
             if wanted {
-                targets.append(SyncTarget(segment: segment.number, file: file, size: segment.size, directory: segment.needsDirectorySync))
+                targets.append(
+                    SyncTarget(segment: number, file: file, size: segments[index].size, directory: segments[index].needsDirectorySync)
+                )
             }
         }
         if !targets.isEmpty { return .sync(targets) }

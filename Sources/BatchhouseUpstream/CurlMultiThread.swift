@@ -23,7 +23,6 @@ final class CurlMultiThread: Sendable {
         /// False once the loop has taken its last commands; later ones are refused.
         var accepting = true
         var shuttingDown = false
-        var threadStarted = false
         var thread: UInt?
     }
 
@@ -60,10 +59,11 @@ final class CurlMultiThread: Sendable {
     private func submit(_ command: Command) -> Bool {
         inbox.withLock { inbox in
             guard inbox.accepting else { return false }
+            // Queued commands mean a wakeup is already pending: the loop has not taken them yet.
+            let wake = inbox.commands.isEmpty
             inbox.commands.append(command)
-            // Under the lock, so that it cannot race with the loop's exit. The multi handle itself
-            // lives as long as `self`.
-            multi.wakeup()
+            // Under the lock: the loop closes the multi handle only after it stopped accepting.
+            if wake { multi.wakeup() }
             return true
         }
     }

@@ -175,6 +175,10 @@ public final class UpstreamStream: Sendable {
         easy.set(CURLOPT_HTTP_VERSION, BH_CURL_HTTP_VERSION_1_1)
         easy.set(CURLOPT_PROTOCOLS_STR, "http,https")
         easy.set(CURLOPT_FOLLOWLOCATION, false)
+        // The path goes upstream as the client sent it (no "/../" folding), and not through a proxy
+        // named by http_proxy / HTTP_PROXY in the environment, which libcurl would otherwise honour.
+        easy.set(CURLOPT_PATH_AS_IS, true)
+        easy.set(CURLOPT_PROXY, "")
         // Bytes pass through as received: no Accept-Encoding is added, and a Content-Encoding of
         // the response is not undone.
         easy.set(CURLOPT_HTTP_CONTENT_DECODING, false)

@@ -62,7 +62,13 @@ struct Serve: AsyncParsableCommand {
             FileHandle.standardError.write(Data("batchhouse: \(error)\n".utf8))
             throw ExitCode(2)
         }
-        let application = BatchhouseApplication(configuration: configuration, logger: logger)
+        let application: BatchhouseApplication
+        do {
+            application = try BatchhouseApplication(configuration: configuration, logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("batchhouse: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
         var services = application.services
         if let config {
             // Last in the list, so it is the first to stop.

@@ -139,7 +139,7 @@ final class ProxyUnderTest: Sendable {
         if let watchedFile { try yaml.write(toFile: watchedFile, atomically: true, encoding: .utf8) }
         var logger = Logger(label: "batchhouse-test")
         logger.logLevel = ProcessInfo.processInfo.environment["BATCHHOUSE_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
-        let application = BatchhouseApplication(configuration: configuration, logger: logger)
+        let application = try BatchhouseApplication(configuration: configuration, logger: logger)
         var services = application.services
         if let watchedFile {
             services.append(application.configurationWatcher(path: watchedFile, pollInterval: .milliseconds(100)))

@@ -14,14 +14,13 @@ struct ProcessIntegrationTests {
 
     final class RunningProxy: @unchecked Sendable {
         let process = Process()
-        let port: Int
+        private(set) var port = 0
         let logFile: String
         let workDir: String
 
         init(config: String) throws {
             workDir = NSTemporaryDirectory() + "bh-proc-\(UInt32.random(in: 0...UInt32.max))"
             try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
-            port = Int.random(in: 30000...60000)
             let configPath = workDir + "/batchhouse.yaml"
             try (config + "\ndead_letter_dir: \(workDir)/dead-letter\n").write(
                 toFile: configPath, atomically: true, encoding: .utf8)
@@ -29,7 +28,7 @@ struct ProcessIntegrationTests {
             _ = FileManager.default.createFile(atPath: logFile, contents: nil)
             process.executableURL = URL(fileURLWithPath: ProcessIntegrationTests.repo + "/.build/debug/batchhouse")
             process.arguments = [
-                "--config", configPath, "--listen", "127.0.0.1:\(port)", "--upstream", TestEnvironment.clickHouseURL!,
+                "--config", configPath, "--listen", "127.0.0.1:0", "--upstream", TestEnvironment.clickHouseURL!,
             ]
             let log = FileHandle(forWritingAtPath: logFile)
             process.standardOutput = log
@@ -39,9 +38,13 @@ struct ProcessIntegrationTests {
 
         var endpoint: HTTPEndpoint { HTTPEndpoint(baseURL: "http://127.0.0.1:\(port)") }
 
+        /// Reads the port from the "listening" log line (the proxy binds port 0), then waits for `/ping`.
         func waitUntilReady() async throws {
-            for _ in 0..<100 {
-                if let ping = try? await endpoint.get("/ping"), ping.status == 200 { return }
+            for _ in 0..<300 {
+                if port == 0, let range = log.range(of: "address=127.0.0.1:") {
+                    port = Int(log[range.upperBound...].prefix { $0.isNumber }) ?? 0
+                }
+                if port != 0, let ping = try? await endpoint.get("/ping"), ping.status == 200 { return }
                 try await Task.sleep(for: .milliseconds(100))
             }
             throw TestFailure("batchhouse did not answer /ping; log:\n\(log)")

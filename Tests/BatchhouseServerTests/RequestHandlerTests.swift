@@ -21,7 +21,7 @@ import Testing
                 yaml: "upstream: { servers: [\"http://127.0.0.1:9\"] }\n" + yaml, environment: [:])
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            application = BatchhouseApplication(configuration: configuration, logger: logger)
+            application = try BatchhouseApplication(configuration: configuration, logger: logger)
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: true, withErrorHandling: true)
             try channel.pipeline.syncOperations.addHandler(RequestHandler(app: application.app))
