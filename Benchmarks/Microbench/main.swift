@@ -349,7 +349,7 @@ for (name, text) in statements where selected(name) {
 func benchAppend(_ name: String, tables: Int) {
     guard selected(name) else { return }
     var g = Generator()
-    let rows = options.quick ? 300_000 : 1_000_000
+    let rows = options.quick ? 200_000 : 500_000
     let chunks: [[UInt8]] = (0..<1000).map { Array(valuesRow(makeRow(&g, id: $0)).utf8) }
     let keys = (0..<tables).map {
         BatchKey(
@@ -388,7 +388,7 @@ func benchPipeline() {
     let requests: [[UInt8]] = (0..<1000).map {
         Array("INSERT INTO bench.events (id, ts, user, action, url, duration, tags, note) VALUES \(valuesRow(makeRow(&g, id: $0)))".utf8)
     }
-    let iterations = options.quick ? 300_000 : 1_000_000
+    let iterations = options.quick ? 200_000 : 500_000
     var totalBytes = 0
     for i in 0..<iterations { totalBytes += requests[i % requests.count].count }
     let time = best(runs: options.runs) {

@@ -20,6 +20,10 @@ final class AppContext: Sendable {
     let startedAt: ContinuousClock.Instant
     private let current: Mutex<BatchhouseConfiguration>
     private let acceptingInserts = Mutex(true)
+    private let healthCheckedOnce = Mutex(false)
+
+    func healthChecked() { healthCheckedOnce.withLock { $0 = true } }
+    var hasCheckedHealth: Bool { healthCheckedOnce.withLock { $0 } }
 
     init(
         configuration: BatchhouseConfiguration, batcher: Batcher, flusher: Flusher, sender: BatchSender,

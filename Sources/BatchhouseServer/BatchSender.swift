@@ -8,11 +8,14 @@ import Synchronization
 final class BatchSender: Sendable {
     private let client: CurlClient
     private let current: Mutex<UpstreamConfiguration>
-    private let nextServer = Mutex(0)
+    let pool: Mutex<UpstreamPool>
+    let clock: any NowProvider
 
-    init(client: CurlClient, upstream: UpstreamConfiguration) {
+    init(client: CurlClient, upstream: UpstreamConfiguration, clock: any NowProvider = MonotonicClock()) {
         self.client = client
         self.current = Mutex(upstream)
+        self.pool = Mutex(UpstreamPool(servers: upstream.servers))
+        self.clock = clock
     }
 
     var upstream: UpstreamConfiguration { current.withLock { $0 } }
@@ -20,16 +23,18 @@ final class BatchSender: Sendable {
     /// A reload: servers, timeouts, compression, credentials and settings apply to the next request.
     func update(_ upstream: UpstreamConfiguration) {
         current.withLock { $0 = upstream }
+        pool.withLock { $0.update(servers: upstream.servers) }
     }
 
-    /// The server for an attempt: round robin, so a retry after a failure goes to the next replica.
-    func server(forAttempt attempt: Int) -> String {
-        let servers = upstream.servers
-        let start = nextServer.withLock { value in
-            defer { value &+= 1 }
-            return value
+    /// Where a passthrough request goes: the least-loaded server whose breaker is closed (else the first).
+    /// Passthrough requests are not counted as load: a long SELECT would skew the batch inserts' choice.
+    func passthroughServer() -> String {
+        let now = clock.now()
+        return pool.withLock { pool in
+            let candidates = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
+            let best = candidates.min { pool.servers[$0].inFlight < pool.servers[$1].inFlight } ?? 0
+            return pool.servers[best].url
         }
-        return servers[(start &+ attempt) % servers.count]
     }
 
     func request(for batch: SealedBatch, server: String) -> UpstreamRequest {
@@ -64,8 +69,49 @@ final class BatchSender: Sendable {
             connectTimeout: upstream.connectTimeout, timeout: upstream.timeout)
     }
 
-    func send(_ batch: SealedBatch, attempt: Int) async throws(UpstreamError) -> UpstreamResponse {
-        let server = server(forAttempt: attempt)
-        return try await client.execute(request(for: batch, server: server))
+    /// One attempt on the least-loaded server whose breaker lets it through (`avoiding` the one that just
+    /// failed, when there is another). Connection errors, timeouts and 5xx count against the server.
+    func send(_ batch: SealedBatch, avoiding: Int?) async throws(UpstreamError) -> (UpstreamResponse, server: Int) {
+        guard let (index, url) = pool.withLock({ pool in
+            pool.acquire(now: clock.now(), avoiding: avoiding).map { ($0, pool.servers[$0].url) }
+        }) else {
+            throw UpstreamError(kind: .connect, message: "every upstream server's circuit breaker is open")
+        }
+        do {
+            let response = try await client.execute(request(for: batch, server: url))
+            let alive = response.status < 500
+            pool.withLock { $0.release(index, success: alive, now: clock.now()) }
+            return (response, index)
+        } catch {
+            pool.withLock { $0.release(index, success: error.kind == .cancelled, now: clock.now()) }
+            throw error
+        }
+    }
+
+    /// Pings every server once (`/ping`, 2 s timeout) and records the outcome in the pool.
+    func checkHealth() async {
+        let servers = pool.withLock { $0.servers.map(\.url) }
+        let timeout = min(upstream.connectTimeout, .seconds(2))
+        await withTaskGroup(of: (Int, Bool).self) { group in
+            for (index, server) in servers.enumerated() {
+                group.addTask {
+                    var url = server
+                    while url.hasSuffix("/") { url.removeLast() }
+                    let request = UpstreamRequest(
+                        method: "GET", url: url + "/ping", headers: [], body: nil, basicAuth: nil,
+                        connectTimeout: timeout, timeout: .seconds(2))
+                    let response = try? await self.client.execute(request)
+                    return (index, response?.status == 200)
+                }
+            }
+            for await (index, ok) in group {
+                pool.withLock { pool in
+                    // The list may have changed under a reload; only record for the same server.
+                    if pool.servers.indices.contains(index) && pool.servers[index].url == servers[index] {
+                        pool.healthCheck(index, ok: ok, now: clock.now())
+                    }
+                }
+            }
+        }
     }
 }

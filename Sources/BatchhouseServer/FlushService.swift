@@ -21,9 +21,18 @@ final class FlushService: Service, Sendable {
         let app = self.app
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await app.flusher.run() }
+            let health = Task {
+                // Upstream health: every server pinged every 5 s feeds its circuit breaker.
+                while !Task.isCancelled {
+                    await app.sender.checkHealth()
+                    app.healthChecked()
+                    try? await Task.sleep(for: .seconds(5))
+                }
+            }
             await withGracefulShutdownHandler {
                 await self.tickUntilShutdown()
             } onGracefulShutdown: {}
+            health.cancel()
             let rows = app.batcher.bufferedRows
             logger.info("flushing everything before exit", metadata: ["buffered_rows": "\(rows)"])
             app.batcher.flushAll(trigger: .shutdown)

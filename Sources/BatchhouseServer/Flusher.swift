@@ -253,11 +253,14 @@ final class Flusher: Sendable {
         let table = batch.key.qualifiedTable
         let started = ContinuousClock.now
         var attempt = 0
+        var lastServer: Int?
         while true {
             let result: Result<UpstreamResponse, UpstreamError>
             let attemptStarted = ContinuousClock.now
             do {
-                result = .success(try await sender.send(batch, attempt: attempt))
+                let (response, server) = try await sender.send(batch, avoiding: lastServer)
+                lastServer = server
+                result = .success(response)
             } catch {
                 result = .failure(error)
             }

@@ -43,20 +43,41 @@ enum LocalEndpoint: String, Sendable {
         }
     }
 
+    /// `initializing` until the first health check; `healthy` when every server answers `/ping` and no breaker
+    /// is open; `degraded` when some are down; `unhealthy` (503) when none can take inserts; `disconnected`
+    /// once shutdown began.
     private func health(_ app: AppContext) -> Response {
-        let status = app.isAcceptingInserts ? "healthy" : "disconnected"
+        let now = app.sender.clock.now()
+        let servers = app.sender.pool.withLock { $0.states(now: now) }
+        let usable = servers.filter { $0.state != .open && $0.healthy != false }.count
+        let status: String
+        if !app.isAcceptingInserts {
+            status = "disconnected"
+        } else if !app.hasCheckedHealth {
+            status = "initializing"
+        } else if usable == servers.count {
+            status = "healthy"
+        } else if usable > 0 {
+            status = "degraded"
+        } else {
+            status = "unhealthy"
+        }
         let object: [String: Any] = [
             "status": status,
-            "upstreams": app.configuration.upstream.servers.map { ["url": redacted($0)] },
+            "upstreams": servers.map { server -> [String: Any] in
+                [
+                    "url": redacted(server.url), "breaker": server.state.rawValue, "in_flight": server.inFlight,
+                    "healthy": server.healthy.map { $0 as Any } ?? NSNull(),
+                ]
+            },
             "buffered_rows": app.batcher.bufferedRows,
             "buffered_bytes": app.batcher.bufferedBytes,
-            "spool_bytes": 0,
+            "spool_bytes": app.spool?.sizeBytes ?? 0,
             "uptime_seconds": (ContinuousClock.now - app.startedAt).seconds.rounded(),
         ]
         let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-        return Response(
-            status: app.isAcceptingInserts ? .ok : .serviceUnavailable, contentType: "application/json",
-            body: Array(body))
+        let failing = status == "unhealthy" || status == "disconnected"
+        return Response(status: failing ? .serviceUnavailable : .ok, contentType: "application/json", body: Array(body))
     }
 
     private func metricsJSON(_ app: AppContext) -> Response {

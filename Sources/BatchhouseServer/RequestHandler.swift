@@ -492,7 +492,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     ) {
         app.metrics.request(.passthrough)
         let configuration = app.configuration
-        var server = app.sender.server(forAttempt: 0)
+        var server = app.sender.passthroughServer()
         while server.hasSuffix("/") { server.removeLast() }
         var headers: [(String, String)] = []
         for header in head.headers where !Self.hopByHop.contains(header.name.lowercased()) {

@@ -46,7 +46,7 @@ enum Recovery {
             let outcome = bytes.withUnsafeBytes { buffer in
                 var reader = SegmentScanner(bytes: buffer, fileName: name)
                 let outcome = reader.scan { type, payload, offset in
-                    let start = payload.baseAddress! - buffer.baseAddress!
+                    let start = offset + RecordFormat.recordHeaderSize
                     switch type {
                     case .chunk:
                         chunkRecords.append((offset, start..<start + payload.count))

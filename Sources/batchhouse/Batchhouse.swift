@@ -1,6 +1,7 @@
 import ArgumentParser
 import BatchhouseConfig
 import BatchhouseServer
+import BatchhouseSpool
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -19,7 +20,7 @@ struct Batchhouse: AsyncParsableCommand {
             every table on the hybrid strategy (100000 rows, 16MiB or 1s, whichever first), ack enqueued, \
             gzip to upstream, 4 concurrent flushes, dead letters in ./batchhouse-dead-letter.
             """,
-        subcommands: [Serve.self, CheckConfig.self],
+        subcommands: [Serve.self, CheckConfig.self, SpoolCommand.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -114,4 +115,57 @@ struct CheckConfig: ParsableCommand {
 func loadConfiguration(path: String?) throws -> BatchhouseConfiguration {
     guard let path else { return BatchhouseConfiguration() }
     return try ConfigurationLoader.load(path: path, environment: ProcessInfo.processInfo.environment)
+}
+
+struct SpoolCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spool",
+        abstract: "Look into a spool directory, or re-send dead letters.",
+        subcommands: [Inspect.self, ReplayDeadLetters.self])
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show what a spool directory holds: segments, undelivered rows per table, corruptions.")
+
+        @Argument(help: "The spool directory (spool.dir).")
+        var directory: String
+
+        func run() throws {
+            print(SpoolInspector.report(directory: directory), terminator: "")
+        }
+    }
+
+    struct ReplayDeadLetters: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "replay-dead-letters",
+            abstract: "Re-send dead letters (after fixing what ClickHouse refused); sent ones are removed.")
+
+        @Argument(help: "The dead-letter directory (dead_letter_dir).")
+        var directory: String
+
+        @Option(name: .long, help: "ClickHouse HTTP URL to send to (default: the first upstream server of --config).")
+        var upstream: String?
+
+        @Option(name: .long, help: "A strategy file whose upstream server and user/password are used.")
+        var config: String?
+
+        @Option(name: .long, help: "ClickHouse user (dead letters hold no credentials).")
+        var user: String?
+
+        @Option(name: .long, help: "Password for --user; better: the CLICKHOUSE_PASSWORD environment variable.")
+        var password: String?
+
+        func run() async throws {
+            let configuration = try loadConfiguration(path: config)
+            guard let server = upstream ?? (config != nil ? configuration.upstream.servers.first : nil) else {
+                throw ValidationError("give --upstream URL or --config FILE")
+            }
+            let summary = await DeadLetterReplayer.replay(
+                directory: directory, upstream: server, user: user ?? configuration.upstream.user,
+                password: password ?? ProcessInfo.processInfo.environment["CLICKHOUSE_PASSWORD"]
+                    ?? configuration.upstream.password)
+            print(summary)
+            if !summary.failed.isEmpty { throw ExitCode(1) }
+        }
+    }
 }

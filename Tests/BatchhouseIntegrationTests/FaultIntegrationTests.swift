@@ -156,6 +156,27 @@ struct FaultIntegrationTests {
                 + "\(acked.refusedCount), landed \(result.rows) (\(result.distinct) distinct) [\(landedCount) at wait end]")
     }
 
+    @Test func aDeadReplicaIsRoutedAroundByItsCircuitBreaker() async throws {
+        let db = try await TestDatabase.create()
+        defer { Task { await db.drop() } }
+        try await db.clickHouse.sql("CREATE TABLE \(db.name).f (id UInt64) ENGINE = MergeTree ORDER BY id")
+        // Port 9 (discard) has nothing listening on loopback: every attempt there is a connection error.
+        let proxy = try await ProxyUnderTest.start(
+            "defaults: { strategy: hybrid, max_rows: 100, max_delay: 100ms, retries: 5, retry_backoff: 10ms }",
+            upstream: "http://127.0.0.1:9, \(TestEnvironment.clickHouseURL!)")
+        try await runConcurrently(count: 3_000, concurrency: 8) { id in
+            let result = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).f VALUES (\(id))")
+            guard result.status == 200 else { throw TestFailure("\(result.status) \(result.body)") }
+        }
+        #expect(try await db.waitForCount("f", 3_000) == 3_000)
+        let health = String(decoding: try await proxy.endpoint.get("/health").body, as: UTF8.self)
+        try await proxy.stop()
+        _ = try await assertLandedOnce(db, "f", acked: Array(0..<3_000))
+        #expect(health.contains("\"breaker\":\"open\""), "\(health)")
+        #expect(health.contains("\"status\":\"degraded\""), "\(health)")
+        print("failover: 3000 rows landed with one of two replicas dead; /health: \(health)")
+    }
+
     @Test func oneMalformedRowAmongTenThousandIsIsolated() async throws {
         let db = try await TestDatabase.create()
         defer { Task { await db.drop() } }

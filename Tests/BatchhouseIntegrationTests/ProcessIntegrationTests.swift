@@ -127,4 +127,59 @@ struct ProcessIntegrationTests {
         #expect(growth < 48 << 20, "proxy RSS grew by \(growth >> 20) MiB while streaming")
         #expect(await proxy.terminateAndWait() == 0)
     }
+
+    @Test func deadLettersCanBeReplayedAfterTheFixAndTheSpoolInspected() async throws {
+        let db = try await TestDatabase.create()
+        defer { Task { await db.drop() } }
+        let proxy = try RunningProxy(
+            config: "defaults: { strategy: hybrid, max_delay: 100ms, retries: 0 }\nspool: { dir: SPOOL }"
+                .replacingOccurrences(of: "SPOOL", with: NSTemporaryDirectory() + "bh-inspect-\(UInt32.random(in: 0...UInt32.max))"))
+        try await proxy.waitUntilReady()
+        // The table does not exist yet: ClickHouse refuses the batch (code 60), it becomes a dead letter.
+        let result = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).later VALUES (1, 'one'), (2, 'two')")
+        #expect(result.status == 200)
+        let deadLetters = proxy.workDir + "/dead-letter"
+        for _ in 0..<100 where ((try? FileManager.default.contentsOfDirectory(atPath: deadLetters)) ?? []).isEmpty {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(await proxy.terminateAndWait() == 0)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: deadLetters)) ?? []).count == 2)
+
+        // Without the table, a replay fails and keeps the files.
+        let failed = try CheckConfigTests.run(
+            ["spool", "replay-dead-letters", deadLetters, "--upstream", TestEnvironment.clickHouseURL!])
+        #expect(failed.status == 1)
+        #expect(failed.output.contains("Code: 60"))
+        // After the fix it lands and the files go.
+        try await db.clickHouse.sql("CREATE TABLE \(db.name).later (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
+        let replayed = try CheckConfigTests.run(
+            ["spool", "replay-dead-letters", deadLetters, "--upstream", TestEnvironment.clickHouseURL!])
+        #expect(replayed.status == 0, "\(replayed.output)")
+        #expect(replayed.output.contains("replayed 1 dead letters (2 rows)"))
+        #expect(try await db.clickHouse.sql("SELECT id, s FROM \(db.name).later ORDER BY id FORMAT TSV") == "1\tone\n2\ttwo\n")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: deadLetters)) ?? []).isEmpty)
+    }
+
+    @Test func spoolInspectShowsUndeliveredRowsWithoutSecrets() async throws {
+        let spoolDir = NSTemporaryDirectory() + "bh-inspect-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: spoolDir) }
+        // max_delay 60s: the rows are only in buffers and the spool when the process is killed.
+        let proxy = try RunningProxy(
+            config: "defaults: { strategy: hybrid, max_delay: 60s, ack: durable }\nspool: { dir: \(spoolDir) }")
+        try await proxy.waitUntilReady()
+        for id in 0..<25 {
+            let result = try await proxy.endpoint.post(
+                "/", body: Array("INSERT INTO inspect_db.t VALUES (\(id))".utf8), auth: ("batchhouse_test", "s3cr3t-pw"))
+            #expect(result.status == 200)
+        }
+        kill(proxy.process.processIdentifier, SIGKILL)
+        proxy.process.waitUntilExit()
+        let report = try CheckConfigTests.run(["spool", "inspect", spoolDir])
+        #expect(report.status == 0)
+        #expect(report.output.contains("inspect_db.t"), "\(report.output)")
+        #expect(report.output.contains("25"))
+        #expect(!report.output.contains("s3cr3t-pw"))
+        let attributes = try FileManager.default.attributesOfItem(atPath: spoolDir)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o700)
+    }
 }

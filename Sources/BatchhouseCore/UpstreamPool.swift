@@ -1,0 +1,112 @@
+/// The upstream replicas and what the proxy knows of each: requests in flight, consecutive failures, a circuit
+/// breaker. Requests go to the least-loaded server whose breaker lets them through.
+///
+/// Breaker: `failureThreshold` consecutive failures (requests or `/ping` health checks) open it for
+/// `openDuration`; after that one probe is let through (half-open): success closes it, failure opens it again.
+public struct UpstreamPool: Sendable {
+    public enum BreakerState: String, Sendable, Hashable {
+        case closed
+        case open
+        case halfOpen = "half_open"
+    }
+
+    public struct Server: Sendable, Hashable {
+        public var url: String
+        public var inFlight = 0
+        public var consecutiveFailures = 0
+        public var openUntil: Instant?
+        public var probeInFlight = false
+        public var lastHealthy: Bool?
+
+        public init(url: String) { self.url = url }
+
+        public func state(now: Instant) -> BreakerState {
+            guard let openUntil else { return .closed }
+            return now < openUntil ? .open : .halfOpen
+        }
+    }
+
+    public private(set) var servers: [Server]
+    public let failureThreshold: Int
+    public let openDuration: Duration
+    private var rotation = 0
+
+    public init(servers: [String], failureThreshold: Int = 5, openDuration: Duration = .seconds(30)) {
+        self.servers = servers.map(Server.init(url:))
+        self.failureThreshold = failureThreshold
+        self.openDuration = openDuration
+    }
+
+    /// Replaces the server list (reload), keeping what is known of servers that stay.
+    public mutating func update(servers urls: [String]) {
+        let known = Dictionary(servers.map { ($0.url, $0) }, uniquingKeysWith: { first, _ in first })
+        servers = urls.map { known[$0] ?? Server(url: $0) }
+        rotation = 0
+    }
+
+    /// The server for the next request, marked as started; nil when every breaker is open.
+    /// Among closed breakers the least-loaded wins (ties rotate); a half-open server gets one probe.
+    public mutating func acquire(now: Instant, avoiding avoided: Int? = nil) -> Int? {
+        var best: Int?
+        var probe: Int?
+        let count = servers.count
+        for offset in 0..<count {
+            let index = (rotation + offset) % count
+            if index == avoided && count > 1 { continue }
+            let server = servers[index]
+            switch server.state(now: now) {
+            case .closed:
+                if best == nil || server.inFlight < servers[best!].inFlight { best = index }
+            case .halfOpen:
+                if !server.probeInFlight && probe == nil { probe = index }
+            case .open:
+                break
+            }
+        }
+        rotation = (rotation + 1) % max(count, 1)
+        if let probe {
+            // A recovering server is probed before more load goes elsewhere.
+            servers[probe].probeInFlight = true
+            servers[probe].inFlight += 1
+            return probe
+        }
+        if let best {
+            servers[best].inFlight += 1
+            return best
+        }
+        return nil
+    }
+
+    /// A request to server `index` ended; `success` is false for connection errors, timeouts and 5xx.
+    public mutating func release(_ index: Int, success: Bool, now: Instant) {
+        guard servers.indices.contains(index) else { return }
+        servers[index].inFlight = max(0, servers[index].inFlight - 1)
+        record(index, success: success, now: now)
+    }
+
+    /// A `/ping` health check of server `index`.
+    public mutating func healthCheck(_ index: Int, ok: Bool, now: Instant) {
+        guard servers.indices.contains(index) else { return }
+        servers[index].lastHealthy = ok
+        record(index, success: ok, now: now)
+    }
+
+    private mutating func record(_ index: Int, success: Bool, now: Instant) {
+        let wasProbe = servers[index].probeInFlight
+        servers[index].probeInFlight = false
+        if success {
+            servers[index].consecutiveFailures = 0
+            if servers[index].state(now: now) != .open || wasProbe { servers[index].openUntil = nil }
+            return
+        }
+        servers[index].consecutiveFailures += 1
+        let state = servers[index].state(now: now)
+        if state == .halfOpen || (state == .closed && servers[index].consecutiveFailures >= failureThreshold) {
+            servers[index].openUntil = now + openDuration
+        }
+    }
+
+    public func states(now: Instant) -> [(url: String, state: BreakerState, inFlight: Int, healthy: Bool?)] {
+        servers.map { ($0.url, $0.state(now: now), $0.inFlight, $0.lastHealthy) }
+    }
+}
