@@ -1,6 +1,8 @@
 import BatchhouseConfig
 import BatchhouseCore
 import BatchhouseUpstream
+import Foundation
+import Logging
 import NIOCore
 import Synchronization
 
@@ -10,6 +12,10 @@ final class BatchSender: Sendable {
     private let current: Mutex<UpstreamConfiguration>
     let pool: Mutex<UpstreamPool>
     let clock: any NowProvider
+    /// From the upstream's `SELECT version()`; nil until known (then nothing version-dependent is sent).
+    let capabilities = Mutex<UpstreamCapabilities?>(nil)
+    /// Makes deduplication tokens unique to this process: batch ids restart at 1 with every start.
+    private let instance = String(UInt64.random(in: 0...UInt64.max), radix: 36)
 
     init(client: CurlClient, upstream: UpstreamConfiguration, clock: any NowProvider = MonotonicClock()) {
         self.client = client
@@ -43,7 +49,13 @@ final class BatchSender: Sendable {
         while url.hasSuffix("/") { url.removeLast() }
         url += "/?query=" + QueryString.encode(batch.key.insertStatement)
         var seen = Set<String>()
-        for setting in batch.key.settings + upstream.settings where seen.insert(setting.name).inserted {
+        var settings = batch.key.settings + upstream.settings
+        if capabilities.withLock({ $0?.supportsDeduplicationToken }) == true {
+            // One token per batch, kept across its retries: a retry after a timeout whose insert did land is
+            // dropped by ClickHouse instead of inserted twice (replicated tables, or a deduplication window).
+            settings.append(Setting(name: "insert_deduplication_token", value: "batchhouse-\(instance)-\(batch.id)"))
+        }
+        for setting in settings where seen.insert(setting.name).inserted {
             url += "&" + QueryString.encode(setting.name) + "=" + QueryString.encode(setting.value)
         }
         var headers: [(String, String)] = [("Content-Type", "application/octet-stream")]
@@ -86,6 +98,32 @@ final class BatchSender: Sendable {
             pool.withLock { $0.release(index, success: error.kind == .cancelled, now: clock.now()) }
             throw error
         }
+    }
+
+    /// `SELECT version()` on the first server; sets `capabilities` and logs the answer.
+    func probeVersion(logger: Logger) async -> String? {
+        let upstream = self.upstream
+        var url = passthroughServer()
+        while url.hasSuffix("/") { url.removeLast() }
+        let request = UpstreamRequest(
+            method: "GET", url: url + "/?query=" + QueryString.encode("SELECT version()"), headers: [], body: nil,
+            basicAuth: upstream.user.map { ($0, upstream.password ?? "") },
+            connectTimeout: upstream.connectTimeout, timeout: .seconds(10))
+        guard let response = try? await client.execute(request), response.status == 200 else {
+            logger.debug("upstream version not known yet")
+            return nil
+        }
+        let text = String(decoding: response.body.readableBytesView, as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let known = UpstreamCapabilities(version: text)
+        capabilities.withLock { $0 = known }
+        logger.info(
+            "upstream ClickHouse",
+            metadata: [
+                "version": "\(text)", "server": "\(redacted(url))",
+                "deduplication_token": "\(known?.supportsDeduplicationToken ?? false)",
+            ])
+        return text
     }
 
     /// Pings every server once (`/ping`, 2 s timeout) and records the outcome in the pool.

@@ -101,29 +101,10 @@ public final class BatchhouseApplication: Sendable {
         await server.waitUntilBound()
     }
 
-    /// Asks the upstream for its version (logged once at start; decides which settings may be sent).
+    /// Asks the upstream for its version (logged once; decides which settings may be sent). The flush service
+    /// asks again every few seconds until it gets an answer.
     public func probeUpstreamVersion() async -> String? {
-        let configuration = app.configuration
-        var url = configuration.upstream.servers[0]
-        while url.hasSuffix("/") { url.removeLast() }
-        let request = UpstreamRequest(
-            method: "GET", url: url + "/?query=" + QueryString.encode("SELECT version()"), headers: [], body: nil,
-            basicAuth: configuration.upstream.user.map { ($0, configuration.upstream.password ?? "") },
-            connectTimeout: configuration.upstream.connectTimeout, timeout: .seconds(10))
-        do {
-            let response = try await app.client.execute(request)
-            let text = String(decoding: response.body.readableBytesView, as: UTF8.self)
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-            guard response.status == 200 else {
-                app.logger.warning("upstream version probe failed", metadata: ["status": "\(response.status)"])
-                return nil
-            }
-            app.logger.info("upstream ClickHouse", metadata: ["version": "\(text)", "server": "\(redacted(url))"])
-            return text
-        } catch {
-            app.logger.warning("upstream not reachable yet", metadata: ["error": "\(error.message)"])
-            return nil
-        }
+        await app.sender.probeVersion(logger: app.logger)
     }
 
     /// Applies a new configuration to the running proxy (hot reload). Buffered rows stay in their batches and

@@ -26,6 +26,9 @@ final class FlushService: Service, Sendable {
                 while !Task.isCancelled {
                     await app.sender.checkHealth()
                     app.healthChecked()
+                    if app.sender.capabilities.withLock({ $0 == nil }) {
+                        _ = await app.sender.probeVersion(logger: app.logger)
+                    }
                     try? await Task.sleep(for: .seconds(5))
                 }
             }

@@ -80,7 +80,6 @@ struct Serve: AsyncParsableCommand {
                 services: services.map { .init(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
-        Task { _ = await application.probeUpstreamVersion() }
         do {
             try await group.run()
         } catch {

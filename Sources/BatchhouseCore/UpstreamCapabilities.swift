@@ -1,0 +1,32 @@
+/// What the upstream ClickHouse understands, from its `SELECT version()`. 18.16 rejects settings it does not
+/// know, so nothing newer is sent unless the version says it is known.
+public struct UpstreamCapabilities: Sendable, Hashable {
+    public var version: [Int]
+
+    /// nil when the text is not a version (`18.16.1`, `23.8.2.7`, `24.3.1.2672-lts`...).
+    public init?(version text: String) {
+        let numbers = text.trimmingCharacters(in: " \n\t").split(separator: ".").prefix(4).map {
+            Int($0.prefix { $0.isNumber })
+        }
+        guard numbers.count >= 2, numbers.allSatisfy({ $0 != nil }) else { return nil }
+        version = numbers.map { $0! }
+    }
+
+    public func isAtLeast(_ major: Int, _ minor: Int) -> Bool {
+        let (ourMajor, ourMinor) = (version[0], version[1])
+        return ourMajor > major || (ourMajor == major && ourMinor >= minor)
+    }
+
+    /// `insert_deduplication_token` (22.2+): a retried batch with the same token is not inserted twice into a
+    /// replicated table (and into any MergeTree with `non_replicated_deduplication_window`).
+    public var supportsDeduplicationToken: Bool { isAtLeast(22, 2) }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: String) -> Substring {
+        var result = self[...]
+        while let first = result.first, set.contains(first) { result.removeFirst() }
+        while let last = result.last, set.contains(last) { result.removeLast() }
+        return result
+    }
+}
