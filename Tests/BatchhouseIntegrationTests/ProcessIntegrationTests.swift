@@ -182,4 +182,16 @@ struct ProcessIntegrationTests {
         let attributes = try FileManager.default.attributesOfItem(atPath: spoolDir)
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o700)
     }
+
+    @Test func sighupReloadsTheFile() async throws {
+        let proxy = try RunningProxy(config: "defaults: { strategy: hybrid, max_delay: 1s }")
+        try await proxy.waitUntilReady()
+        kill(proxy.process.processIdentifier, SIGHUP)
+        for _ in 0..<50 where !proxy.log.contains("reason=SIGHUP") {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(proxy.log.contains("configuration reloaded"), "\(proxy.log)")
+        #expect(proxy.log.contains("reason=SIGHUP"))
+        #expect(await proxy.terminateAndWait() == 0)
+    }
 }

@@ -93,6 +93,33 @@ struct StrategyIntegrationTests {
         #expect(try await db.count("p") == 1)
     }
 
+    @Test func flushedAckBatchesRequestsAndGivesEachItsOwnOutcome() async throws {
+        let db = try await TestDatabase.create()
+        defer { Task { await db.drop() } }
+        try await db.clickHouse.sql("CREATE TABLE \(db.name).fl (id UInt64, v UInt32) ENGINE = MergeTree ORDER BY id")
+        let proxy = try await ProxyUnderTest.start(
+            "defaults: { strategy: hybrid, max_delay: 300ms, ack: flushed, retries: 0 }", upstreamSettings: "{ log_queries: 1 }")
+        let results = ErrorBox()
+        // 40 requests at once: they share batches; one of them carries a row ClickHouse refuses.
+        try await runConcurrently(count: 40, concurrency: 40) { id in
+            let value = id == 17 ? "'bad'" : "\(id)"
+            var result = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).fl VALUES (\(id), \(value))")
+            result.body = "\(id)|" + result.body
+            results.add(result)
+        }
+        try await proxy.stop()
+        let all = results.all
+        let refused = all.filter { $0.status != 200 }
+        #expect(refused.count == 1)
+        #expect(refused.first?.body.hasPrefix("17|Code: 53") == true, "\(refused.first?.body ?? "")")
+        #expect(all.filter { $0.status == 200 }.allSatisfy { $0.header("X-Batchhouse-Ack") == "flushed" })
+        #expect(try await db.count("fl") == 39)
+        try await db.clickHouse.sql("SYSTEM FLUSH LOGS")
+        let inserts = try await db.clickHouse.sql(
+            "SELECT count() FROM system.query_log WHERE type = 2 AND query LIKE 'INSERT INTO `\(db.name)`.`fl`%' FORMAT TSV")
+        #expect((Int(inserts.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 99) < 20, "flushed acks still batch: \(inserts)")
+    }
+
     @Test func passthroughAndSampleRules() async throws {
         let db = try await TestDatabase.create()
         defer { Task { await db.drop() } }

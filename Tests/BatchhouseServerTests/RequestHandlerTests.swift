@@ -126,6 +126,30 @@ import Testing
         #expect(response.contains("(MEMORY_LIMIT_EXCEEDED)"))
     }
 
+    @Test func lowPriorityTablesAreShedFirst() throws {
+        // 1000 bytes of memory: priority 5 is refused from 800, priority 1 only at 1000.
+        let fixture = try Fixture(
+            """
+            limits: { max_buffer_memory: 1000 }
+            defaults: { strategy: hybrid, max_delay: 60s }
+            tables:
+              low: { priority: 5 }
+              high: { priority: 1 }
+            """)
+        func insert(_ table: String, _ size: Int) throws -> String {
+            let body = "INSERT INTO \(table) VALUES ('" + String(repeating: "x", count: size) + "')"
+            return try fixture.exchange(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        }
+        #expect(try insert("low", 700).hasPrefix("HTTP/1.1 200 OK"))  // 702 bytes in use
+        #expect(try insert("low", 100).hasPrefix("HTTP/1.1 503"), "804 > 80% of 1000")
+        #expect(try insert("high", 100).hasPrefix("HTTP/1.1 200 OK"), "priority 1 goes on")
+        #expect(try insert("high", 150).hasPrefix("HTTP/1.1 200 OK"))  // 956
+        #expect(try insert("high", 100).hasPrefix("HTTP/1.1 503"), "the hard limit")
+        #expect(fixture.batcher.bufferedByTable()["default.low"]?.rows == 1)
+        #expect(fixture.batcher.bufferedByTable()["default.high"]?.rows == 2)
+    }
+
     @Test func chunkedGzipInsertIsDecodedAndBuffered() throws {
         let fixture = try Fixture()
         let plain = Array("INSERT INTO t FORMAT JSONEachRow\n{\"a\":1}\n{\"a\":2}\n".utf8)
