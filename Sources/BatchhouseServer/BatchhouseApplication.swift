@@ -47,6 +47,10 @@ public final class BatchhouseApplication: Sendable {
             batcher?.recordFlush(batch, latency: latency, result: result)
         }
         let acks = PendingAcks()
+        flusher.observeLanded { [weak spool] batch in
+            let chunks = batch.contributions.compactMap(\.spoolChunk)
+            if !chunks.isEmpty { spool?.markDelivered(chunks) }
+        }
         flusher.observeReports { [weak spool] report in
             acks.resolve(report)
             guard let spool else { return }

@@ -77,8 +77,10 @@ final class Flusher: Sendable {
     private let sleep: @Sendable (Duration) async -> Void
     private let attemptObserver = Mutex<(@Sendable (SealedBatch, Duration, FlushResult) -> Void)?>(nil)
     private let reportObserver = Mutex<(@Sendable (FlushReport) -> Void)?>(nil)
+    private let landedObserver = Mutex<(@Sendable (SealedBatch) -> Void)?>(nil)
     /// Ids for the halves of split batches; far above the store's own numbering.
-    private let nextPartID = Mutex<UInt64>(1 << 48)
+    private static let firstPartID: UInt64 = 1 << 48
+    private let nextPartID = Mutex<UInt64>(Flusher.firstPartID)
 
     init(
         sender: BatchSender, deadLetters: DeadLetterWriter, metrics: BatchhouseMetrics, logger: Logger,
@@ -102,6 +104,12 @@ final class Flusher: Sendable {
     /// Told about every finished batch (acks waiting for it, the spool's delivered marks).
     func observeReports(_ observer: @escaping @Sendable (FlushReport) -> Void) {
         reportObserver.withLock { $0 = observer }
+    }
+
+    /// Told the moment a whole (unsplit) batch is in ClickHouse, before anything else happens, so the spool
+    /// can record the delivery with the smallest possible gap after ClickHouse's commit.
+    func observeLanded(_ observer: @escaping @Sendable (SealedBatch) -> Void) {
+        landedObserver.withLock { $0 = observer }
     }
 
     /// ClickHouse error codes that mean "too much at once", not "wrong data".
@@ -269,6 +277,11 @@ final class Flusher: Sendable {
             var lastError: UpstreamError?
             switch result {
             case .success(let response) where (200..<300).contains(response.status):
+                // Halves of a split batch carry ids from `nextPartID`; their chunks may be partly elsewhere, so
+                // only whole batches are reported here (halves are settled by the final report).
+                if batch.id < Self.firstPartID {
+                    landedObserver.withLock { $0 }?(batch)
+                }
                 let elapsed = ContinuousClock.now - started
                 metrics.flushed(table: table, rows: batch.rows, duration: elapsed, unixTime: Date().timeIntervalSince1970)
                 logger.info(
