@@ -35,17 +35,22 @@ public struct ClientIdentity: Hashable, Sendable, CustomStringConvertible, Custo
 }
 
 /// Rows share a batch only when every field here is equal (DESIGN.md, "Batch key").
+///
+/// Every request looks its key up in the open batches, so the hash of all fields is computed once, when the key
+/// is made (again when a field changes), and equality compares that hash before the fields.
 public struct BatchKey: Hashable, Sendable, CustomStringConvertible {
-    public var identity: ClientIdentity
+    public var identity: ClientIdentity { didSet { rehash() } }
     /// Effective database; nil means the upstream user's default database.
-    public var database: String?
-    public var table: String
-    public var columns: [String]?
-    public var format: InputFormat
+    public var database: String? { didSet { rehash() } }
+    public var table: String { didSet { rehash() } }
+    public var columns: [String]? { didSet { rehash() } }
+    public var format: InputFormat { didSet { rehash() } }
     /// Header line(s) of *WithNames formats, as sent; part of the key.
-    public var header: [UInt8]?
+    public var header: [UInt8]? { didSet { rehash() } }
     /// Settings from URL parameters and SETTINGS clauses, sorted by name, last value wins.
-    public var settings: [Setting]
+    public var settings: [Setting] { didSet { rehash() } }
+    /// The hash of every field above.
+    private var fieldsHash = 0
 
     public init(
         identity: ClientIdentity,
@@ -63,6 +68,29 @@ public struct BatchKey: Hashable, Sendable, CustomStringConvertible {
         self.format = format
         self.header = header
         self.settings = BatchKey.normalized(settings)
+        rehash()
+    }
+
+    private mutating func rehash() {
+        var hasher = Hasher()
+        hasher.combine(identity)
+        hasher.combine(database)
+        hasher.combine(table)
+        hasher.combine(columns)
+        hasher.combine(format)
+        hasher.combine(header)
+        hasher.combine(settings)
+        fieldsHash = hasher.finalize()
+    }
+
+    public static func == (lhs: BatchKey, rhs: BatchKey) -> Bool {
+        lhs.fieldsHash == rhs.fieldsHash && lhs.table == rhs.table && lhs.database == rhs.database
+            && lhs.format == rhs.format && lhs.columns == rhs.columns && lhs.identity == rhs.identity
+            && lhs.settings == rhs.settings && lhs.header == rhs.header
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(fieldsHash)
     }
 
     /// Sorted by name; when a name repeats, the last value wins (as ClickHouse applies them).

@@ -126,6 +126,20 @@ public struct BatchStore: Sendable {
         var rule: TableRule
         var firstRowAt: Instant
         var deadline: Instant
+
+        /// Takes the rule of this request and appends its rows, unless they would cross `max_bytes` (nil: seal
+        /// first). Returns the bytes added and the batch's new size.
+        mutating func append(
+            _ chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, rule: TableRule, token: UInt64,
+            spoolChunk: UInt64?
+        ) -> (bytes: Int, batchRows: Int, batchBytes: Int)? {
+            self.rule = rule
+            let incoming = buffer.joinedSize(of: chunk.count, endsWithNewline: endsWithNewline)
+            if FlushPolicy.mustFlushBefore(appending: incoming, to: buffer.rowBytes, rule: rule) { return nil }
+            let before = buffer.rowBytes
+            buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline, token: token, spoolChunk: spoolChunk)
+            return (buffer.rowBytes - before, buffer.rows, buffer.rowBytes)
+        }
     }
 
     /// The controller of one `adaptive` table, with a key of that table to ask for its rule on reload.
@@ -161,17 +175,26 @@ public struct BatchStore: Sendable {
     ) -> [SealedBatch] {
         var sealed: [SealedBatch] = []
         let target = adaptiveTarget(key: key, rule: rule, rows: rows, bytes: chunk.count, now: now)
-        if var batch = open[key] {
-            batch.rule = rule
-            let incoming = batch.buffer.joinedSize(of: chunk.count, endsWithNewline: endsWithNewline)
-            if FlushPolicy.mustFlushBefore(appending: incoming, to: batch.buffer.rowBytes, rule: rule) {
-                open[key] = nil
-                sealed.append(seal(key: key, batch, trigger: .bytes, now: now))
-            } else {
-                open[key] = batch
+        // One hash lookup per request: the open batch is then changed in place through its index.
+        if let index = open.index(forKey: key) {
+            if let added = open.values[index].append(
+                chunk, rows: rows, endsWithNewline: endsWithNewline, rule: rule, token: token, spoolChunk: spoolChunk)
+            {
+                bufferedRows += rows
+                bufferedBytes += added.bytes
+                if let trigger = FlushPolicy.trigger(
+                    rule: rule, target: target, rows: added.batchRows, bytes: added.batchBytes)
+                {
+                    let full = open.remove(at: index).value
+                    sealed.append(seal(key: key, full, trigger: trigger, now: now))
+                }
+                return sealed
             }
+            // The chunk would cross `max_bytes`: what is there goes first.
+            let full = open.remove(at: index).value
+            sealed.append(seal(key: key, full, trigger: .bytes, now: now))
         }
-        var batch = open.removeValue(forKey: key) ?? OpenBatch(
+        var batch = OpenBatch(
             buffer: BatchBuffer(format: key.format, header: key.header, reservingCapacity: min(rule.maxBytes, 64 * 1024)),
             rule: rule,
             firstRowAt: now,

@@ -18,7 +18,14 @@ final class AppContext: Sendable {
     /// The write-ahead spool, when `spool:` is configured.
     let spool: Spool?
     let startedAt: ContinuousClock.Instant
-    private let current: Mutex<BatchhouseConfiguration>
+    /// The configuration in a box: a request reads it with one lock and one retain instead of copying the
+    /// whole struct (its rules, arrays and strings) every time.
+    final class ConfigurationSnapshot: Sendable {
+        let value: BatchhouseConfiguration
+        init(_ value: BatchhouseConfiguration) { self.value = value }
+    }
+
+    private let current: Mutex<ConfigurationSnapshot>
     private let acceptingInserts = Mutex(true)
     private let healthCheckedOnce = Mutex(false)
 
@@ -31,7 +38,7 @@ final class AppContext: Sendable {
     ) {
         self.acks = acks
         self.spool = spool
-        self.current = Mutex(configuration)
+        self.current = Mutex(ConfigurationSnapshot(configuration))
         self.batcher = batcher
         self.flusher = flusher
         self.sender = sender
@@ -41,10 +48,14 @@ final class AppContext: Sendable {
         self.startedAt = .now
     }
 
-    var configuration: BatchhouseConfiguration { current.withLock { $0 } }
+    var configuration: BatchhouseConfiguration { current.withLock { $0 }.value }
+
+    /// The current configuration, for the per-request path.
+    var configurationSnapshot: ConfigurationSnapshot { current.withLock { $0 } }
 
     func replaceConfiguration(_ configuration: BatchhouseConfiguration) {
-        current.withLock { $0 = configuration }
+        let snapshot = ConfigurationSnapshot(configuration)
+        current.withLock { $0 = snapshot }
     }
 
     /// False once shutdown began: `/ping` answers 503 so load balancers move away.

@@ -12,16 +12,16 @@ final class Batcher: Sendable {
     private let store: Mutex<BatchStore>
     private let flusher: Flusher
     private let clock: any NowProvider
-    private let maxBufferMemory: Mutex<Int>
+    private let maxBufferMemory: Atomic<Int>
 
     init(flusher: Flusher, clock: any NowProvider, maxBufferMemory: Int) {
         self.store = Mutex(BatchStore())
         self.flusher = flusher
         self.clock = clock
-        self.maxBufferMemory = Mutex(maxBufferMemory)
+        self.maxBufferMemory = Atomic(maxBufferMemory)
     }
 
-    func setMaxBufferMemory(_ bytes: Int) { maxBufferMemory.withLock { $0 = bytes } }
+    func setMaxBufferMemory(_ bytes: Int) { maxBufferMemory.store(bytes, ordering: .relaxed) }
 
     /// Rows in open batches plus bytes of sealed batches not yet in ClickHouse.
     var memoryInUse: Int { store.withLock { $0.bufferedBytes } + flusher.queuedBytes }
@@ -33,7 +33,7 @@ final class Batcher: Sendable {
         key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
         token: UInt64 = 0, spoolChunk: UInt64? = nil, ignoringMemoryLimit: Bool = false
     ) -> AppendResult {
-        let limit = maxBufferMemory.withLock { $0 }
+        let limit = maxBufferMemory.load(ordering: .relaxed)
         let queued = flusher.queuedBytes
         let now = clock.now()
         let outcome: (sealed: [SealedBatch], refusedAt: Int?) = store.withLock { store in

@@ -32,6 +32,9 @@ final class BatchhouseMetrics: Sendable {
     private let perTable = Mutex<[String: TableCounters]>([:])
     private let bufferedTables = Mutex<Set<String>>([])
     private let totals = Mutex(Totals())
+    /// Received rows and bytes change on every request, from every event loop: atomics, not the `totals` lock.
+    private let rowsReceivedTotal = Atomic<Int>(0)
+    private let bytesReceivedTotal = Atomic<Int>(0)
 
     struct TableCounters: Sendable {
         var rowsReceived: Counter
@@ -112,10 +115,8 @@ final class BatchhouseMetrics: Sendable {
         let counters = table(name)
         counters.rowsReceived.increment(by: Int64(rows))
         counters.bytesReceived.increment(by: Int64(bytes))
-        totals.withLock {
-            $0.rowsReceived += rows
-            $0.bytesReceived += bytes
-        }
+        rowsReceivedTotal.add(rows, ordering: .relaxed)
+        bytesReceivedTotal.add(bytes, ordering: .relaxed)
     }
 
     func sampledOut(table name: String, rows: Int) {
@@ -153,7 +154,12 @@ final class BatchhouseMetrics: Sendable {
 
     func setQueueBytes(_ bytes: Int) { queueBytes.set(Double(bytes)) }
 
-    var snapshot: Totals { totals.withLock { $0 } }
+    var snapshot: Totals {
+        var snapshot = totals.withLock { $0 }
+        snapshot.rowsReceived = rowsReceivedTotal.load(ordering: .relaxed)
+        snapshot.bytesReceived = bytesReceivedTotal.load(ordering: .relaxed)
+        return snapshot
+    }
 
     /// Sets the per-table buffer gauges from the store's figures (tables that emptied go to 0).
     func updateBuffered(_ byTable: [String: (rows: Int, bytes: Int)]) {

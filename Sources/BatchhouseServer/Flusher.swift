@@ -75,9 +75,14 @@ final class Flusher: Sendable {
     /// which leaves them in the spool) instead of going to the dead-letter folder after `retries`.
     private let retryUntilDelivered: Bool
     private let sleep: @Sendable (Duration) async -> Void
-    private let attemptObserver = Mutex<(@Sendable (SealedBatch, Duration, FlushResult) -> Void)?>(nil)
-    private let reportObserver = Mutex<(@Sendable (FlushReport) -> Void)?>(nil)
-    private let landedObserver = Mutex<(@Sendable (SealedBatch) -> Void)?>(nil)
+    /// Closures are kept in a struct: a bare function type as a Mutex's value is re-abstracted on every
+    /// `withLock { $0 }` (inout write-back), so each read wrapped it in two more thunks, without bound.
+    private struct Observer<Argument>: Sendable {
+        let call: @Sendable (Argument) -> Void
+    }
+    private let attemptObserver = Mutex<Observer<(SealedBatch, Duration, FlushResult)>?>(nil)
+    private let reportObserver = Mutex<Observer<FlushReport>?>(nil)
+    private let landedObserver = Mutex<Observer<SealedBatch>?>(nil)
     /// Ids for the halves of split batches; far above the store's own numbering.
     private static let firstPartID: UInt64 = 1 << 48
     private let nextPartID = Mutex<UInt64>(Flusher.firstPartID)
@@ -98,18 +103,18 @@ final class Flusher: Sendable {
 
     /// Told about every upstream attempt (the adaptive strategy learns from latency and errors).
     func observeAttempts(_ observer: @escaping @Sendable (SealedBatch, Duration, FlushResult) -> Void) {
-        attemptObserver.withLock { $0 = observer }
+        attemptObserver.withLock { $0 = Observer(call: { observer($0.0, $0.1, $0.2) }) }
     }
 
     /// Told about every finished batch (acks waiting for it, the spool's delivered marks).
     func observeReports(_ observer: @escaping @Sendable (FlushReport) -> Void) {
-        reportObserver.withLock { $0 = observer }
+        reportObserver.withLock { $0 = Observer(call: observer) }
     }
 
     /// Told the moment a whole (unsplit) batch is in ClickHouse, before anything else happens, so the spool
     /// can record the delivery with the smallest possible gap after ClickHouse's commit.
     func observeLanded(_ observer: @escaping @Sendable (SealedBatch) -> Void) {
-        landedObserver.withLock { $0 = observer }
+        landedObserver.withLock { $0 = Observer(call: observer) }
     }
 
     /// ClickHouse error codes that mean "too much at once", not "wrong data".
@@ -135,7 +140,7 @@ final class Flusher: Sendable {
         case .failure(let error):
             outcome = error.kind == .timeout ? .struggling : .failed
         }
-        observer(batch, latency, outcome)
+        observer.call((batch, latency, outcome))
     }
 
     /// Bytes of batches queued or being sent.
@@ -192,7 +197,7 @@ final class Flusher: Sendable {
             let report = await deliver(job.batch)
             state.withLock { $0.queuedBytes -= job.batch.data.count }
             metrics.setQueueBytes(queuedBytes)
-            reportObserver.withLock { $0 }?(report)
+            reportObserver.withLock { $0 }?.call(report)
             job.completion?(report)
         }
     }
@@ -280,7 +285,7 @@ final class Flusher: Sendable {
                 // Halves of a split batch carry ids from `nextPartID`; their chunks may be partly elsewhere, so
                 // only whole batches are reported here (halves are settled by the final report).
                 if batch.id < Self.firstPartID {
-                    landedObserver.withLock { $0 }?(batch)
+                    landedObserver.withLock { $0 }?.call(batch)
                 }
                 let elapsed = ContinuousClock.now - started
                 metrics.flushed(table: table, rows: batch.rows, duration: elapsed, unixTime: Date().timeIntervalSince1970)

@@ -25,6 +25,11 @@ final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
         var headSent = false
         var requestEnded = false
         var finished = false
+        /// Response bytes from curl not yet handed to the event loop. ClickHouse streams in small HTTP chunks
+        /// (libcurl calls back once per chunk, often 4 KiB): they are gathered here and handed over in one
+        /// event loop task, instead of a task, a write and a flush per chunk.
+        var pendingBody: ByteBuffer?
+        var deliveryScheduled = false
     }
     private let state = Mutex(State())
 
@@ -89,21 +94,37 @@ final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
     }
 
     func upstreamStream(_ stream: UpstreamStream, didReceiveBody bytes: UnsafeRawBufferPointer) -> Bool {
-        let accept = state.withLock { state -> Bool in
+        let allocator = self.allocator
+        let (accept, schedule) = state.withLock { state -> (Bool, Bool) in
             if state.unflushedResponseBytes >= Self.responseHighWatermark {
                 state.responsePaused = true
-                return false
+                return (false, false)
             }
             state.unflushedResponseBytes += bytes.count
-            return true
+            if state.pendingBody == nil {
+                state.pendingBody = allocator.buffer(capacity: max(bytes.count, Self.deliveryBufferCapacity))
+            }
+            state.pendingBody!.writeBytes(bytes)
+            if state.deliveryScheduled { return (true, false) }
+            state.deliveryScheduled = true
+            return (true, true)
         }
         guard accept else { return false }
-        let buffer = allocator.buffer(bytes: bytes)
-        eventLoop.execute {
-            self.target.value.passthroughBody(buffer, bridge: self)
+        if schedule {
+            eventLoop.execute {
+                let buffer = self.state.withLock { state -> ByteBuffer? in
+                    state.deliveryScheduled = false
+                    defer { state.pendingBody = nil }
+                    return state.pendingBody
+                }
+                if let buffer { self.target.value.passthroughBody(buffer, bridge: self) }
+            }
         }
         return true
     }
+
+    /// The first capacity of a buffer gathering response bytes (it grows if the event loop falls behind).
+    static let deliveryBufferCapacity = 64 << 10
 
     func upstreamStreamWantsMoreRequestBody(_ stream: UpstreamStream) {
         eventLoop.execute {

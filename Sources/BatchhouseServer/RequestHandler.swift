@@ -41,6 +41,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readPaused = false
     private var readPending = false
     private var context: ChannelHandlerContext?
+    /// Reused for `query` + "\n" + body when the statement starts in the URL (kept only while small).
+    private var statementScratch: [UInt8] = []
+    /// The last `X-ClickHouse-Summary` value: clients sending rows of the same shape get the same one.
+    private var lastSummary: (rows: Int, bytes: Int, text: String)?
 
     init(app: AppContext) {
         self.app = app
@@ -116,8 +120,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         let hasLength = head.headers.contains(name: "content-length")
-        let chunked = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
-        if !hasLength && !chunked {
+        if !hasLength && !head.headers[canonicalForm: "transfer-encoding"].contains(where: { $0.lowercased() == "chunked" }) {
             app.metrics.request(.rejected)
             respondError(.lengthRequired, head: head, close: true, context: context)
             state = .discarding
@@ -134,8 +137,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             startPassthrough(head: head, initialBody: nil, bodyComplete: false, context: context)
             return
         }
-        let contentType = head.headers.first(name: "content-type")?.lowercased() ?? ""
-        if parameters.decompress || contentType.hasPrefix("multipart/") {
+        if parameters.decompress || Self.isMultipart(head.headers.first(name: "content-type")) {
             startPassthrough(head: head, initialBody: nil, bodyComplete: false, context: context)
             return
         }
@@ -160,7 +162,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 request.body.writeBuffer(&part)
             }
             if request.coding == nil && !request.classificationDone {
-                switch classify(request, isComplete: false) {
+                switch classify(query: request.parameters.query, body: request.body, isComplete: false) {
                 case .insert(let statement):
                     request.statement = statement
                     request.classificationDone = true
@@ -174,7 +176,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                 }
             }
-            let limit = app.configuration.limits.maxRequestBody
+            let limit = app.configurationSnapshot.value.limits.maxRequestBody
             if request.body.readableBytes > limit {
                 if request.statement != nil {
                     app.metrics.request(.rejected)
@@ -221,19 +223,25 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: INSERT intake
 
-    private func classify(_ request: BufferedRequest, isComplete: Bool) -> InsertParseResult {
-        var text: [UInt8] = []
-        let query = request.parameters.query.map { Array($0.utf8) } ?? []
-        let bodyPrefix = min(request.body.readableBytes, Self.classificationLimit)
-        text.reserveCapacity(query.count + 1 + bodyPrefix)
-        if request.parameters.query != nil {
-            text.append(contentsOf: query)
-            text.append(UInt8(ascii: "\n"))
+    /// Parses the statement `query` + "\n" + body (DESIGN.md, request path item 4), up to `classificationLimit`
+    /// bytes of the body.
+    private func classify(query: String?, body: ByteBuffer, isComplete: Bool) -> InsertParseResult {
+        let bodyPrefix = min(body.readableBytes, Self.classificationLimit)
+        let complete = isComplete && bodyPrefix == body.readableBytes
+        guard let query else {
+            // The statement is the body alone: parse it where it lies.
+            return body.withUnsafeReadableBytes {
+                InsertParser.parse(UnsafeRawBufferPointer(rebasing: $0.prefix(bodyPrefix)), isComplete: complete)
+            }
         }
-        request.body.withUnsafeReadableBytes { text.append(contentsOf: $0.prefix(bodyPrefix)) }
-        return text.withUnsafeBytes {
-            InsertParser.parse($0, isComplete: isComplete && bodyPrefix == request.body.readableBytes)
-        }
+        statementScratch.removeAll(keepingCapacity: true)
+        statementScratch.reserveCapacity(query.utf8.count + 1 + bodyPrefix)
+        statementScratch.append(contentsOf: query.utf8)
+        statementScratch.append(UInt8(ascii: "\n"))
+        body.withUnsafeReadableBytes { statementScratch.append(contentsOf: $0.prefix(bodyPrefix)) }
+        let result = statementScratch.withUnsafeBytes { InsertParser.parse($0, isComplete: complete) }
+        if statementScratch.capacity > 16 * 1024 { statementScratch = [] }
+        return result
     }
 
     private func finishBuffered(_ request: BufferedRequest, context: ChannelHandlerContext) {
@@ -252,10 +260,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
         }
-        var plain = request
-        plain.body = decoded
         if request.statement == nil || request.coding != nil {
-            switch classify(plain, isComplete: true) {
+            switch classify(query: request.parameters.query, body: decoded, isComplete: true) {
             case .insert(let statement):
                 request.statement = statement
             case .passthrough, .needMoreData:
@@ -270,7 +276,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func intake(
         _ request: BufferedRequest, statement: InsertStatement, decodedBody: ByteBuffer, context: ChannelHandlerContext
     ) {
-        let configuration = app.configuration
+        let configuration = app.configurationSnapshot.value
         let database = statement.database ?? request.parameters.database
         let rule = configuration.rules.rule(database: database ?? "default", table: statement.table)
         if rule.passthrough {
@@ -278,8 +284,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         // The data is whatever follows `dataOffset` in query + "\n" + body.
-        let queryBytes = request.parameters.query.map { Array($0.utf8) }
-        let prefixLength = queryBytes.map { $0.count + 1 } ?? 0
+        let query = request.parameters.query
+        let prefixLength = query.map { $0.utf8.count + 1 } ?? 0
         var data: ByteBuffer
         if statement.dataOffset >= prefixLength {
             data = decodedBody.getSlice(
@@ -287,8 +293,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 length: decodedBody.readableBytes - (statement.dataOffset - prefixLength)) ?? ByteBuffer()
         } else {
             data = ByteBuffer()
-            if let queryBytes {
-                data.writeBytes(queryBytes[statement.dataOffset...])
+            if let query {
+                data.writeBytes(query.utf8.dropFirst(statement.dataOffset))
                 data.writeInteger(UInt8(ascii: "\n"))
             }
             var body = decodedBody
@@ -459,6 +465,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch failure.reason {
         case .rejected(let response):
+            guard Self.areValidToSend(response.headers) else {
+                context.close(promise: nil)
+                return
+            }
             var headers = HTTPHeaders()
             for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased())
                 && name.lowercased() != "content-length"
@@ -491,7 +501,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         head: HTTPRequestHead, initialBody: ByteBuffer?, bodyComplete: Bool, context: ChannelHandlerContext
     ) {
         app.metrics.request(.passthrough)
-        let configuration = app.configuration
+        let configuration = app.configurationSnapshot.value
         var server = app.sender.passthroughServer()
         while server.hasSuffix("/") { server.removeLast() }
         var headers: [(String, String)] = []
@@ -517,6 +527,11 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Called by the bridge on this event loop.
     func passthroughHead(status: Int, headers upstreamHeaders: [(String, String)], bridge: PassthroughBridge) {
         guard let context, case .passthrough(let current) = state, current === bridge else { return }
+        guard Self.areValidToSend(upstreamHeaders) else {
+            bridge.cancel()
+            context.close(promise: nil)
+            return
+        }
         var headers = HTTPHeaders()
         for (name, value) in upstreamHeaders where !["connection", "keep-alive", "transfer-encoding", "proxy-connection"].contains(name.lowercased()) {
             headers.add(name: name, value: value)
@@ -567,15 +582,32 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Responses
 
+    /// The answer to a batched INSERT: 200, no body (the hot path: headers built in one go, no future).
     private func respondAccepted(head: HTTPRequestHead, rows: Int, bytes: Int, ack: String, context: ChannelHandlerContext) {
-        var headers = HTTPHeaders()
-        headers.add(
-            name: "X-ClickHouse-Summary",
-            value:
+        let summary: String
+        if let last = lastSummary, last.rows == rows, last.bytes == bytes {
+            summary = last.text
+        } else {
+            summary =
                 "{\"read_rows\":\"0\",\"read_bytes\":\"0\",\"written_rows\":\"\(rows)\",\"written_bytes\":\"\(bytes)\",\"total_rows_to_read\":\"0\"}"
-        )
-        headers.add(name: "X-Batchhouse-Ack", value: ack)
-        respond(head: head, status: .ok, headers: headers, body: [], close: false, context: context)
+            lastSummary = (rows, bytes, summary)
+        }
+        var fields = [("X-ClickHouse-Summary", summary), ("X-Batchhouse-Ack", ack), ("Content-Length", "0")]
+        let close = !head.isKeepAlive
+        if close {
+            fields.append(("Connection", "close"))
+        } else if head.version.minor == 0 {
+            fields.append(("Connection", "keep-alive"))
+        }
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: HTTPHeaders(fields)))),
+            promise: nil)
+        if close {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
     }
 
     private func respondError(_ error: ClickHouseError, head: HTTPRequestHead, close: Bool, context: ChannelHandlerContext) {
@@ -605,6 +637,39 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if close {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    /// Whether headers from ClickHouse may be sent to a client (RFC 9110: names are tokens, values have no control
+    /// characters but HTAB). The pipeline runs without NIO's outbound header validator, which checked every response
+    /// on the hot path although the proxy's own headers are constants; headers it did not write are checked here,
+    /// and, as with that validator, a response carrying an invalid one closes the connection.
+    static func areValidToSend(_ headers: [(String, String)]) -> Bool {
+        headers.allSatisfy { name, value in
+            !name.isEmpty
+                && name.utf8.allSatisfy { byte in
+                    switch byte {
+                    case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                        UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"),
+                        UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"),
+                        UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"),
+                        UInt8(ascii: "|"), UInt8(ascii: "~"):
+                        return true
+                    default:
+                        return false
+                    }
+                }
+                && value.utf8.allSatisfy { $0 == UInt8(ascii: "\t") || ($0 > 0x1f && $0 != 0x7f) }
+        }
+    }
+
+    /// `Content-Type: multipart/...`, in any case.
+    static func isMultipart(_ contentType: String?) -> Bool {
+        guard let contentType else { return false }
+        let prefix = "multipart/".utf8
+        guard contentType.utf8.count >= prefix.count else { return false }
+        return zip(contentType.utf8, prefix).allSatisfy { byte, expected in
+            (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte | 0x20 == expected : byte == expected
         }
     }
 
