@@ -277,6 +277,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         _ request: BufferedRequest, statement: InsertStatement, decodedBody: ByteBuffer, context: ChannelHandlerContext
     ) {
         let configuration = app.configurationSnapshot.value
+        let serviceAccount = configuration.upstream.user != nil
         let database = statement.database ?? request.parameters.database
         let rule = configuration.rules.rule(database: database ?? "default", table: statement.table)
         if rule.passthrough {
@@ -310,7 +311,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             let header = scanned.header.map { Array(bytes[$0]) }
             let key = BatchKey(
-                identity: request.parameters.identity, database: database, table: statement.table,
+                // Service-account mode: every batch goes up as `upstream.user`, so clients' identities neither
+                // split batches nor reach the spool.
+                identity: serviceAccount ? .anonymous : request.parameters.identity, database: database,
+                table: statement.table,
                 columns: statement.columns, format: statement.format, header: header,
                 settings: request.parameters.settings + statement.settings)
             let rows = UnsafeRawBufferPointer(rebasing: bytes[scanned.rows])

@@ -256,6 +256,32 @@ struct BatchingIntegrationTests {
         #expect(byUser == "batchhouse_test\t1\t10\ndefault\t1\t10\n")
     }
 
+    @Test func serviceAccountModeInsertsEveryonesRowsAsOneAccount() async throws {
+        let db = try await TestDatabase.create()
+        defer { Task { await db.drop() } }
+        try await db.clickHouse.sql("CREATE TABLE \(db.name).sa (id UInt64) ENGINE = MergeTree ORDER BY id")
+        let proxy = try await ProxyUnderTest.start(
+            "defaults: { strategy: size, max_rows: 1000, max_delay: 60s }",
+            upstreamSettings: "{ log_queries: 1 }\n  user: batchhouse_test\n  password: secret")
+        for id in 0..<10 {
+            let statement = Array("INSERT INTO \(db.name).sa VALUES (\(id))".utf8)
+            let result =
+                id % 2 == 0
+                ? try await proxy.endpoint.post("/", body: statement)
+                : try await proxy.endpoint.post("/", body: statement, auth: ("someone", "else"))
+            #expect(result.status == 200)
+        }
+        try await proxy.stop()
+        #expect(try await db.count("sa") == 10)
+        try await db.clickHouse.sql("SYSTEM FLUSH LOGS")
+        let byUser = try await db.clickHouse.sql(
+            """
+            SELECT user, count() FROM system.query_log
+            WHERE type = 2 AND query LIKE 'INSERT INTO `\(db.name)`.`sa`%' GROUP BY user FORMAT TSV
+            """)
+        #expect(byUser == "batchhouse_test\t1\n", "one batch, sent as the service account")
+    }
+
     @Test func shutdownFlushesBufferedRowsAndRejectedBatchesAreDeadLettered() async throws {
         let db = try await TestDatabase.create()
         defer { Task { await db.drop() } }
