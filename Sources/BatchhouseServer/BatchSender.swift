@@ -76,9 +76,11 @@ final class BatchSender: Sendable {
         } else {
             auth = nil
         }
-        return UpstreamRequest(
+        var request = UpstreamRequest(
             method: "POST", url: url, headers: headers, body: body, basicAuth: auth,
             connectTimeout: upstream.connectTimeout, timeout: upstream.timeout)
+        request.tls = upstream.upstreamTLS
+        return request
     }
 
     /// One attempt on the least-loaded server whose breaker lets it through (`avoiding` the one that just
@@ -105,10 +107,11 @@ final class BatchSender: Sendable {
         let upstream = self.upstream
         var url = passthroughServer()
         while url.hasSuffix("/") { url.removeLast() }
-        let request = UpstreamRequest(
+        var request = UpstreamRequest(
             method: "GET", url: url + "/?query=" + QueryString.encode("SELECT version()"), headers: [], body: nil,
             basicAuth: upstream.user.map { ($0, upstream.password ?? "") },
             connectTimeout: upstream.connectTimeout, timeout: .seconds(10))
+        request.tls = upstream.upstreamTLS
         guard let response = try? await client.execute(request), response.status == 200 else {
             logger.debug("upstream version not known yet")
             return nil
@@ -130,14 +133,16 @@ final class BatchSender: Sendable {
     func checkHealth() async {
         let servers = pool.withLock { $0.servers.map(\.url) }
         let timeout = min(upstream.connectTimeout, .seconds(2))
+        let tls = upstream.upstreamTLS
         await withTaskGroup(of: (Int, Bool).self) { group in
             for (index, server) in servers.enumerated() {
                 group.addTask {
                     var url = server
                     while url.hasSuffix("/") { url.removeLast() }
-                    let request = UpstreamRequest(
+                    var request = UpstreamRequest(
                         method: "GET", url: url + "/ping", headers: [], body: nil, basicAuth: nil,
                         connectTimeout: timeout, timeout: .seconds(2))
+                    request.tls = tls
                     let response = try? await self.client.execute(request)
                     return (index, response?.status == 200)
                 }
@@ -151,5 +156,12 @@ final class BatchSender: Sendable {
                 }
             }
         }
+    }
+}
+
+extension UpstreamConfiguration {
+    /// `upstream.tls` as the client takes it.
+    var upstreamTLS: UpstreamTLS? {
+        tls.map { UpstreamTLS(caFile: $0.caFile, verify: $0.verify) }
     }
 }

@@ -514,9 +514,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let hasBody = head.method != .GET && head.method != .HEAD
         let length = head.headers.first(name: "content-length").flatMap(Int.init)
-        let request = UpstreamRequest(
+        var request = UpstreamRequest(
             method: head.method.rawValue, url: server + head.uri, headers: headers, body: nil, basicAuth: nil,
             connectTimeout: configuration.upstream.connectTimeout, timeout: nil)
+        request.tls = configuration.upstream.upstreamTLS
         let bridge = PassthroughBridge(handler: self, context: context, requestHead: head)
         state = .passthrough(bridge)
         bridge.start(client: app.client, request: request, requestBodyLength: hasBody ? length : nil, hasBody: hasBody)

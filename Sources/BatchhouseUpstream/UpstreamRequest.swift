@@ -20,6 +20,9 @@ public struct UpstreamRequest: Sendable {
     public var connectTimeout: Duration
     /// The whole transfer, connect included; nil for none (a passthrough SELECT may run for long).
     public var timeout: Duration?
+    /// For https:// URLs: a CA file to trust instead of the system's, and whether to verify the server's
+    /// certificate and host name (true unless set otherwise).
+    public var tls: UpstreamTLS?
 
     public init(
         method: String = "GET",
@@ -37,6 +40,17 @@ public struct UpstreamRequest: Sendable {
         self.basicAuth = basicAuth
         self.connectTimeout = connectTimeout
         self.timeout = timeout
+    }
+}
+
+/// TLS options for https:// upstreams.
+public struct UpstreamTLS: Sendable, Hashable {
+    public var caFile: String?
+    public var verify: Bool
+
+    public init(caFile: String? = nil, verify: Bool = true) {
+        self.caFile = caFile
+        self.verify = verify
     }
 }
 

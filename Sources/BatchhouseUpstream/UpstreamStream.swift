@@ -210,6 +210,12 @@ public final class UpstreamStream: Sendable {
             curl.secrets = [auth.password].filter { $0.count >= 3 }
         }
 
+        if let tls = request.tls {
+            if let caFile = tls.caFile { easy.set(CURLOPT_CAINFO, caFile) }
+            easy.set(CURLOPT_SSL_VERIFYPEER, tls.verify ? 1 : 0)
+            easy.set(CURLOPT_SSL_VERIFYHOST, tls.verify ? 2 : 0)
+        }
+
         easy.set(CURLOPT_HEADERFUNCTION, writeFunction: curlHeaderCallback)
         easy.set(CURLOPT_HEADERDATA, pointer: userdata)
         easy.set(CURLOPT_WRITEFUNCTION, writeFunction: curlWriteCallback)
