@@ -78,6 +78,7 @@ public final class BatchhouseApplication: Sendable {
         for corruption in recovery.corruptions {
             logger.error("spool corruption skipped", metadata: ["where": "\(corruption)"])
         }
+        app.metrics.spoolCorruptions(recovery.corruptions.count)
         let rules = app.configuration.rules
         var rows = 0
         for chunk in recovery.chunks {

@@ -185,6 +185,28 @@ final class BatchhouseMetrics: Sendable {
         }
     }
 
+    /// The spool's size and backlog, set at scrape time; corruptions found at start.
+    func updateSpool(bytes: Int, undeliveredChunks: Int) {
+        registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "spool", unitName: "bytes",
+                helpText: "Bytes of live spool segments")
+        ).set(Double(bytes))
+        registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "spool_undelivered_chunks", unitName: "",
+                helpText: "Spooled requests whose rows are not yet in ClickHouse")
+        ).set(Double(undeliveredChunks))
+    }
+
+    func spoolCorruptions(_ count: Int) {
+        registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "spool_corruptions", unitName: "total",
+                helpText: "Corrupt or torn spool records found and skipped at start")
+        ).increment(by: Int64(count))
+    }
+
     /// The adaptive controllers' current flush points, per table.
     func updateAdaptiveTargets(_ targets: [String: AdaptiveTarget]) {
         for (table, target) in targets {

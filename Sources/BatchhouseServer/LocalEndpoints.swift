@@ -36,6 +36,9 @@ enum LocalEndpoint: String, Sendable {
                 || (acceptHeader?.contains("application/json") ?? false)
             app.metrics.updateBuffered(app.batcher.bufferedByTable())
             app.metrics.updateAdaptiveTargets(app.batcher.adaptiveTargets())
+            if let spool = app.spool {
+                app.metrics.updateSpool(bytes: spool.sizeBytes, undeliveredChunks: spool.undeliveredChunks)
+            }
             if wantsJSON { return metricsJSON(app) }
             return Response(
                 status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",

@@ -259,6 +259,8 @@ struct FaultIntegrationTests {
 
         let second = try ProcessIntegrationTests.RunningProxy(config: config)
         try await second.waitUntilReady()
+        let metrics = String(decoding: try await second.endpoint.get("/metrics").body, as: UTF8.self)
+        #expect(metrics.contains("batchhouse_spool_corruptions_total 1"), "\(metrics)")
         #expect(await second.terminateAndWait() == 0)
         let landed = try await db.count("c")
         #expect(landed >= 297 && landed < 300, "landed \(landed) of 300 with one corrupt record")
