@@ -45,6 +45,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(
+        name: .long,
+        help: "Event-loop threads serving clients (default: one per core less one, at least one).")
+    var threads: Int?
+
     func run() async throws {
         var logger = Logger(label: "batchhouse")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
@@ -65,7 +70,8 @@ struct Serve: AsyncParsableCommand {
         }
         let application: BatchhouseApplication
         do {
-            application = try BatchhouseApplication(configuration: configuration, logger: logger)
+            application = try BatchhouseApplication(
+                configuration: configuration, logger: logger, eventLoopThreads: threads)
         } catch {
             FileHandle.standardError.write(Data("batchhouse: \(error)\n".utf8))
             throw ExitCode(2)
