@@ -16,11 +16,10 @@ public final class BatchhouseApplication: Sendable {
     private let eventLoopGroup: MultiThreadedEventLoopGroup
     private let server: HTTPServer
 
-    /// One event loop per core, less one for the upstream client's thread and the flushes (at least one).
-    /// Measured on 2 cores with the load generator on the same machine (`scripts/bench`, scenarios 1 and 6,
-    /// `--threads 1` vs `2`): one loop gave the same req/s on one table (56.6k vs 58.3k), a p99 of 1.4 ms
-    /// instead of 4.0 ms, and 36.3k instead of 25.4k req/s over 1,000 tables.
-    public static var defaultEventLoopThreads: Int { max(1, System.coreCount - 1) }
+    /// One event loop per core. (Measured on 2 cores with wrk on the same machine, `scripts/bench` with
+    /// `BATCHHOUSE_ARGS="--threads 1"`: one loop matched two on plain inserts but lost with the spool,
+    /// 0.38 vs 0.49 of nginx, where each request also writes the spool on its loop.)
+    public static var defaultEventLoopThreads: Int { System.coreCount }
     private let flushService: FlushService
 
     /// Opens the spool (if configured) and puts every row it holds that ClickHouse does not have yet back into

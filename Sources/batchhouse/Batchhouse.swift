@@ -47,7 +47,7 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .long,
-        help: "Event-loop threads serving clients (default: one per core less one, at least one).")
+        help: "Event-loop threads serving clients (default: one per core).")
     var threads: Int?
 
     func run() async throws {
