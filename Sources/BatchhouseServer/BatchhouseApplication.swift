@@ -115,12 +115,6 @@ public final class BatchhouseApplication: Sendable {
         await server.waitUntilBound()
     }
 
-    /// Asks the upstream for its version (logged once; decides which settings may be sent). The flush service
-    /// asks again every few seconds until it gets an answer.
-    public func probeUpstreamVersion() async -> String? {
-        await app.sender.probeVersion(logger: app.logger)
-    }
-
     /// Applies a new configuration to the running proxy (hot reload). Buffered rows stay in their batches and
     /// follow the new rules from now on; a batch that already meets its new limits is flushed. Returns notes on
     /// what could not change without a restart.

@@ -64,9 +64,7 @@ public enum DeadLetterReplayer {
                     record.error = error
                     record.httpStatus = response.status
                     record.attempts += 1
-                    let encoder = JSONEncoder()
-                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                    if let updated = try? encoder.encode(record) { try? updated.write(to: URL(fileURLWithPath: metaPath)) }
+                    if let updated = try? DeadLetterWriter.encoder().encode(record) { try? updated.write(to: URL(fileURLWithPath: metaPath)) }
                     summary.failed.append((metaFile, error))
                 }
             } catch {

@@ -24,6 +24,13 @@ struct DeadLetterWriter: Sendable {
         var writtenAt: String
     }
 
+    /// How dead-letter records are written (also when the replayer records a new error).
+    static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return encoder
+    }
+
     /// Returns the data file's path, or nil when it could not be written (logged).
     @discardableResult
     func write(_ batch: SealedBatch, attempts: Int, error: String, httpStatus: Int?) -> String? {
@@ -41,9 +48,7 @@ struct DeadLetterWriter: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try Data(batch.data).write(to: URL(fileURLWithPath: base + ".data"))
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(record).write(to: URL(fileURLWithPath: base + ".json"))
+            try Self.encoder().encode(record).write(to: URL(fileURLWithPath: base + ".json"))
             return base + ".data"
         } catch {
             logger.error(

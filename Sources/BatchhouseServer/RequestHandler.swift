@@ -325,11 +325,14 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 app.metrics.sampledOut(table: key.qualifiedTable, rows: scanned.rowCount - kept.rows)
                 if kept.rows == 0 { return .acceptedEmpty(key: key) }
                 return kept.data.withUnsafeBytes { keptBytes in
-                    self.store(key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true)
+                    self.store(
+                        key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
+                        context: context)
                 }
             }
             return store(
-                key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline)
+                key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
+                context: context)
         }
 
         switch outcome {
@@ -396,12 +399,12 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case spoolRefused(SpoolError)
     }
 
-    private func store(key: BatchKey, rule: TableRule, rows: UnsafeRawBufferPointer, rowCount: Int, endsWithNewline: Bool)
-        -> IntakeOutcome
-    {
+    private func store(
+        key: BatchKey, rule: TableRule, rows: UnsafeRawBufferPointer, rowCount: Int, endsWithNewline: Bool,
+        context: ChannelHandlerContext
+    ) -> IntakeOutcome {
         if rowCount == 0 && rows.isEmpty { return .acceptedEmpty(key: key) }
         let immediate = rule.strategy == .immediate
-        guard let context else { return .acceptedEmpty(key: key) }
         var token: UInt64 = 0
         if immediate || rule.ack == .flushed {
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -496,6 +499,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Passthrough
 
+    /// Response headers that describe the upstream connection, not the response: never relayed.
+    static let hopByHopResponse: Set<String> = ["connection", "keep-alive", "transfer-encoding", "proxy-connection"]
+
     static let hopByHop: Set<String> = [
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect",
         "host", "content-length",
@@ -538,7 +544,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         var headers = HTTPHeaders()
-        for (name, value) in upstreamHeaders where !["connection", "keep-alive", "transfer-encoding", "proxy-connection"].contains(name.lowercased()) {
+        for (name, value) in upstreamHeaders where !Self.hopByHopResponse.contains(name.lowercased()) {
             headers.add(name: name, value: value)
         }
         let head = bridge.requestHead
