@@ -32,15 +32,24 @@ let package = Package(
             ]
         ),
         .target(name: "BatchhouseSpool", dependencies: ["BatchhouseCore", "CZlib"]),
+        // An INSERT's life from intake to settlement; NIOCore only for ByteBuffer.
+        .target(
+            name: "BatchhouseEngine",
+            dependencies: [
+                "BatchhouseCore", "BatchhouseConfig", "BatchhouseUpstream", "BatchhouseSpool",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .target(
             name: "BatchhouseServer",
             dependencies: [
-                "BatchhouseCore", "BatchhouseConfig", "BatchhouseUpstream", "BatchhouseSpool",
+                "BatchhouseEngine", "BatchhouseCore", "BatchhouseConfig", "BatchhouseUpstream", "BatchhouseSpool",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
@@ -48,7 +57,7 @@ let package = Package(
         .executableTarget(
             name: "batchhouse",
             dependencies: [
-                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore", "BatchhouseSpool",
+                "BatchhouseServer", "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseSpool",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -63,9 +72,17 @@ let package = Package(
             dependencies: ["BatchhouseUpstream", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
+            name: "BatchhouseEngineTests",
+            dependencies: [
+                "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseSpool", "BatchhouseUpstream",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "BatchhouseServerTests",
             dependencies: [
-                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore", "BatchhouseUpstream",
+                "BatchhouseServer", "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -75,7 +92,7 @@ let package = Package(
         .testTarget(
             name: "BatchhouseIntegrationTests",
             dependencies: [
-                "BatchhouseServer", "BatchhouseConfig", "BatchhouseCore", "BatchhouseUpstream",
+                "BatchhouseServer", "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

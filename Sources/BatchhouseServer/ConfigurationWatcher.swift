@@ -1,4 +1,5 @@
 import BatchhouseConfig
+import BatchhouseEngine
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -10,18 +11,20 @@ import UnixSignals
 /// running configuration stays.
 final class ConfigurationWatcher: Service, Sendable {
     private let path: String
-    private let application: BatchhouseApplication
+    private let engine: BatchhouseEngine
+    private let logger: Logger
     private let environment: @Sendable () -> [String: String]
     private let pollInterval: Duration
     private let overrides: @Sendable (inout BatchhouseConfiguration) -> Void
 
     init(
-        path: String, application: BatchhouseApplication, pollInterval: Duration,
+        path: String, engine: BatchhouseEngine, logger: Logger, pollInterval: Duration,
         environment: @escaping @Sendable () -> [String: String],
         overrides: @escaping @Sendable (inout BatchhouseConfiguration) -> Void
     ) {
         self.path = path
-        self.application = application
+        self.engine = engine
+        self.logger = logger
         self.pollInterval = pollInterval
         self.environment = environment
         self.overrides = overrides
@@ -65,16 +68,15 @@ final class ConfigurationWatcher: Service, Sendable {
     }
 
     private func reload(reason: String) {
-        let logger = application.app.logger
         do {
             var configuration = try ConfigurationLoader.load(path: path, environment: environment())
             overrides(&configuration)
-            let notes = application.apply(configuration)
+            let notes = engine.apply(configuration)
             logger.info(
                 "configuration reloaded",
                 metadata: ["reason": "\(reason)", "file": "\(path)", "notes": "\(notes.joined(separator: "; "))"])
         } catch {
-            application.app.metrics.configReloaded(ok: false)
+            engine.metrics.configReloaded(ok: false)
             logger.error(
                 "configuration reload rejected; keeping the running configuration",
                 metadata: ["reason": "\(reason)", "error": "\(error)"])

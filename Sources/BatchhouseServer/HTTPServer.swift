@@ -12,18 +12,23 @@ final class HTTPServer: Service, Sendable {
     private let host: String
     private let port: Int
     private let group: any EventLoopGroup
-    private let app: AppContext
+    private let handlerDependencies: RequestHandler.Dependencies
+    private let serving: ServingState
     private let logger: Logger
     private let drainTimeout: Duration
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     private let boundPort = Mutex<Int?>(nil)
     private let bound = AsyncStream<Int>.makeStream()
 
-    init(host: String, port: Int, group: any EventLoopGroup, app: AppContext, logger: Logger, drainTimeout: Duration = .seconds(30)) {
+    init(
+        host: String, port: Int, group: any EventLoopGroup, handler: RequestHandler.Dependencies, serving: ServingState,
+        logger: Logger, drainTimeout: Duration = .seconds(30)
+    ) {
         self.host = host
         self.port = port
         self.group = group
-        self.app = app
+        self.handlerDependencies = handler
+        self.serving = serving
         self.logger = logger
         self.drainTimeout = drainTimeout
     }
@@ -36,7 +41,7 @@ final class HTTPServer: Service, Sendable {
     }
 
     func run() async throws {
-        let app = self.app
+        let dependencies = handlerDependencies
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -47,11 +52,11 @@ final class HTTPServer: Service, Sendable {
                 self?.track(channel)
                 return channel.eventLoop.makeCompletedFuture {
                     // No outbound header validator: the proxy's own headers are constants, and the headers it
-                    // relays from ClickHouse are checked by `RequestHandler.areValidToSend` (the validator cost
+                    // relays from ClickHouse are checked by `HeaderPolicy.areValidToSend` (the validator cost
                     // ~5% of the CPU of a batched INSERT).
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                         withPipeliningAssistance: true, withErrorHandling: true, withOutboundHeaderValidation: false)
-                    try channel.pipeline.syncOperations.addHandler(RequestHandler(app: app))
+                    try channel.pipeline.syncOperations.addHandler(RequestHandler(dependencies))
                 }
             }
         let channel: any Channel
@@ -84,7 +89,7 @@ final class HTTPServer: Service, Sendable {
     }
 
     private func drainConnections() async {
-        app.isAcceptingInserts = false
+        serving.stopAccepting()
         let open = connections.withLock { Array($0.values) }
         logger.info("stopped accepting connections; draining", metadata: ["open_connections": "\(open.count)"])
         for channel in open {

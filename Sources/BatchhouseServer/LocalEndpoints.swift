@@ -1,7 +1,7 @@
 import BatchhouseCore
+import BatchhouseEngine
 import Foundation
-import NIOCore
-import NIOHTTP1
+import Synchronization
 
 /// `/ping`, `/health` and `/metrics`, answered by the proxy itself.
 enum LocalEndpoint: String, Sendable {
@@ -12,80 +12,94 @@ enum LocalEndpoint: String, Sendable {
     init?(path: Substring) {
         self.init(rawValue: String(path))
     }
+}
 
+/// Whether the proxy takes new work: false once graceful shutdown began, so `/ping` answers 503 and load balancers
+/// move away while connections drain.
+final class ServingState: Sendable {
+    private let accepting = Atomic<Bool>(true)
+
+    var isAccepting: Bool { accepting.load(ordering: .relaxed) }
+
+    func stopAccepting() { accepting.store(false, ordering: .relaxed) }
+}
+
+/// The answers of `/ping`, `/health` and `/metrics`, from the engine's figures.
+final class LocalEndpoints: Sendable {
     struct Response {
-        var status: HTTPResponseStatus
+        var status: Int
         var contentType: String
         var body: [UInt8]
     }
 
-    func respond(query: Substring, acceptHeader: String?, app: AppContext) -> Response {
-        switch self {
+    private let engine: BatchhouseEngine
+    private let serving: ServingState
+
+    init(engine: BatchhouseEngine, serving: ServingState) {
+        self.engine = engine
+        self.serving = serving
+    }
+
+    func respond(_ endpoint: LocalEndpoint, query: Substring, acceptHeader: String?) -> Response {
+        switch endpoint {
         case .ping:
-            if app.isAcceptingInserts {
-                return Response(status: .ok, contentType: "text/plain; charset=UTF-8", body: Array("Ok.\n".utf8))
+            if serving.isAccepting {
+                return Response(status: 200, contentType: "text/plain; charset=UTF-8", body: Array("Ok.\n".utf8))
             }
             return Response(
-                status: .serviceUnavailable, contentType: "text/plain; charset=UTF-8",
+                status: 503, contentType: "text/plain; charset=UTF-8",
                 body: Array(ClickHouseError.shuttingDown.body.utf8))
         case .health:
-            return health(app)
+            return health(engine.status())
         case .metrics:
             let wantsJSON =
                 QueryString.parse(query).contains { $0.name == "format" && $0.value.lowercased() == "json" }
                 || (acceptHeader?.contains("application/json") ?? false)
-            app.metrics.updateBuffered(app.batcher.bufferedByTable())
-            app.metrics.updateAdaptiveTargets(app.batcher.adaptiveTargets())
-            if let spool = app.spool {
-                app.metrics.updateSpool(bytes: spool.sizeBytes, undeliveredChunks: spool.undeliveredChunks)
-            }
-            if wantsJSON { return metricsJSON(app) }
-            return Response(
-                status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
-                body: app.metrics.prometheusText())
+            let text = engine.prometheusText()
+            if wantsJSON { return metricsJSON(engine.status()) }
+            return Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: text)
         }
     }
 
     /// `initializing` until the first health check; `healthy` when every server answers `/ping` and no breaker
     /// is open; `degraded` when some are down; `unhealthy` (503) when none can take inserts; `disconnected`
     /// once shutdown began.
-    private func health(_ app: AppContext) -> Response {
-        let now = app.sender.clock.now()
-        let servers = app.sender.pool.withLock { $0.states(now: now) }
+    private func health(_ status: BatchhouseEngine.Status) -> Response {
+        let servers = status.upstreams
         let usable = servers.filter { $0.state != .open && $0.healthy != false }.count
-        let status: String
-        if !app.isAcceptingInserts {
-            status = "disconnected"
-        } else if !app.hasCheckedHealth {
-            status = "initializing"
+        let state: String
+        if !serving.isAccepting {
+            state = "disconnected"
+        } else if !status.hasCheckedHealth {
+            state = "initializing"
         } else if usable == servers.count {
-            status = "healthy"
+            state = "healthy"
         } else if usable > 0 {
-            status = "degraded"
+            state = "degraded"
         } else {
-            status = "unhealthy"
+            state = "unhealthy"
         }
         let object: [String: Any] = [
-            "status": status,
+            "status": state,
             "upstreams": servers.map { server -> [String: Any] in
                 [
                     "url": redacted(server.url), "breaker": server.state.rawValue, "in_flight": server.inFlight,
                     "healthy": server.healthy.map { $0 as Any } ?? NSNull(),
                 ]
             },
-            "buffered_rows": app.batcher.bufferedRows,
-            "buffered_bytes": app.batcher.bufferedBytes,
-            "spool_bytes": app.spool?.sizeBytes ?? 0,
-            "uptime_seconds": (ContinuousClock.now - app.startedAt).seconds.rounded(),
+            "buffered_rows": status.bufferedRows,
+            "buffered_bytes": status.bufferedBytes,
+            "spool_bytes": status.spoolBytes,
+            "uptime_seconds": status.uptime.seconds.rounded(),
         ]
         let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-        let failing = status == "unhealthy" || status == "disconnected"
-        return Response(status: failing ? .serviceUnavailable : .ok, contentType: "application/json", body: Array(body))
+        let failing = state == "unhealthy" || state == "disconnected"
+        return Response(status: failing ? 503 : 200, contentType: "application/json", body: Array(body))
     }
 
-    private func metricsJSON(_ app: AppContext) -> Response {
-        let totals = app.metrics.snapshot
-        let uptime = max((ContinuousClock.now - app.startedAt).seconds, 0.001)
+    private func metricsJSON(_ status: BatchhouseEngine.Status) -> Response {
+        let totals = status.totals
+        let uptime = max(status.uptime.seconds, 0.001)
         let attempts = totals.batches + totals.failedBatches
         var batching: [String: Any] = [
             "total_batches": totals.batches,
@@ -93,8 +107,8 @@ enum LocalEndpoint: String, Sendable {
             "failed_batches": totals.failedBatches,
             "avg_batch_size": totals.batches > 0 ? Double(totals.rowsFlushed) / Double(totals.batches) : 0,
             "avg_flush_latency_ms": totals.batches > 0 ? totals.flushLatencySeconds * 1000 / Double(totals.batches) : 0,
-            "queued_items": app.batcher.bufferedRows,
-            "memory_usage_mb": Double(app.batcher.memoryInUse) / 1_048_576,
+            "queued_items": status.bufferedRows,
+            "memory_usage_mb": Double(status.memoryInUse) / 1_048_576,
         ]
         if let last = totals.lastFlushUnixSeconds {
             batching["last_flush_time"] = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: last))
@@ -109,12 +123,6 @@ enum LocalEndpoint: String, Sendable {
             ],
         ]
         let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-        return Response(status: .ok, contentType: "application/json", body: Array(body))
+        return Response(status: 200, contentType: "application/json", body: Array(body))
     }
-}
-
-/// A server URL without any `user:password@` part.
-func redacted(_ url: String) -> String {
-    guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].firstIndex(of: "@") else { return url }
-    return String(url[..<scheme.upperBound]) + String(url[url.index(after: at)...])
 }

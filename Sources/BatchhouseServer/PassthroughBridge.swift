@@ -64,9 +64,6 @@ final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
         stream?.finishRequestBody()
     }
 
-    /// Whether the client's request body has ended (read on the event loop, where it is set).
-    var isRequestEnded: Bool { state.withLock { $0.requestEnded } }
-
     func cancel() {
         state.withLock { $0.stream }?.cancel()
     }
@@ -138,8 +135,7 @@ final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
             return state.headSent
         }
         eventLoop.execute {
-            self.target.value.passthroughFinished(
-                error: error, headSent: headSent, requestEnded: self.isRequestEnded, bridge: self)
+            self.target.value.passthroughFinished(error: error, headSent: headSent, bridge: self)
         }
     }
 }

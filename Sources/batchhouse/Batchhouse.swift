@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatchhouseConfig
+import BatchhouseEngine
 import BatchhouseServer
 import BatchhouseSpool
 import Foundation
@@ -165,10 +166,12 @@ struct SpoolCommand: AsyncParsableCommand {
             guard let server = upstream ?? (config != nil ? configuration.upstream.servers.first : nil) else {
                 throw ValidationError("give --upstream URL or --config FILE")
             }
-            let summary = await DeadLetterReplayer.replay(
-                directory: directory, upstream: server, user: user ?? configuration.upstream.user,
-                password: password ?? ProcessInfo.processInfo.environment["CLICKHOUSE_PASSWORD"]
-                    ?? configuration.upstream.password)
+            var upstream = configuration.upstream
+            upstream.servers = [server]
+            upstream.user = user ?? configuration.upstream.user
+            upstream.password =
+                password ?? ProcessInfo.processInfo.environment["CLICKHOUSE_PASSWORD"] ?? configuration.upstream.password
+            let summary = await DeadLetterReplayer.replay(directory: directory, upstream: upstream)
             print(summary)
             if !summary.failed.isEmpty { throw ExitCode(1) }
         }

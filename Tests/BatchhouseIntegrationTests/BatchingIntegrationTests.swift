@@ -299,7 +299,7 @@ struct BatchingIntegrationTests {
         #expect(poisoned.status == 200)
         #expect(try await db.count("s") == 0, "rows flushed before max_delay")
         let deadLetterDir = proxy.deadLetterDir
-        #expect(proxy.application.app.batcher.bufferedRows == 51)
+        #expect(proxy.application.engine.buffering.bufferedRows == 51)
         await proxy.group.triggerGracefulShutdown()
         try await proxy.task.value
         proxy.application.shutdown()

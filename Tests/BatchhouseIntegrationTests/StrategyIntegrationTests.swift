@@ -43,7 +43,7 @@ struct StrategyIntegrationTests {
             metrics = try await proxy.metricsText()
         }
         #expect(metrics.contains("batchhouse_config_reloads_total 1"))
-        #expect(proxy.application.app.configuration.rules.rule(database: db.name, table: "a").maxRows == 250)
+        #expect(proxy.application.engine.configuration.value.rules.rule(database: db.name, table: "a").maxRows == 250)
 
         // An invalid file is refused and the running rules stay.
         try ProxyUnderTest.configurationText(rules(maxRowsA: 5, typo: true), deadLetterDir: proxy.deadLetterDir)
@@ -53,7 +53,7 @@ struct StrategyIntegrationTests {
             metrics = try await proxy.metricsText()
         }
         #expect(metrics.contains("batchhouse_config_reload_failures_total 1"))
-        #expect(proxy.application.app.configuration.rules.rule(database: db.name, table: "a").maxRows == 250)
+        #expect(proxy.application.engine.configuration.value.rules.rule(database: db.name, table: "a").maxRows == 250)
         // ...and keep working: 250 more rows of a flush on their own, by rows, before any max_delay.
         let aBefore = try await db.count("a")
         for id in total..<(total + 500) where id % 2 == 0 {

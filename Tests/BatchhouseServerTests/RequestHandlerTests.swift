@@ -1,5 +1,6 @@
 import BatchhouseConfig
 import BatchhouseCore
+import BatchhouseEngine
 import BatchhouseUpstream
 import Logging
 import NIOCore
@@ -12,8 +13,17 @@ import Testing
 /// The request handler on an EmbeddedChannel: raw HTTP bytes in, raw bytes out, no sockets. Only paths that
 /// never reach upstream are exercised here; the integration tests cover the rest against ClickHouse.
 @Suite struct RequestHandlerTests {
+    /// An upstream that is never reached: these tests stay on paths that do not flush.
+    struct UnreachableUpstream: UpstreamTransport {
+        func execute(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+            throw UpstreamError(kind: .connect, message: "no upstream in handler tests")
+        }
+    }
+
+    /// One handler on an EmbeddedChannel in front of an engine with no upstream (no application, no threads).
     final class Fixture {
-        let application: BatchhouseApplication
+        let engine: BatchhouseEngine
+        let client = CurlClient(maxConnections: 1)
         let channel = EmbeddedChannel()
 
         init(_ yaml: String = "") throws {
@@ -21,18 +31,24 @@ import Testing
                 yaml: "upstream: { servers: [\"http://127.0.0.1:9\"] }\n" + yaml, environment: [:])
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            application = try BatchhouseApplication(configuration: configuration, logger: logger)
+            engine = BatchhouseEngine(
+                configuration: configuration, transport: UnreachableUpstream(), spool: nil, logger: logger)
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: true, withErrorHandling: true)
-            try channel.pipeline.syncOperations.addHandler(RequestHandler(app: application.app))
+            try channel.pipeline.syncOperations.addHandler(
+                RequestHandler(
+                    RequestHandler.Dependencies(
+                        intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway,
+                        client: client, metrics: engine.metrics,
+                        endpoints: LocalEndpoints(engine: engine, serving: ServingState()))))
         }
 
         deinit {
             _ = try? channel.finish()
-            application.shutdown()
+            client.shutdown()
         }
 
-        var batcher: Batcher { application.app.batcher }
+        var batcher: Buffering { engine.buffering }
 
         /// Writes `text` as inbound bytes and returns everything the handler wrote back.
         func exchange(_ text: String) throws -> String {

@@ -3,8 +3,8 @@ import Synchronization
 
 /// Requests waiting for their rows' batch (`ack: flushed`, the `immediate` strategy): each gets a token that
 /// travels with its rows through the batch, its halves if the batch is split, and the flush report.
-final class PendingAcks: Sendable {
-    typealias Callback = @Sendable (FlushReport.Failure?) -> Void
+package final class PendingAcks: Sendable {
+    package typealias Callback = @Sendable (FlushReport.Failure?) -> Void
 
     private struct State {
         var next: UInt64 = 1
@@ -12,8 +12,10 @@ final class PendingAcks: Sendable {
     }
     private let state = Mutex(State())
 
+    package init() {}
+
     /// A token for a request that will be answered by `callback` (nil failure: its rows landed).
-    func register(_ callback: @escaping Callback) -> UInt64 {
+    package func register(_ callback: @escaping Callback) -> UInt64 {
         state.withLock { state in
             let token = state.next
             state.next += 1
@@ -23,12 +25,12 @@ final class PendingAcks: Sendable {
     }
 
     /// Forgets a token whose rows never reached a batch (refused at intake).
-    func cancel(_ token: UInt64) {
+    package func cancel(_ token: UInt64) {
         _ = state.withLock { $0.waiting.removeValue(forKey: token) }
     }
 
     /// Answers every request with rows in `report`'s batch.
-    func resolve(_ report: FlushReport) {
+    package func resolve(_ report: FlushReport) {
         let tokens = Set(report.batch.contributions.lazy.map(\.token).filter { $0 != 0 })
         guard !tokens.isEmpty else { return }
         let callbacks: [(UInt64, Callback)] = state.withLock { state in
@@ -39,5 +41,5 @@ final class PendingAcks: Sendable {
         }
     }
 
-    var count: Int { state.withLock { $0.waiting.count } }
+    package var count: Int { state.withLock { $0.waiting.count } }
 }

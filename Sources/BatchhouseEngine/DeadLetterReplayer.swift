@@ -1,3 +1,4 @@
+import BatchhouseConfig
 import BatchhouseCore
 import BatchhouseUpstream
 import Foundation
@@ -23,16 +24,23 @@ public enum DeadLetterReplayer {
         }
     }
 
-    public static func replay(
-        directory: String, upstream: String, user: String?, password: String?, timeout: Duration = .seconds(60)
-    ) async -> Summary {
+    /// Re-sends every dead letter in `directory` to `upstream.servers[0]`, built by the same `UpstreamGateway` as
+    /// live batches (compression, TLS, `upstream.settings`, the `upstream.user` account). Dead letters hold no
+    /// credentials: without `upstream.user` they go up as ClickHouse's default user.
+    public static func replay(directory: String, upstream: UpstreamConfiguration) async -> Summary {
         let client = CurlClient(maxConnections: 4)
         defer { client.shutdown() }
+        return await replay(directory: directory, upstream: upstream, transport: client)
+    }
+
+    static func replay(directory: String, upstream: UpstreamConfiguration, transport: any UpstreamTransport) async
+        -> Summary
+    {
+        let gateway = UpstreamGateway(transport: transport, upstream: upstream, clock: MonotonicClock())
+        let server = gateway.passthroughTarget().server
         var summary = Summary()
         let files = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
             .filter { $0.hasSuffix(".json") }.sorted()
-        var base = upstream
-        while base.hasSuffix("/") { base.removeLast() }
         for metaFile in files {
             let metaPath = directory + "/" + metaFile
             let dataPath = String(metaPath.dropLast(".json".count)) + ".data"
@@ -43,16 +51,15 @@ public enum DeadLetterReplayer {
                 summary.failed.append((metaFile, "unreadable dead letter (no matching .data or bad JSON)"))
                 continue
             }
-            var url = base + "/?query=" + QueryString.encode(record.statement)
-            for (name, value) in record.settings.sorted(by: { $0.key < $1.key }) {
-                url += "&" + QueryString.encode(name) + "=" + QueryString.encode(value)
-            }
-            let request = UpstreamRequest(
-                method: "POST", url: url, headers: [("Content-Type", "application/octet-stream")],
-                body: ByteBuffer(bytes: data), basicAuth: user.map { ($0, password ?? "") },
-                connectTimeout: .seconds(5), timeout: timeout)
+            let batch = BatchRequest(
+                statement: record.statement,
+                settings: record.settings.sorted { $0.key < $1.key }.map { Setting(name: $0.key, value: $0.value) },
+                data: Array(data), identity: .anonymous, batchID: nil)
+            // Straight to the server, not through the pool: a dead letter ClickHouse still refuses (often with a
+            // 500 on 18.16) must not open a breaker for the others.
+            let request = gateway.request(for: batch, server: server)
             do {
-                let response = try await client.execute(request)
+                let response = try await transport.execute(request)
                 if (200..<300).contains(response.status) {
                     try? FileManager.default.removeItem(atPath: dataPath)
                     try? FileManager.default.removeItem(atPath: metaPath)

@@ -3,8 +3,8 @@ import Prometheus
 import Synchronization
 
 /// Every figure Batchhouse exports, in Prometheus text and as the JSON block of `/metrics?format=json`.
-final class BatchhouseMetrics: Sendable {
-    enum RequestKind: String, CaseIterable {
+package final class BatchhouseMetrics: Sendable {
+    package enum RequestKind: String, CaseIterable {
         case batchedInsert = "batched_insert"
         case immediateInsert = "immediate_insert"
         case passthrough
@@ -12,17 +12,17 @@ final class BatchhouseMetrics: Sendable {
         case rejected
     }
 
-    struct Totals: Sendable {
-        var batches = 0
-        var rowsFlushed = 0
-        var failedBatches = 0
-        var flushLatencySeconds = 0.0
-        var lastFlushUnixSeconds: Double?
-        var rowsReceived = 0
-        var bytesReceived = 0
+    package struct Totals: Sendable {
+        package var batches = 0
+        package var rowsFlushed = 0
+        package var failedBatches = 0
+        package var flushLatencySeconds = 0.0
+        package var lastFlushUnixSeconds: Double?
+        package var rowsReceived = 0
+        package var bytesReceived = 0
     }
 
-    let registry = PrometheusCollectorRegistry()
+    package let registry = PrometheusCollectorRegistry()
     private let requests: [RequestKind: Counter]
     private let flushDuration: DurationHistogram
     private let retries: Counter
@@ -46,7 +46,7 @@ final class BatchhouseMetrics: Sendable {
         var rowsSampledOut: Counter
     }
 
-    init() {
+    package init() {
         var requests: [RequestKind: Counter] = [:]
         for kind in RequestKind.allCases {
             requests[kind] = registry.makeCounter(
@@ -84,7 +84,7 @@ final class BatchhouseMetrics: Sendable {
                 helpText: "Configuration reloads rejected because the new file was invalid"))
     }
 
-    func request(_ kind: RequestKind) {
+    package func request(_ kind: RequestKind) {
         requests[kind]?.increment()
     }
 
@@ -111,7 +111,7 @@ final class BatchhouseMetrics: Sendable {
         }
     }
 
-    func received(table name: String, rows: Int, bytes: Int) {
+    package func received(table name: String, rows: Int, bytes: Int) {
         let counters = table(name)
         counters.rowsReceived.increment(by: Int64(rows))
         counters.bytesReceived.increment(by: Int64(bytes))
@@ -119,11 +119,11 @@ final class BatchhouseMetrics: Sendable {
         bytesReceivedTotal.add(bytes, ordering: .relaxed)
     }
 
-    func sampledOut(table name: String, rows: Int) {
+    package func sampledOut(table name: String, rows: Int) {
         table(name).rowsSampledOut.increment(by: Int64(rows))
     }
 
-    func flushed(table name: String, rows: Int, duration: Duration, unixTime: Double) {
+    package func flushed(table name: String, rows: Int, duration: Duration, unixTime: Double) {
         let counters = table(name)
         counters.rowsFlushed.increment(by: Int64(rows))
         counters.batchesFlushed.increment()
@@ -136,25 +136,25 @@ final class BatchhouseMetrics: Sendable {
         }
     }
 
-    func flushFailed(table name: String, duration: Duration) {
+    package func flushFailed(table name: String, duration: Duration) {
         table(name).flushFailures.increment()
         flushDuration.record(duration)
         totals.withLock { $0.failedBatches += 1 }
     }
 
-    func deadLettered(table name: String, rows: Int) {
+    package func deadLettered(table name: String, rows: Int) {
         table(name).rowsDeadLettered.increment(by: Int64(rows))
     }
 
-    func retried() { retries.increment() }
+    package func retried() { retries.increment() }
 
-    func configReloaded(ok: Bool) {
+    package func configReloaded(ok: Bool) {
         (ok ? configReloads : configReloadFailures).increment()
     }
 
-    func setQueueBytes(_ bytes: Int) { queueBytes.set(Double(bytes)) }
+    package func setQueueBytes(_ bytes: Int) { queueBytes.set(Double(bytes)) }
 
-    var snapshot: Totals {
+    package var snapshot: Totals {
         var snapshot = totals.withLock { $0 }
         snapshot.rowsReceived = rowsReceivedTotal.load(ordering: .relaxed)
         snapshot.bytesReceived = bytesReceivedTotal.load(ordering: .relaxed)
@@ -162,7 +162,7 @@ final class BatchhouseMetrics: Sendable {
     }
 
     /// Sets the per-table buffer gauges from the store's figures (tables that emptied go to 0).
-    func updateBuffered(_ byTable: [String: (rows: Int, bytes: Int)]) {
+    package func updateBuffered(_ byTable: [String: (rows: Int, bytes: Int)]) {
         let previous = bufferedTables.withLock { known in
             let old = known
             known.formUnion(byTable.keys)
@@ -186,7 +186,7 @@ final class BatchhouseMetrics: Sendable {
     }
 
     /// The spool's size and backlog, set at scrape time; corruptions found at start.
-    func updateSpool(bytes: Int, undeliveredChunks: Int) {
+    package func updateSpool(bytes: Int, undeliveredChunks: Int) {
         registry.makeGauge(
             descriptor: .init(
                 namespace: "batchhouse", metricName: "spool", unitName: "bytes",
@@ -199,7 +199,7 @@ final class BatchhouseMetrics: Sendable {
         ).set(Double(undeliveredChunks))
     }
 
-    func spoolCorruptions(_ count: Int) {
+    package func spoolCorruptions(_ count: Int) {
         registry.makeCounter(
             descriptor: .init(
                 namespace: "batchhouse", metricName: "spool_corruptions", unitName: "total",
@@ -208,7 +208,7 @@ final class BatchhouseMetrics: Sendable {
     }
 
     /// The adaptive controllers' current flush points, per table.
-    func updateAdaptiveTargets(_ targets: [String: AdaptiveTarget]) {
+    package func updateAdaptiveTargets(_ targets: [String: AdaptiveTarget]) {
         for (table, target) in targets {
             for (metric, help, value) in [
                 ("adaptive_target_rows", "Rows at which the adaptive strategy flushes this table now", Double(target.maxRows)),
@@ -223,7 +223,7 @@ final class BatchhouseMetrics: Sendable {
         }
     }
 
-    func prometheusText() -> [UInt8] {
+    package func prometheusText() -> [UInt8] {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return buffer

@@ -5,27 +5,32 @@ import Logging
 /// Writes batches ClickHouse would not take to a folder: the data as it would have been sent, and a JSON file
 /// with the statement, settings and error, so a person can fix and re-send them. Never a credential: the
 /// client's identity appears only as its fingerprint.
-struct DeadLetterWriter: Sendable {
-    let directory: String
+package struct DeadLetterWriter: Sendable {
+    package let directory: String
     let logger: Logger
 
-    struct Record: Codable {
-        var batchID: UInt64
-        var table: String
-        var database: String?
-        var statement: String
-        var settings: [String: String]
-        var format: String
-        var rows: Int
-        var identity: String
-        var attempts: Int
-        var error: String
-        var httpStatus: Int?
-        var writtenAt: String
+    package init(directory: String, logger: Logger) {
+        self.directory = directory
+        self.logger = logger
+    }
+
+    package struct Record: Codable {
+        package var batchID: UInt64
+        package var table: String
+        package var database: String?
+        package var statement: String
+        package var settings: [String: String]
+        package var format: String
+        package var rows: Int
+        package var identity: String
+        package var attempts: Int
+        package var error: String
+        package var httpStatus: Int?
+        package var writtenAt: String
     }
 
     /// How dead-letter records are written (also when the replayer records a new error).
-    static func encoder() -> JSONEncoder {
+    package static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         return encoder
@@ -33,8 +38,10 @@ struct DeadLetterWriter: Sendable {
 
     /// Returns the data file's path, or nil when it could not be written (logged).
     @discardableResult
-    func write(_ batch: SealedBatch, attempts: Int, error: String, httpStatus: Int?) -> String? {
-        let stamp = Date()
+    package func write(_ batch: SealedBatch, attempts: Int, error: String, httpStatus: Int?, at unixSeconds: Double)
+        -> String?
+    {
+        let stamp = Date(timeIntervalSince1970: unixSeconds)
         let millis = Int64(stamp.timeIntervalSince1970 * 1000)
         let safeTable = String(batch.key.qualifiedTable.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "_" ? $0 : "_" })
         let base = "\(directory)/\(millis)-\(batch.id)-\(safeTable)"

@@ -1,0 +1,202 @@
+import BatchhouseCore
+import Synchronization
+
+/// The open batches (the core's `BatchStore`, behind one lock) and the one owner of the memory budget
+/// (`limits.max_buffer_memory`): bytes in open batches, bytes reserved by requests on their way in (between
+/// admission and the append, while their spool record is written), and bytes of sealed batches until their
+/// outcome is settled (queued or in an upstream request). Sealed batches are returned to the caller, never sent
+/// from here (docs/architecture.md, "Buffering").
+package final class Buffering: Sendable {
+    /// Bytes admitted for one request, held until its rows are appended or it is refused.
+    package struct Reservation: Sendable {
+        package let bytes: Int
+    }
+
+    package enum Admission: Sendable {
+        case admitted(Reservation)
+        /// Over the share of the limit this priority may use; `inUse` bytes were taken.
+        case refused(inUse: Int)
+    }
+
+    private struct State {
+        var store = BatchStore()
+        var reserved = 0
+    }
+
+    private let state = Mutex(State())
+    /// Sealed, not yet settled. An atomic so the flush-queue gauge is read without the store's lock.
+    private let sealed = Atomic<Int>(0)
+    private let clock: any NowProvider
+    private let maxBufferMemory: Atomic<Int>
+
+    package init(clock: any NowProvider, maxBufferMemory: Int) {
+        self.clock = clock
+        self.maxBufferMemory = Atomic(maxBufferMemory)
+    }
+
+    package func setMaxBufferMemory(_ bytes: Int) { maxBufferMemory.store(bytes, ordering: .relaxed) }
+
+    package var limit: Int { maxBufferMemory.load(ordering: .relaxed) }
+
+    /// Everything the budget counts: open, reserved and sealed-but-unsettled bytes.
+    package var memoryInUse: Int { state.withLock { $0.store.bufferedBytes + $0.reserved } + sealedBytes }
+    package var sealedBytes: Int { sealed.load(ordering: .relaxed) }
+    package var bufferedRows: Int { state.withLock { $0.store.bufferedRows } }
+    package var bufferedBytes: Int { state.withLock { $0.store.bufferedBytes } }
+
+    // MARK: Admission
+
+    /// Admits `bytes` of a table with `priority` (shedding order in the core's `AdmissionControl`) and holds
+    /// them until `append(..., reservation:)` or `cancel(_:)`. Called before anything is written to the spool.
+    package func reserve(bytes: Int, priority: Int) -> Admission {
+        let limit = self.limit
+        let sealed = sealedBytes
+        return state.withLock { state in
+            let inUse = state.store.bufferedBytes + state.reserved + sealed
+            guard AdmissionControl.admits(priority: priority, inUse: inUse, incoming: bytes, limit: limit) else {
+                return .refused(inUse: inUse)
+            }
+            state.reserved += bytes
+            return .admitted(Reservation(bytes: bytes))
+        }
+    }
+
+    /// A request refused after its admission (the spool would not take it): its bytes are free again.
+    package func cancel(_ reservation: Reservation) {
+        state.withLock { $0.reserved -= reservation.bytes }
+    }
+
+    // MARK: Appending
+
+    /// Admission and append in one step (no spool write between them). Nil when refused.
+    package func admitAndAppend(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
+        token: UInt64
+    ) -> Result<[SealedBatch], AdmissionRefusal> {
+        let limit = self.limit
+        let sealedNow = sealedBytes
+        let now = clock.now()
+        let outcome: Result<[SealedBatch], AdmissionRefusal> = state.withLock { state in
+            let inUse = state.store.bufferedBytes + state.reserved + sealedNow
+            guard AdmissionControl.admits(priority: rule.priority, inUse: inUse, incoming: chunk.count, limit: limit)
+            else { return .failure(AdmissionRefusal(inUse: inUse)) }
+            return .success(
+                state.store.append(
+                    key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                    token: token))
+        }
+        if case .success(let batches) = outcome { countSealed(batches) }
+        return outcome
+    }
+
+    /// Appends admitted rows (their reservation ends here). Returns the batches that must go upstream now.
+    package func append(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
+        token: UInt64, spoolChunk: UInt64?, reservation: Reservation
+    ) -> [SealedBatch] {
+        let now = clock.now()
+        let batches = state.withLock { state in
+            state.reserved -= reservation.bytes
+            return state.store.append(
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                token: token, spoolChunk: spoolChunk)
+        }
+        countSealed(batches)
+        return batches
+    }
+
+    /// Rows read back from the spool at start: appended whatever the budget says (they are already accepted).
+    package func restore(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
+        spoolChunk: UInt64
+    ) -> [SealedBatch] {
+        let now = clock.now()
+        let batches = state.withLock {
+            $0.store.append(
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                spoolChunk: spoolChunk)
+        }
+        countSealed(batches)
+        return batches
+    }
+
+    /// A batch of one request's rows for the `immediate` strategy (numbered like the others); its reservation
+    /// becomes the sealed batch's share of the budget.
+    package func single(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
+        token: UInt64, reservation: Reservation
+    ) -> SealedBatch {
+        let now = clock.now()
+        let batch = state.withLock { state in
+            state.reserved -= reservation.bytes
+            return state.store.single(
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                token: token)
+        }
+        countSealed([batch])
+        return batch
+    }
+
+    // MARK: Sealing
+
+    /// Seals every batch whose `max_delay` has passed; returns them and the next deadline.
+    package func sealDue() -> (due: [SealedBatch], next: Instant?) {
+        let now = clock.now()
+        let (due, next) = state.withLock { state in (state.store.sealDue(now: now), state.store.nextDeadline) }
+        countSealed(due)
+        return (due, next)
+    }
+
+    package func sealAll(trigger: FlushTrigger) -> [SealedBatch] {
+        let now = clock.now()
+        let all = state.withLock { $0.store.sealAll(trigger: trigger, now: now) }
+        countSealed(all)
+        return all
+    }
+
+    /// New rules for open batches (hot reload); returns the batches that now meet their limits.
+    package func updateRules(_ ruleFor: (BatchKey) -> TableRule) -> [SealedBatch] {
+        let now = clock.now()
+        let sealed = state.withLock { $0.store.updateRules(now: now, ruleFor) }
+        countSealed(sealed)
+        return sealed
+    }
+
+    /// A sealed batch's outcome is settled: its bytes leave the budget.
+    package func release(_ batch: SealedBatch) {
+        sealed.subtract(batch.data.count, ordering: .relaxed)
+    }
+
+    private func countSealed(_ batches: [SealedBatch]) {
+        guard !batches.isEmpty else { return }
+        sealed.add(batches.reduce(0) { $0 + $1.data.count }, ordering: .relaxed)
+    }
+
+    // MARK: Adaptive strategy and figures
+
+    /// An upstream attempt's outcome, for the adaptive strategy's controllers.
+    package func recordFlush(_ batch: SealedBatch, latency: Duration, result: FlushResult) {
+        guard batch.rule.strategy == .adaptive else { return }
+        let now = clock.now()
+        state.withLock {
+            $0.store.recordFlush(
+                table: batch.key.qualifiedTable, rows: batch.rows, bytes: batch.data.count, latency: latency,
+                result: result, now: now)
+        }
+    }
+
+    package func adaptiveTargets() -> [String: AdaptiveTarget] {
+        state.withLock { $0.store.adaptiveTargets() }
+    }
+
+    package func bufferedByTable() -> [String: (rows: Int, bytes: Int)] {
+        state.withLock { $0.store.bufferedByTable() }
+    }
+
+    package func now() -> Instant { clock.now() }
+}
+
+/// Rows refused for memory: how much of the budget was taken.
+package struct AdmissionRefusal: Error, Sendable {
+    package var inUse: Int
+}

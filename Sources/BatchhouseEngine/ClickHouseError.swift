@@ -1,0 +1,88 @@
+import NIOCore
+
+/// An error made by the proxy itself, shaped like ClickHouse's so clients that key on `Code: N` understand it.
+package struct ClickHouseError: Error, Sendable, Hashable {
+    package var code: Int
+    package var name: String
+    package var message: String
+    /// The HTTP status ClickHouse would answer with.
+    package var status: Int
+    package var retryAfterSeconds: Int?
+
+    package init(code: Int, name: String, message: String, status: Int, retryAfterSeconds: Int? = nil) {
+        self.code = code
+        self.name = name
+        self.message = message
+        self.status = status
+        self.retryAfterSeconds = retryAfterSeconds
+    }
+
+    package static func syntax(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 62, name: "SYNTAX_ERROR", message: message, status: 400)
+    }
+
+    package static func bodyTooLarge(limit: Int) -> ClickHouseError {
+        ClickHouseError(
+            code: 307, name: "TOO_MANY_BYTES",
+            message: "Batchhouse: request body is larger than limits.max_request_body (\(limit) bytes)",
+            status: 413)
+    }
+
+    package static let lengthRequired = ClickHouseError(
+        code: 1001, name: "STD_EXCEPTION",
+        message: "Batchhouse: POST request needs Content-Length or Transfer-Encoding: chunked",
+        status: 411)
+
+    package static func memoryLimit(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 241, name: "MEMORY_LIMIT_EXCEEDED", message: message, status: 503, retryAfterSeconds: 1)
+    }
+
+    package static func upstreamUnavailable(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 210, name: "NETWORK_ERROR", message: message, status: 502)
+    }
+
+    package static func spoolFull(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 243, name: "NOT_ENOUGH_SPACE", message: message, status: 503, retryAfterSeconds: 1)
+    }
+
+    package static func spoolFailed(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 1001, name: "STD_EXCEPTION", message: message, status: 500)
+    }
+
+    package static func cannotDecompress(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 354, name: "CANNOT_DECOMPRESS", message: message, status: 400)
+    }
+
+    package static let shuttingDown = ClickHouseError(
+        code: 202, name: "TOO_MANY_SIMULTANEOUS_QUERIES", message: "Batchhouse is shutting down",
+        status: 503, retryAfterSeconds: 1)
+
+    /// `Code: N. DB::Exception: message. (NAME)`, as current ClickHouse releases write it.
+    package var body: String {
+        var text = message
+        while text.hasSuffix(".") { text.removeLast() }
+        return "Code: \(code). DB::Exception: \(text). (\(name))\n"
+    }
+
+    package var headers: [(String, String)] {
+        var headers = [("Content-Type", "text/plain; charset=UTF-8"), ("X-ClickHouse-Exception-Code", String(code))]
+        if let retryAfterSeconds { headers.append(("Retry-After", String(retryAfterSeconds))) }
+        return headers
+    }
+}
+
+/// The `Code: N` of a ClickHouse error body, if it has one (both the 18.x and the current wording start so).
+package func clickHouseErrorCode(in body: ByteBuffer) -> Int? {
+    let view = body.readableBytesView.prefix(256)
+    let prefix = Array("Code: ".utf8)
+    guard let start = view.firstRange(of: prefix)?.upperBound else { return nil }
+    var value = 0
+    var digits = 0
+    var index = start
+    while index < view.endIndex, let digit = Optional(view[index]), digit >= 48 && digit <= 57 {
+        value = value * 10 + Int(digit - 48)
+        digits += 1
+        index += 1
+    }
+    return digits > 0 ? value : nil
+}

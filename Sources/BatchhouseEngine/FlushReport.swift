@@ -1,0 +1,45 @@
+import BatchhouseCore
+import BatchhouseUpstream
+
+/// Why part of a batch did not land.
+package enum FailureReason: Sendable {
+    /// ClickHouse refused it for good (4xx, or an error about the data); it is in the dead-letter folder.
+    case rejected(UpstreamResponse)
+    /// No answer after every retry; it is in the dead-letter folder.
+    case failed(UpstreamError)
+    /// Not delivered before shutdown; it stays in the spool and is sent after the next start.
+    case deferred(UpstreamError?)
+}
+
+/// What became of one sealed batch: how many rows landed, and which parts did not. Delivery makes one per
+/// batch; `Settlement` acts on it (docs/architecture.md, "Settlement").
+package struct FlushReport: Sendable {
+    package struct Failure: Sendable {
+        package var part: SealedBatch
+        package var reason: FailureReason
+    }
+
+    package var batch: SealedBatch
+    package var landedRows: Int
+    package var failures: [Failure]
+
+    package init(batch: SealedBatch, landedRows: Int = 0, failures: [Failure] = []) {
+        self.batch = batch
+        self.landedRows = landedRows
+        self.failures = failures
+    }
+
+    /// The failure that holds rows of the request with `token`, if any.
+    package func failure(for token: UInt64) -> Failure? {
+        failures.first { $0.part.contributions.contains { $0.token == token } }
+    }
+
+    /// Spool chunks of the batch that are settled: landed or dead-lettered. Deferred ones stay for replay.
+    package var settledSpoolChunks: [UInt64] {
+        var kept = Set<UInt64>()
+        for failure in failures {
+            if case .deferred = failure.reason { kept.formUnion(failure.part.contributions.compactMap(\.spoolChunk)) }
+        }
+        return batch.contributions.compactMap(\.spoolChunk).filter { !kept.contains($0) }
+    }
+}

@@ -1,0 +1,260 @@
+import BatchhouseConfig
+import BatchhouseCore
+import BatchhouseSpool
+import BatchhouseUpstream
+import Logging
+import NIOCore
+
+/// A POST whose body was read to its end and that looked like a batchable INSERT so far.
+package struct InsertRequest: Sendable {
+    package var parameters: RequestParameters
+    /// As received: still encoded when `coding` is set.
+    package var body: ByteBuffer
+    package var coding: ContentCoding?
+    /// Parsed from the start of the (undecoded) body while it arrived; nil when that was not possible.
+    package var statement: InsertStatement?
+
+    package init(parameters: RequestParameters, body: ByteBuffer, coding: ContentCoding?, statement: InsertStatement?) {
+        self.parameters = parameters
+        self.body = body
+        self.coding = coding
+        self.statement = statement
+    }
+}
+
+/// The answer to an INSERT, in ClickHouse's terms; the HTTP server writes it.
+package enum IntakeResponse: Sendable {
+    /// 200, empty body, `X-ClickHouse-Summary` with these figures, `X-Batchhouse-Ack: ack`.
+    case accepted(rows: Int, bytes: Int, ack: AckMode)
+    /// An error made by the proxy; `close` ends the connection after it.
+    case refused(ClickHouseError, close: Bool)
+    /// ClickHouse's own refusal of the request's rows (`ack: flushed`, `immediate`), relayed as it came.
+    case relayed(UpstreamResponse)
+}
+
+/// What the server does with an INSERT once the intake has seen it.
+package enum IntakeDecision: Sendable {
+    /// Answer now.
+    case answer(IntakeResponse)
+    /// Not batchable after all (its table's rule, or its decoded body is not an INSERT): send it upstream as
+    /// received.
+    case passthrough
+    /// The rows are buffered and in the spool; the completion is called once an fsync covers them.
+    case awaitDurable(SpoolPosition)
+    /// The rows are in a batch; the completion is called with the batch's outcome for them.
+    case awaitBatch(token: UInt64)
+}
+
+/// Called once, from any thread, with the answer to a request that was told to wait.
+package typealias IntakeCompletion = @Sendable (IntakeResponse) -> Void
+
+/// The start of an INSERT's life: decode, classify, find the table's rule, validate and count the rows, build the
+/// batch key, sample, admit against the memory budget, write the spool, append to a batch, and say how the
+/// client is answered (docs/architecture.md, "Intake"). Admission comes before the spool write, so a refused
+/// request leaves no record behind.
+package final class Intake: Sendable {
+    private let configuration: LiveConfiguration
+    private let buffering: Buffering
+    private let delivery: Delivery
+    private let spool: Spool?
+    private let acks: PendingAcks
+    private let metrics: BatchhouseMetrics
+
+    package init(
+        configuration: LiveConfiguration, buffering: Buffering, delivery: Delivery, spool: Spool?, acks: PendingAcks,
+        metrics: BatchhouseMetrics
+    ) {
+        self.configuration = configuration
+        self.buffering = buffering
+        self.delivery = delivery
+        self.spool = spool
+        self.acks = acks
+        self.metrics = metrics
+    }
+
+    /// Takes an INSERT. `completion` is asked for only when the decision is to wait (`awaitDurable`,
+    /// `awaitBatch`), before anything can complete it.
+    package func accept(_ request: InsertRequest, completion: () -> IntakeCompletion) -> IntakeDecision {
+        let configuration = self.configuration.snapshot.value
+        var decoded = request.body
+        if let coding = request.coding {
+            do {
+                let limit = configuration.limits.maxRequestBody
+                let bytes = try request.body.withUnsafeReadableBytes { try Zlib.decompress($0, as: coding, limit: limit) }
+                decoded = ByteBuffer(bytes: bytes)
+            } catch {
+                return refuse(.cannotDecompress("Batchhouse: cannot decode the \(coding) request body: \(error)"))
+            }
+        }
+        var statement = request.statement
+        if statement == nil || request.coding != nil {
+            var classifier = StatementClassifier()
+            switch classifier.classify(query: request.parameters.query, body: decoded, isComplete: true) {
+            case .insert(let parsed): statement = parsed
+            case .passthrough, .needMoreData: return .passthrough
+            }
+        }
+        guard let statement else { return .passthrough }
+        let database = statement.database ?? request.parameters.database
+        let rule = configuration.rules.rule(database: database ?? "default", table: statement.table)
+        if rule.passthrough { return .passthrough }
+
+        let data = StatementClassifier.data(of: statement, query: request.parameters.query, body: decoded)
+        // Service-account mode: every batch goes up as `upstream.user`, so clients' identities neither split
+        // batches nor reach the spool.
+        let identity = configuration.upstream.user != nil ? .anonymous : request.parameters.identity
+        return data.withUnsafeReadableBytes { bytes -> IntakeDecision in
+            let scanned: ScannedRows
+            do throws(RowScanError) {
+                scanned = try RowScanner.scan(bytes, format: statement.format)
+            } catch {
+                return refuse(ClickHouseError(code: error.code, name: error.name, message: error.message, status: 400))
+            }
+            let key = BatchKey(
+                identity: identity, database: database, table: statement.table, columns: statement.columns,
+                format: statement.format, header: scanned.header.map { Array(bytes[$0]) },
+                settings: request.parameters.settings + statement.settings)
+            let rows = UnsafeRawBufferPointer(rebasing: bytes[scanned.rows])
+            if rule.sample < 1.0 && statement.format.isRowCounted && scanned.rowCount > 0 {
+                guard let kept = RowSampler.sample(rows, format: statement.format, fraction: rule.sample) else {
+                    return refuse(.syntax("Batchhouse: cannot split the data into rows"))
+                }
+                metrics.sampledOut(table: key.qualifiedTable, rows: scanned.rowCount - kept.rows)
+                if kept.rows == 0 { return accepted(rows: 0, bytes: 0, ack: .enqueued) }
+                return kept.data.withUnsafeBytes { keptBytes in
+                    store(
+                        key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
+                        limit: configuration.limits.maxBufferMemory, completion: completion)
+                }
+            }
+            return store(
+                key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
+                limit: configuration.limits.maxBufferMemory, completion: completion)
+        }
+    }
+
+    private func store(
+        key: BatchKey, rule: TableRule, rows: UnsafeRawBufferPointer, rowCount: Int, endsWithNewline: Bool, limit: Int,
+        completion: () -> IntakeCompletion
+    ) -> IntakeDecision {
+        if rowCount == 0 && rows.isEmpty { return accepted(rows: 0, bytes: 0, ack: .enqueued) }
+        let immediate = rule.strategy == .immediate
+        let waitsForBatch = immediate || rule.ack == .flushed
+        // `immediate` rows wait for ClickHouse's own answer, so they are not spooled.
+        let spool = immediate ? nil : self.spool
+
+        // Without a spool write in between, admission and append are one step under one lock.
+        if spool == nil && !immediate {
+            let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, completion()) : 0
+            switch buffering.admitAndAppend(
+                key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token)
+            {
+            case .success(let sealed):
+                delivery.submit(sealed)
+                return admitted(key: key, rows: rowCount, bytes: rows.count, token: token, immediate: false)
+            case .failure(let refusal):
+                if token != 0 { acks.cancel(token) }
+                return overMemory(refusal.inUse, rule: rule, limit: limit)
+            }
+        }
+
+        let reservation: Buffering.Reservation
+        switch buffering.reserve(bytes: rows.count, priority: rule.priority) {
+        case .admitted(let admitted): reservation = admitted
+        case .refused(let inUse): return overMemory(inUse, rule: rule, limit: limit)
+        }
+        var position: SpoolPosition?
+        if let spool {
+            do throws(SpoolError) {
+                position = try spool.append(key: key, rows: rowCount, endsWithNewline: endsWithNewline, data: rows)
+            } catch {
+                buffering.cancel(reservation)
+                return refuse(
+                    error.code == .full
+                        ? .spoolFull("Batchhouse: the spool is full (spool.max_size); retry later")
+                        : .spoolFailed("Batchhouse: cannot write the spool: \(error.message)"))
+            }
+        }
+        let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, completion()) : 0
+        if immediate {
+            delivery.submit(
+                buffering.single(
+                    key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token,
+                    reservation: reservation))
+            return admitted(key: key, rows: rowCount, bytes: rows.count, token: token, immediate: true)
+        }
+        delivery.submit(
+            buffering.append(
+                key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token,
+                spoolChunk: position?.chunkID, reservation: reservation))
+        if token == 0, rule.ack == .durable, let position, let spool {
+            metrics.request(.batchedInsert)
+            metrics.received(table: key.qualifiedTable, rows: rowCount, bytes: rows.count)
+            waitDurable(position, spool: spool, rows: rowCount, bytes: rows.count, completion: completion())
+            return .awaitDurable(position)
+        }
+        return admitted(key: key, rows: rowCount, bytes: rows.count, token: token, immediate: false)
+    }
+
+    // MARK: Answers
+
+    private func admitted(key: BatchKey, rows: Int, bytes: Int, token: UInt64, immediate: Bool) -> IntakeDecision {
+        metrics.request(immediate ? .immediateInsert : .batchedInsert)
+        metrics.received(table: key.qualifiedTable, rows: rows, bytes: bytes)
+        if token != 0 { return .awaitBatch(token: token) }
+        return .answer(.accepted(rows: rows, bytes: bytes, ack: .enqueued))
+    }
+
+    private func accepted(rows: Int, bytes: Int, ack: AckMode) -> IntakeDecision {
+        metrics.request(.batchedInsert)
+        return .answer(.accepted(rows: rows, bytes: bytes, ack: ack))
+    }
+
+    private func refuse(_ error: ClickHouseError) -> IntakeDecision {
+        metrics.request(.rejected)
+        return .answer(.refused(error, close: false))
+    }
+
+    private func overMemory(_ inUse: Int, rule: TableRule, limit: Int) -> IntakeDecision {
+        refuse(
+            .memoryLimit(
+                "Batchhouse: buffers are full for priority \(rule.priority) tables (\(inUse) bytes in use of limits.max_buffer_memory \(limit); shedding starts at 80% for priority 5); retry later"
+            ))
+    }
+
+    /// A token for a request answered by its batch's outcome (`ack: flushed`, `immediate`).
+    private func register(rows: Int, bytes: Int, _ completion: @escaping IntakeCompletion) -> UInt64 {
+        acks.register { failure in completion(Self.response(to: failure, rows: rows, bytes: bytes)) }
+    }
+
+    /// The answer for a request whose rows' batch has an outcome (`failure` nil: they landed).
+    package static func response(to failure: FlushReport.Failure?, rows: Int, bytes: Int) -> IntakeResponse {
+        guard let failure else { return .accepted(rows: rows, bytes: bytes, ack: .flushed) }
+        switch failure.reason {
+        case .rejected(let response):
+            return .relayed(response)
+        case .failed(let error):
+            return .refused(
+                .upstreamUnavailable("Batchhouse: ClickHouse did not take the rows: \(error.message)"), close: false)
+        case .deferred:
+            return .refused(
+                .spoolFull("Batchhouse: the rows are in the spool but not yet in ClickHouse (shutting down)"),
+                close: true)
+        }
+    }
+
+    private func waitDurable(
+        _ position: SpoolPosition, spool: Spool, rows: Int, bytes: Int, completion: @escaping IntakeCompletion
+    ) {
+        Task {
+            do throws(SpoolError) {
+                try await spool.waitDurable(position)
+                completion(.accepted(rows: rows, bytes: bytes, ack: .durable))
+            } catch {
+                completion(
+                    .refused(
+                        .spoolFailed("Batchhouse: the spool could not be synced: \(error.message)"), close: false))
+            }
+        }
+    }
+}

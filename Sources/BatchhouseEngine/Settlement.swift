@@ -1,0 +1,116 @@
+import BatchhouseCore
+import BatchhouseSpool
+import Foundation
+import Logging
+
+/// The one sink for what happens to a batch upstream. Delivery tells it about every attempt and every final
+/// outcome; it feeds the adaptive strategy, writes the spool's delivered marks, answers waiting requests,
+/// records metrics and logs, writes dead letters, and gives the batch's bytes back to the memory budget
+/// (docs/architecture.md, "Settlement"; the spool protocol in docs/spool-and-acks.md).
+package final class Settlement: Sendable {
+    private let buffering: Buffering
+    private let spool: Spool?
+    private let acks: PendingAcks
+    private let metrics: BatchhouseMetrics
+    private let deadLetters: DeadLetterWriter
+    private let clock: any EngineClock
+    private let logger: Logger
+
+    package init(
+        buffering: Buffering, spool: Spool?, acks: PendingAcks, metrics: BatchhouseMetrics,
+        deadLetters: DeadLetterWriter, clock: any EngineClock, logger: Logger
+    ) {
+        self.buffering = buffering
+        self.spool = spool
+        self.acks = acks
+        self.metrics = metrics
+        self.deadLetters = deadLetters
+        self.clock = clock
+        self.logger = logger
+    }
+
+    /// Every upstream attempt: the adaptive strategy learns from its latency and answer.
+    package func attempted(_ part: SealedBatch, latency: Duration, answer: UpstreamAnswer) {
+        buffering.recordFlush(part, latency: latency, result: DeliveryPolicy.feedback(answer))
+    }
+
+    /// ClickHouse took `part`. A whole batch (not a half of a split one) is marked delivered in the spool at
+    /// once, before anything else happens, so the gap between ClickHouse's commit and the mark is as small as
+    /// it can be; halves are marked when the whole batch settles, since their chunks may be partly elsewhere.
+    package func landed(_ part: SealedBatch, whole: Bool, attempts: Int, elapsed: Duration) {
+        if whole, let spool {
+            let chunks = part.contributions.compactMap(\.spoolChunk)
+            if !chunks.isEmpty { spool.markDelivered(chunks) }
+        }
+        let table = part.key.qualifiedTable
+        metrics.flushed(table: table, rows: part.rows, duration: elapsed, unixTime: clock.wallClockSeconds())
+        logger.info(
+            "flushed batch",
+            metadata: [
+                "table": "\(table)", "rows": "\(part.rows)", "bytes": "\(part.data.count)",
+                "requests": "\(part.requests)", "trigger": "\(part.trigger.rawValue)",
+                "batch": "\(part.id)", "attempts": "\(attempts)",
+                "ms": "\(Int(elapsed.seconds * 1000))",
+            ])
+    }
+
+    /// An attempt failed and will be repeated after `backoff`.
+    package func retrying(_ part: SealedBatch, attempt: Int, backoff: Duration, error: String) {
+        metrics.retried()
+        logger.warning(
+            "batch insert failed, will retry",
+            metadata: [
+                "table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "attempt": "\(attempt + 1)",
+                "retry_in_ms": "\(Int(backoff.seconds * 1000))", "error": "\(error.prefix(300))",
+            ])
+    }
+
+    /// `part` failed for good (refused, or out of retries).
+    package func failed(_ part: SealedBatch, elapsed: Duration) {
+        metrics.flushFailed(table: part.key.qualifiedTable, duration: elapsed)
+    }
+
+    /// ClickHouse refused `part` for its data; it will be halved.
+    package func splitting(_ part: SealedBatch, error: String) {
+        logger.warning(
+            "ClickHouse refused a batch for its data; splitting it to isolate the bad rows",
+            metadata: [
+                "table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "rows": "\(part.rows)",
+                "error": "\(error.prefix(300))",
+            ])
+    }
+
+    /// Writes `part` of `original` to the dead-letter folder.
+    package func deadLetter(_ part: SealedBatch, of original: SealedBatch, attempts: Int, error: String, status: Int?) {
+        let table = part.key.qualifiedTable
+        let path = deadLetters.write(
+            part, attempts: attempts, error: error, httpStatus: status, at: clock.wallClockSeconds())
+        if path != nil { metrics.deadLettered(table: table, rows: part.rows) }
+        logger.error(
+            "rows written to the dead-letter folder",
+            metadata: [
+                "table": "\(table)", "batch": "\(original.id)", "rows": "\(part.rows)", "of_rows": "\(original.rows)",
+                "attempts": "\(attempts)", "status": "\(status.map(String.init) ?? "none")",
+                "error": "\(error.prefix(500))", "dead_letter": "\(path ?? "not written")",
+            ])
+    }
+
+    /// `part` was not delivered before shutdown; its rows stay in the spool.
+    package func deferred(_ part: SealedBatch) {
+        logger.warning(
+            "batch not delivered before shutdown; it stays in the spool for the next start",
+            metadata: ["table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "rows": "\(part.rows)"])
+    }
+
+    /// The batch's final outcome: requests waiting for it are answered, rows that landed or went to the
+    /// dead-letter folder leave the spool (deferred ones stay for replay), and its bytes leave the budget.
+    package func settle(_ report: FlushReport) {
+        acks.resolve(report)
+        if let spool {
+            let done = report.settledSpoolChunks
+            if !done.isEmpty { spool.markDelivered(done) }
+        }
+        buffering.release(report.batch)
+        metrics.setQueueBytes(buffering.sealedBytes)
+    }
+}

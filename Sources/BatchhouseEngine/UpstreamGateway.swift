@@ -1,0 +1,237 @@
+import BatchhouseConfig
+import BatchhouseCore
+import BatchhouseUpstream
+import Logging
+import NIOCore
+import Synchronization
+
+/// One INSERT of a batch's rows, before it is addressed to a server: what the gateway turns into an HTTP request.
+package struct BatchRequest: Sendable {
+    /// `INSERT INTO db.table (cols) FORMAT fmt`.
+    package var statement: String
+    package var settings: [Setting]
+    package var data: [UInt8]
+    /// Whose credentials the rows came with (ignored when `upstream.user` is set).
+    package var identity: ClientIdentity
+    /// The sealed batch's id, kept across retries: the deduplication token is made from it. Nil for none.
+    package var batchID: UInt64?
+
+    package init(statement: String, settings: [Setting], data: [UInt8], identity: ClientIdentity, batchID: UInt64?) {
+        self.statement = statement
+        self.settings = settings
+        self.data = data
+        self.identity = identity
+        self.batchID = batchID
+    }
+
+    package init(_ batch: SealedBatch) {
+        self.init(
+            statement: batch.key.insertStatement, settings: batch.key.settings, data: batch.data,
+            identity: batch.key.identity, batchID: batch.id)
+    }
+}
+
+/// Where a passthrough request goes and how to connect there.
+package struct PassthroughTarget: Sendable {
+    /// The server's base URL, without a trailing slash.
+    package var server: String
+    package var connectTimeout: Duration
+    package var tls: UpstreamTLS?
+}
+
+/// Everything the proxy says to ClickHouse goes through here: the replica pool with its circuit breakers, the
+/// version probe and what it allows, health checks, and the one place batch requests are built (the dead-letter
+/// replayer uses it too). Pure decisions live in the core's `UpstreamPool` and `UpstreamCapabilities`; this
+/// holds them behind locks and acts outside them (docs/architecture.md, "Upstream").
+package final class UpstreamGateway: Sendable {
+    private let transport: any UpstreamTransport
+    private let current: Mutex<UpstreamConfiguration>
+    private let pool: Mutex<UpstreamPool>
+    private let clock: any NowProvider
+    /// From the upstream's `SELECT version()`; nil until known (then nothing version-dependent is sent).
+    private let known = Mutex<UpstreamCapabilities?>(nil)
+    private let healthCheckedOnce = Atomic<Bool>(false)
+    /// Makes deduplication tokens unique to this process: batch ids restart at 1 with every start.
+    private let instance: String
+
+    package init(
+        transport: any UpstreamTransport, upstream: UpstreamConfiguration, clock: any NowProvider,
+        instance: String = String(UInt64.random(in: 0...UInt64.max), radix: 36)
+    ) {
+        self.transport = transport
+        self.current = Mutex(upstream)
+        self.pool = Mutex(UpstreamPool(servers: upstream.servers))
+        self.clock = clock
+        self.instance = instance
+    }
+
+    package var upstream: UpstreamConfiguration { current.withLock { $0 } }
+
+    package var capabilities: UpstreamCapabilities? { known.withLock { $0 } }
+
+    /// Whether a health check has finished since start (`/health` says `initializing` until then).
+    package var hasCheckedHealth: Bool { healthCheckedOnce.load(ordering: .relaxed) }
+
+    /// A reload: servers, timeouts, compression, credentials and settings apply to the next request.
+    package func update(_ upstream: UpstreamConfiguration) {
+        current.withLock { $0 = upstream }
+        pool.withLock { $0.update(servers: upstream.servers) }
+    }
+
+    /// Each server's breaker and health, for `/health`.
+    package func serverStates() -> [(url: String, state: UpstreamPool.BreakerState, inFlight: Int, healthy: Bool?)] {
+        let now = clock.now()
+        return pool.withLock { $0.states(now: now) }
+    }
+
+    /// Where a passthrough request goes: the least-loaded server whose breaker is closed (else the first).
+    /// Passthrough requests are not counted as load: a long SELECT would skew the batch inserts' choice.
+    package func passthroughTarget() -> PassthroughTarget {
+        let now = clock.now()
+        let upstream = self.upstream
+        let server = pool.withLock { pool in
+            let candidates = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
+            let best = candidates.min { pool.servers[$0].inFlight < pool.servers[$1].inFlight } ?? 0
+            return pool.servers[best].url
+        }
+        return PassthroughTarget(
+            server: Self.trimmed(server), connectTimeout: upstream.connectTimeout, tls: upstream.upstreamTLS)
+    }
+
+    /// The HTTP request for `batch` on `server`: statement and settings in the URL, the body compressed as
+    /// `upstream.compression` says, the batch's credentials (or the service account), and the deduplication
+    /// token where the server's version takes it.
+    package func request(for batch: BatchRequest, server: String) -> UpstreamRequest {
+        let upstream = self.upstream
+        var url = Self.trimmed(server) + "/?query=" + QueryString.encode(batch.statement)
+        var seen = Set<String>()
+        var settings = batch.settings + upstream.settings
+        if let id = batch.batchID, capabilities?.supportsDeduplicationToken == true {
+            // One token per batch, kept across its retries: a retry after a timeout whose insert did land is
+            // dropped by ClickHouse instead of inserted twice (replicated tables, or a deduplication window).
+            settings.append(Setting(name: "insert_deduplication_token", value: "batchhouse-\(instance)-\(id)"))
+        }
+        for setting in settings where seen.insert(setting.name).inserted {
+            url += "&" + QueryString.encode(setting.name) + "=" + QueryString.encode(setting.value)
+        }
+        var headers: [(String, String)] = [("Content-Type", "application/octet-stream")]
+        let body: ByteBuffer
+        switch upstream.compression {
+        case .gzip:
+            body = ByteBuffer(bytes: batch.data.withUnsafeBytes { Zlib.compress($0, as: .gzip) })
+            headers.append(("Content-Encoding", "gzip"))
+        case .none:
+            body = ByteBuffer(bytes: batch.data)
+        }
+        let auth: (user: String, password: String)?
+        if let user = upstream.user {
+            auth = (user, upstream.password ?? "")
+        } else if batch.identity.user != nil || batch.identity.password != nil {
+            auth = (batch.identity.user ?? "default", batch.identity.password ?? "")
+        } else {
+            auth = nil
+        }
+        var request = UpstreamRequest(
+            method: "POST", url: url, headers: headers, body: body, basicAuth: auth,
+            connectTimeout: upstream.connectTimeout, timeout: upstream.timeout)
+        request.tls = upstream.upstreamTLS
+        return request
+    }
+
+    /// One attempt on the least-loaded server whose breaker lets it through (`avoiding` the one that just
+    /// failed, when there is another). Connection errors, timeouts and 5xx count against the server.
+    package func send(_ batch: BatchRequest, avoiding: Int?) async throws(UpstreamError) -> (UpstreamResponse, server: Int) {
+        let now = clock.now()
+        guard let (index, url) = pool.withLock({ pool in
+            pool.acquire(now: now, avoiding: avoiding).map { ($0, pool.servers[$0].url) }
+        }) else {
+            throw UpstreamError(kind: .connect, message: "every upstream server's circuit breaker is open")
+        }
+        do {
+            let response = try await transport.execute(request(for: batch, server: url))
+            let alive = response.status < 500
+            pool.withLock { $0.release(index, success: alive, now: clock.now()) }
+            return (response, index)
+        } catch {
+            pool.withLock { $0.release(index, success: error.kind == .cancelled, now: clock.now()) }
+            throw error
+        }
+    }
+
+    /// `SELECT version()` on a server; sets `capabilities` and logs the answer.
+    @discardableResult
+    package func probeVersion(logger: Logger) async -> String? {
+        let upstream = self.upstream
+        let url = passthroughTarget().server
+        var request = UpstreamRequest(
+            method: "GET", url: url + "/?query=" + QueryString.encode("SELECT version()"), headers: [], body: nil,
+            basicAuth: upstream.user.map { ($0, upstream.password ?? "") },
+            connectTimeout: upstream.connectTimeout, timeout: .seconds(10))
+        request.tls = upstream.upstreamTLS
+        guard let response = try? await transport.execute(request), response.status == 200 else {
+            logger.debug("upstream version not known yet")
+            return nil
+        }
+        let text = String(decoding: response.body.readableBytesView, as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let capabilities = UpstreamCapabilities(version: text)
+        known.withLock { $0 = capabilities }
+        logger.info(
+            "upstream ClickHouse",
+            metadata: [
+                "version": "\(text)", "server": "\(redacted(url))",
+                "deduplication_token": "\(capabilities?.supportsDeduplicationToken ?? false)",
+            ])
+        return text
+    }
+
+    /// Pings every server once (`/ping`, 2 s timeout) and records the outcome in the pool.
+    package func checkHealth() async {
+        let servers = pool.withLock { $0.servers.map(\.url) }
+        let upstream = self.upstream
+        let timeout = min(upstream.connectTimeout, .seconds(2))
+        let tls = upstream.upstreamTLS
+        let transport = self.transport
+        await withTaskGroup(of: (Int, Bool).self) { group in
+            for (index, server) in servers.enumerated() {
+                group.addTask {
+                    var request = UpstreamRequest(
+                        method: "GET", url: Self.trimmed(server) + "/ping", headers: [], body: nil, basicAuth: nil,
+                        connectTimeout: timeout, timeout: .seconds(2))
+                    request.tls = tls
+                    let response = try? await transport.execute(request)
+                    return (index, response?.status == 200)
+                }
+            }
+            for await (index, ok) in group {
+                let now = clock.now()
+                pool.withLock { pool in
+                    // The list may have changed under a reload; only record for the same server.
+                    if pool.servers.indices.contains(index) && pool.servers[index].url == servers[index] {
+                        pool.healthCheck(index, ok: ok, now: now)
+                    }
+                }
+            }
+        }
+        healthCheckedOnce.store(true, ordering: .relaxed)
+    }
+
+    private static func trimmed(_ url: String) -> String {
+        var url = url
+        while url.hasSuffix("/") { url.removeLast() }
+        return url
+    }
+}
+
+extension UpstreamConfiguration {
+    /// `upstream.tls` as the client takes it.
+    package var upstreamTLS: UpstreamTLS? {
+        tls.map { UpstreamTLS(caFile: $0.caFile, verify: $0.verify) }
+    }
+}
+
+/// A server URL without any `user:password@` part.
+package func redacted(_ url: String) -> String {
+    guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].firstIndex(of: "@") else { return url }
+    return String(url[..<scheme.upperBound]) + String(url[url.index(after: at)...])
+}
