@@ -111,14 +111,14 @@ package final class Delivery: Sendable {
         switch await attempt(part) {
         case .landed:
             report.landedRows += part.rows
-        case .split(let response):
+        case .split(let response, let attempts):
             if let (first, second) = halves(of: part) {
                 settlement.splitting(part, error: Self.text(response))
                 await isolate(first, original: original, into: &report)
                 await isolate(second, original: original, into: &report)
             } else {
                 settlement.deadLetter(
-                    part, of: original, attempts: 1, error: Self.text(response), status: response.status)
+                    part, of: original, attempts: attempts, error: Self.text(response), status: response.status)
                 report.failures.append(.init(part: part, reason: .rejected(response)))
             }
         case .rejected(let response, let attempts):
@@ -143,7 +143,7 @@ package final class Delivery: Sendable {
     private enum AttemptOutcome {
         case landed
         /// Refused for its data: halve it.
-        case split(UpstreamResponse)
+        case split(UpstreamResponse, attempts: Int)
         /// Refused for good, or retries ran out with an error answer.
         case rejected(UpstreamResponse, attempts: Int)
         case failed(UpstreamError, attempts: Int)
@@ -184,7 +184,7 @@ package final class Delivery: Sendable {
                 return .landed
             case (.split, .success(let response)):
                 settlement.failed(part, elapsed: clock.now() - started)
-                return .split(response)
+                return .split(response, attempts: attempt + 1)
             case (.deadLetter, .success(let response)):
                 settlement.failed(part, elapsed: clock.now() - started)
                 return .rejected(response, attempts: attempt + 1)

@@ -23,8 +23,6 @@ final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
         var unflushedResponseBytes = 0
         var responsePaused = false
         var headSent = false
-        var requestEnded = false
-        var finished = false
         /// Response bytes from curl not yet handed to the event loop. ClickHouse streams in small HTTP chunks
         /// (libcurl calls back once per chunk, often 4 KiB): they are gathered here and handed over in one
         /// event loop task, instead of a task, a write and a flush per chunk.
@@ -57,11 +55,7 @@ final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
     }
 
     func finishRequestBody() {
-        let stream = state.withLock { state -> UpstreamStream? in
-            state.requestEnded = true
-            return state.stream
-        }
-        stream?.finishRequestBody()
+        state.withLock { $0.stream }?.finishRequestBody()
     }
 
     func cancel() {
@@ -130,10 +124,7 @@ final class PassthroughBridge: UpstreamStreamDelegate, Sendable {
     }
 
     func upstreamStream(_ stream: UpstreamStream, didFinishWith error: UpstreamError?) {
-        let headSent = state.withLock { state in
-            state.finished = true
-            return state.headSent
-        }
+        let headSent = state.withLock { $0.headSent }
         eventLoop.execute {
             self.target.value.passthroughFinished(error: error, headSent: headSent, bridge: self)
         }

@@ -52,6 +52,8 @@ final class ScriptedTransport: UpstreamTransport {
         var body: String
         var auth: String?
         var headers: [(String, String)]
+        /// The body's bytes as sent (compressed when the engine compresses).
+        var bytes: [UInt8] = []
 
         /// The `query` parameter, decoded.
         var statement: String? {
@@ -66,10 +68,15 @@ final class ScriptedTransport: UpstreamTransport {
     }
 
     private let sent = Mutex<[Sent]>([])
-    private let script: @Sendable (_ index: Int, _ body: String) -> Reply
+    private let script: @Sendable (_ index: Int, _ url: String, _ body: String) -> Reply
 
     /// `script` gets the request's number (0 first) and its body.
     init(_ script: @escaping @Sendable (_ index: Int, _ body: String) -> Reply = { _, _ in .ok }) {
+        self.script = { index, _, body in script(index, body) }
+    }
+
+    /// `script` also gets the request's URL, to answer per server.
+    init(routing script: @escaping @Sendable (_ index: Int, _ url: String, _ body: String) -> Reply) {
         self.script = script
     }
 
@@ -84,10 +91,10 @@ final class ScriptedTransport: UpstreamTransport {
             sent.append(
                 Sent(
                     url: request.url, body: body, auth: request.basicAuth.map { "\($0.user):\($0.password)" },
-                    headers: request.headers))
+                    headers: request.headers, bytes: request.body.map { Array($0.readableBytesView) } ?? []))
             return sent.count - 1
         }
-        switch script(index, body) {
+        switch script(index, request.url, body) {
         case .ok:
             return UpstreamResponse(status: 200, headers: [], body: ByteBuffer())
         case .error(let status, let code, let message):
@@ -129,24 +136,27 @@ struct EngineFixture {
     let deadLetters: TemporaryDirectory
     let spoolDirectory: TemporaryDirectory?
 
-    /// `yaml` is added to a configuration with one upstream, `compression: none`, and a dead-letter folder.
+    /// `yaml` is added to a configuration with `upstream` (one server, `compression: none` unless given), and a
+    /// dead-letter folder.
     /// With `spool: true` a real spool is opened in a temp folder.
     init(
         _ yaml: String = "", transport: ScriptedTransport = ScriptedTransport(), spool: Bool = false,
-        jitter: Double = 0
+        spoolMaxSize: String = "1GiB", spoolDirectory reused: TemporaryDirectory? = nil, jitter: Double = 0,
+        upstream: String = "{ servers: [\"http://upstream.test:8123\"], compression: none }"
     ) throws {
         let deadLetters = TemporaryDirectory()
-        let spoolDirectory = spool ? TemporaryDirectory() : nil
+        let spoolDirectory = reused ?? (spool ? TemporaryDirectory() : nil)
         var text = """
-            upstream: { servers: ["http://upstream.test:8123"], compression: none }
+            upstream: \(upstream)
             dead_letter_dir: \(deadLetters.path)
 
             """
-        if let spoolDirectory { text += "spool: { dir: \(spoolDirectory.path)/spool }\n" }
+        if let spoolDirectory { text += "spool: { dir: \(spoolDirectory.path)/spool, max_size: \(spoolMaxSize) }\n" }
         let configuration = try ConfigurationLoader.parse(yaml: text + yaml, environment: [:])
         var opened: Spool?
+        var recovery: SpoolRecovery?
         if let spoolConfiguration = configuration.spool {
-            opened = try Spool.open(directory: spoolConfiguration.dir, maxSize: spoolConfiguration.maxSize).0
+            (opened, recovery) = try Spool.open(directory: spoolConfiguration.dir, maxSize: spoolConfiguration.maxSize)
         }
         var logger = Logger(label: "engine-test")
         logger.logLevel = .critical
@@ -158,7 +168,10 @@ struct EngineFixture {
         engine = BatchhouseEngine(
             configuration: configuration, transport: transport, spool: opened, logger: logger, clock: clock,
             jitter: { jitter })
+        if let recovery { engine.restore(recovery) }
     }
+
+    var spool: Spool? { engine.spool }
 
     /// Hands `statement` (the whole body, no `query` parameter) to the intake. The completion, if the decision is
     /// to wait, goes to `answers`.
@@ -280,6 +293,24 @@ func valuesBatch(id: UInt64 = 1, table: String = "t", rows: Int, rule: TableRule
             store.append(
                 key: key, rule: rule, chunk: $0, rows: 1, endsWithNewline: false, now: .zero,
                 token: row <= tokens.count ? tokens[row - 1] : 0)
+        }
+    }
+    return store.sealAll(trigger: .shutdown, now: .zero)[0]
+}
+
+/// Builds a sealed batch of Values rows with the given texts (`["(1)", "('oops')"]`), one request per row.
+func valuesBatch(id: UInt64 = 1, table: String = "t", values: [String], rule: TableRule = TableRule()) -> SealedBatch {
+    var store = BatchStore(firstBatchID: id)
+    let key = BatchKey(
+        identity: .anonymous, database: "db", table: table, columns: nil, format: .values, header: nil, settings: [])
+    var rule = rule
+    rule.strategy = .size
+    rule.maxRows = Int.max
+    rule.maxBytes = Int.max
+    for value in values {
+        let text = Array(value.utf8)
+        _ = text.withUnsafeBytes {
+            store.append(key: key, rule: rule, chunk: $0, rows: 1, endsWithNewline: false, now: .zero)
         }
     }
     return store.sealAll(trigger: .shutdown, now: .zero)[0]

@@ -1,0 +1,556 @@
+import BatchhouseCore
+import BatchhouseEngine
+import BatchhouseUpstream
+import Foundation
+import Logging
+import NIOCore
+import Testing
+
+/// Delivery against a scripted upstream: attempts, retries and backoff, bad-row splitting, dead letters, circuit
+/// breakers, server choice, deduplication tokens, priorities, spool deferral, credentials and compression.
+@Suite struct DeliveryTests {
+    static let statement = "INSERT INTO `db`.`t` FORMAT Values"
+    static let oneServer = "http://upstream.test:8123"
+
+    /// A duration in milliseconds, rounded to the microsecond (backoffs are computed in floating point).
+    static func ms(_ duration: Duration) -> Double {
+        (duration.seconds * 1_000_000).rounded() / 1000
+    }
+
+    /// The rows of a Values body (`(1),(2)` gives `["(1)", "(2)"]`; test rows hold no commas).
+    static func rows(_ body: String) -> [String] {
+        body.split(separator: ",").map(String.init)
+    }
+
+    /// `(1)`, `(2)`, ... `(n)`.
+    static func numbered(_ count: Int) -> String {
+        (1...count).map { "(\($0))" }.joined(separator: ",")
+    }
+
+    /// Each dead letter in the fixture's folder: its data and its record.
+    static func deadLetters(_ fixture: EngineFixture) throws -> [(data: String, record: DeadLetterWriter.Record)] {
+        let files = fixture.deadLetterFiles
+        let bases = files.filter { $0.hasSuffix(".data") }.map { String($0.dropLast(".data".count)) }
+        #expect(files.count == bases.count * 2, "every .data has its .json: \(files)")
+        return try bases.map { base in
+            let directory = fixture.deadLetters.path
+            let data = try String(contentsOfFile: "\(directory)/\(base).data", encoding: .utf8)
+            let json = try Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(base).json"))
+            return (data, try JSONDecoder().decode(DeadLetterWriter.Record.self, from: json))
+        }
+    }
+
+    /// Waits in real time, briefly, until `condition` holds; returns whether it did.
+    static func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while !condition() {
+            if ContinuousClock.now >= deadline { return false }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        return true
+    }
+
+    static func upstream(_ extra: String, servers: [String] = [oneServer]) -> String {
+        let list = servers.map { "\"\($0)\"" }.joined(separator: ", ")
+        return "{ servers: [\(list)], \(extra) }"
+    }
+
+    static let quiet: Logger = {
+        var logger = Logger(label: "delivery-test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    // MARK: Landing
+
+    @Test func aBatchLandsInOneRequestWithTheStatementInTheURL() async throws {
+        let fixture = try EngineFixture()
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 3))
+
+        #expect(report.landedRows == 3)
+        #expect(report.failures.isEmpty)
+        let sent = fixture.transport.requests
+        try #require(sent.count == 1)
+        #expect(sent[0].url.hasPrefix(Self.oneServer + "/?query="))
+        #expect(sent[0].statement == Self.statement)
+        #expect(sent[0].body == "(1),(2),(3)")
+        #expect(sent[0].auth == nil, "an anonymous client's rows go without credentials")
+        #expect(!sent[0].headers.contains { $0.0.lowercased() == "content-encoding" })
+        #expect(fixture.clock.sleeps.isEmpty)
+        #expect(fixture.deadLetterFiles.isEmpty)
+    }
+
+    @Test func rowsOfSeveralInsertsLandAsOneJoinedRequest() async throws {
+        let fixture = try EngineFixture()
+        #expect(fixture.insert("INSERT INTO db.t VALUES (1),(2)").acceptedRows == 2)
+        #expect(fixture.insert("INSERT INTO db.t VALUES (3)").acceptedRows == 1)
+        #expect(fixture.transport.requests.isEmpty, "buffered until the flush")
+        await fixture.drain()
+
+        let inserts = fixture.transport.inserts
+        try #require(inserts.count == 1)
+        #expect(inserts[0].statement == Self.statement)
+        #expect(inserts[0].body == "(1),(2),(3)")
+        let totals = fixture.engine.metrics.snapshot
+        #expect(totals.rowsFlushed == 3)
+        #expect(totals.batches == 1)
+        #expect(totals.failedBatches == 0)
+    }
+
+    // MARK: Retries
+
+    /// Three failures of different kinds, then success: the backoff doubles from the rule's 200 ms, and with jitter
+    /// 0 it is half of base * 2^n, with jitter 1 all of it. Every attempt sends the same bytes.
+    @Test(arguments: [(0.0, [100.0, 200, 400]), (1.0, [200.0, 400, 800])])
+    func retriesWithDoublingBackoffThenLand(jitter: Double, expected: [Double]) async throws {
+        let transport = ScriptedTransport(replies: [
+            .status(502, body: "Bad Gateway"), .failure(.timeout), .error(status: 500, code: 241, message: "Memory limit"),
+        ])
+        let fixture = try EngineFixture(transport: transport, jitter: jitter)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 3))
+
+        #expect(report.landedRows == 3)
+        #expect(report.failures.isEmpty)
+        #expect(fixture.clock.sleeps.map(Self.ms) == expected)
+        let inserts = fixture.transport.inserts
+        #expect(inserts.count == 4)
+        #expect(inserts.allSatisfy { $0.body == "(1),(2),(3)" && $0.statement == Self.statement })
+        #expect(fixture.deadLetterFiles.isEmpty)
+    }
+
+    @Test func retriesExhaustedWithoutSpoolDeadLetterExactlyTheRows() async throws {
+        let fixture = try EngineFixture(transport: ScriptedTransport { _, _ in .failure(.timeout) })
+        let report = await fixture.engine.delivery.deliver(valuesBatch(id: 7, rows: 3))
+
+        #expect(fixture.transport.inserts.count == 4, "the first attempt and 3 retries")
+        #expect(fixture.clock.sleeps.map(Self.ms) == [100, 200, 400])
+        #expect(report.landedRows == 0)
+        try #require(report.failures.count == 1)
+        #expect(report.failures[0].part.rows == 3)
+        guard case .failed(let error) = report.failures[0].reason else {
+            Issue.record("expected .failed, got \(report.failures[0].reason)")
+            return
+        }
+        #expect(error.kind == .timeout)
+
+        let letters = try Self.deadLetters(fixture)
+        try #require(letters.count == 1)
+        #expect(letters[0].data == "(1),(2),(3)")
+        #expect(letters[0].record.rows == 3)
+        #expect(letters[0].record.attempts == 4)
+        #expect(letters[0].record.httpStatus == nil)
+        #expect(letters[0].record.statement == Self.statement)
+        #expect(letters[0].record.batchID == 7)
+        #expect(letters[0].record.error.contains("timeout"))
+        #expect(fixture.engine.metrics.snapshot.failedBatches == 1)
+    }
+
+    @Test func serverErrorAnswersExhaustedAreRejectedWithTheirStatus() async throws {
+        let transport = ScriptedTransport { _, _ in .status(503, body: "Service Unavailable") }
+        let fixture = try EngineFixture(transport: transport)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 2))
+
+        #expect(fixture.transport.inserts.count == 4)
+        try #require(report.failures.count == 1)
+        guard case .rejected(let response) = report.failures[0].reason else {
+            Issue.record("expected .rejected, got \(report.failures[0].reason)")
+            return
+        }
+        #expect(response.status == 503)
+        let letters = try Self.deadLetters(fixture)
+        try #require(letters.count == 1)
+        #expect(letters[0].data == "(1),(2)")
+        #expect(letters[0].record.httpStatus == 503)
+        #expect(letters[0].record.attempts == 4)
+        #expect(letters[0].record.error == "Service Unavailable")
+    }
+
+    @Test func aRefusalNotAboutTheDataIsDeadLetteredAtOnce() async throws {
+        let transport = ScriptedTransport { _, _ in
+            .error(status: 404, code: 60, message: "Table db.t doesn't exist")
+        }
+        let fixture = try EngineFixture(transport: transport)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 3))
+
+        #expect(fixture.transport.inserts.count == 1, "no retry")
+        #expect(fixture.clock.sleeps.isEmpty)
+        #expect(report.landedRows == 0)
+        try #require(report.failures.count == 1)
+        guard case .rejected(let response) = report.failures[0].reason else {
+            Issue.record("expected .rejected, got \(report.failures[0].reason)")
+            return
+        }
+        #expect(response.status == 404)
+        #expect(String(buffer: response.body).contains("Code: 60"))
+        let letters = try Self.deadLetters(fixture)
+        try #require(letters.count == 1)
+        #expect(letters[0].data == "(1),(2),(3)")
+        #expect(letters[0].record.httpStatus == 404)
+        #expect(letters[0].record.attempts == 1)
+        #expect(letters[0].record.error.contains("Code: 60"))
+    }
+
+    /// With `ack: flushed` the client gets ClickHouse's own refusal.
+    @Test func aWaitingClientGetsTheRefusalRelayed() async throws {
+        let transport = ScriptedTransport { _, _ in .error(status: 404, code: 60, message: "Table db.t doesn't exist") }
+        let fixture = try EngineFixture("defaults: { ack: flushed }", transport: transport)
+        let answers = Answers()
+        #expect(fixture.insert("INSERT INTO db.t VALUES (1),(2)", answers: answers).waitsForBatch)
+        await fixture.drain()
+
+        let received = await answers.wait(for: 1)
+        try #require(received.count == 1)
+        #expect(received[0].relayedStatus == 404)
+        #expect(fixture.transport.inserts.map(\.body) == ["(1),(2)"])
+        #expect(try Self.deadLetters(fixture).map(\.data) == ["(1),(2)"])
+    }
+
+    // MARK: Bad rows
+
+    /// ClickHouse (18.16 style: status 500) refuses any body holding a bad row; the batch is halved until the bad
+    /// rows are alone: only they are dead-lettered, every other row lands exactly once.
+    @Test(arguments: [[6], [0], [9], [1, 8], [3, 4]])
+    func badRowsAreIsolatedBySplitting(bad: [Int]) async throws {
+        let values = (0..<10).map { bad.contains($0) ? "('oops\($0)')" : "(\($0 + 1))" }
+        let transport = ScriptedTransport { _, body in
+            body.contains("'oops")
+                ? .error(status: 500, code: 53, message: "Cannot parse input: expected ) before: 'oops'") : .ok
+        }
+        let fixture = try EngineFixture(transport: transport)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(values: values))
+
+        let good = values.enumerated().filter { !bad.contains($0.offset) }.map(\.element)
+        let badRows = bad.map { values[$0] }
+        #expect(report.landedRows == good.count)
+        #expect(report.failures.count == bad.count)
+        #expect(report.failures.allSatisfy { $0.part.rows == 1 })
+        for failure in report.failures {
+            guard case .rejected(let response) = failure.reason else {
+                Issue.record("expected .rejected, got \(failure.reason)")
+                continue
+            }
+            #expect(response.status == 500)
+        }
+        #expect(Set(report.failures.map { String(decoding: $0.part.data, as: UTF8.self) }) == Set(badRows))
+
+        let inserts = fixture.transport.inserts
+        let landed = inserts.filter { !$0.body.contains("'oops") }.flatMap { Self.rows($0.body) }
+        #expect(landed.sorted() == good.sorted(), "every good row lands exactly once")
+        #expect(inserts.first?.body == values.joined(separator: ","), "the whole batch was tried first")
+        #expect(inserts.allSatisfy { $0.statement == Self.statement })
+        #expect(fixture.clock.sleeps.isEmpty, "a data error is split, never retried")
+
+        let letters = try Self.deadLetters(fixture)
+        #expect(letters.map(\.data).sorted() == badRows.sorted())
+        for letter in letters {
+            #expect(letter.record.rows == 1)
+            #expect(letter.record.httpStatus == 500)
+            #expect(letter.record.attempts == 1)
+            #expect(letter.record.error.contains("Code: 53"))
+        }
+    }
+
+    /// Known bug, filed as the hardening issue's item 2 ("one client's bad rows stall every table"): every 5xx
+    /// counts against the server's breaker in `UpstreamGateway.send`, including ClickHouse 18.16's status-500
+    /// answers about the data. Isolating a bad row at the front of a 32-row batch takes 6 refusals in a row (32,
+    /// 16, 8, 4, 2, 1 rows), so the only server's breaker opens halfway and the good rows after it fail fast
+    /// ("circuit breaker is open") and are dead-lettered after their retries. Expected once fixed: a refusal about
+    /// the data says nothing about the server's health, and all 31 good rows land. `withKnownIssue` turns into a
+    /// failure the day the fix lands, so the marker is removed with it.
+    @Test("Known bug: 18.16 data errors (status 500) open the circuit breaker while splitting")
+    func isolatingABadRowDoesNotOpenTheBreaker() async throws {
+        let values = ["('oops')"] + (2...32).map { "(\($0))" }
+        let transport = ScriptedTransport { _, body in
+            body.contains("'oops") ? .error(status: 500, code: 27, message: "Cannot parse input") : .ok
+        }
+        let fixture = try EngineFixture(transport: transport)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(values: values))
+
+        let deadLettered = try Self.deadLetters(fixture).map(\.data)
+        withKnownIssue("hardening issue, item 2: data errors count against the circuit breaker") {
+            #expect(report.landedRows == 31)
+            #expect(report.failures.map { String(decoding: $0.part.data, as: UTF8.self) } == ["('oops')"])
+            #expect(deadLettered == ["('oops')"])
+            let landed = fixture.transport.inserts.filter { !$0.body.contains("'oops") }.flatMap { Self.rows($0.body) }
+            #expect(landed.sorted() == values.dropFirst().sorted())
+            #expect(fixture.engine.gateway.serverStates().map(\.state) == [.closed])
+        }
+    }
+
+    /// A part that cannot be split is dead-lettered with the attempts it really took (retries before ClickHouse
+    /// refused it for its data included).
+    @Test("the dead letter of an unsplittable part records its real attempts")
+    func anUnsplittablePartRecordsItsRealAttempts() async throws {
+        let transport = ScriptedTransport(replies: [
+            .status(503, body: "Service Unavailable"), .error(status: 500, code: 27, message: "Cannot parse input"),
+        ])
+        let fixture = try EngineFixture(transport: transport)
+        _ = await fixture.engine.delivery.deliver(valuesBatch(rows: 1))
+
+        #expect(fixture.transport.inserts.count == 2)
+        let letters = try Self.deadLetters(fixture)
+        try #require(letters.count == 1)
+        #expect(letters[0].data == "(1)")
+        #expect(letters[0].record.attempts == 2)
+    }
+
+    @Test func aSingleRowRefusedForItsDataIsDeadLettered() async throws {
+        let transport = ScriptedTransport { _, _ in .error(status: 500, code: 27, message: "Cannot parse input") }
+        let fixture = try EngineFixture(transport: transport)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 1))
+
+        #expect(fixture.transport.inserts.map(\.body) == ["(1)"], "one attempt, nothing to split")
+        #expect(fixture.clock.sleeps.isEmpty)
+        #expect(report.landedRows == 0)
+        try #require(report.failures.count == 1)
+        guard case .rejected(let response) = report.failures[0].reason else {
+            Issue.record("expected .rejected, got \(report.failures[0].reason)")
+            return
+        }
+        #expect(response.status == 500)
+        let letters = try Self.deadLetters(fixture)
+        #expect(letters.map(\.data) == ["(1)"])
+        #expect(letters.first?.record.httpStatus == 500)
+    }
+
+    // MARK: Servers
+
+    @Test func fiveConnectFailuresOpenTheBreakerAndAHalfOpenSuccessClosesIt() async throws {
+        // Requests that reach the transport: five refused connections, then success.
+        let transport = ScriptedTransport { index, _ in index < 5 ? .failure(.connect) : .ok }
+        let fixture = try EngineFixture(transport: transport)
+        let gateway = fixture.engine.gateway
+
+        // 1 attempt + 4 retries: five consecutive connection failures.
+        let first = await fixture.engine.delivery.deliver(valuesBatch(id: 1, rows: 2, rule: TableRule(retries: 4)))
+        #expect(fixture.transport.requests.count == 5)
+        #expect(first.failures.count == 1)
+        #expect(gateway.serverStates().map(\.state) == [.open])
+
+        // While open, sends fail fast without reaching the transport.
+        let second = await fixture.engine.delivery.deliver(valuesBatch(id: 2, rows: 2, rule: TableRule(retries: 0)))
+        #expect(fixture.transport.requests.count == 5, "nothing reached the upstream")
+        try #require(second.failures.count == 1)
+        guard case .failed(let error) = second.failures[0].reason else {
+            Issue.record("expected .failed, got \(second.failures[0].reason)")
+            return
+        }
+        #expect(error.message.contains("circuit breaker is open"))
+        await #expect(throws: UpstreamError.self) {
+            _ = try await gateway.send(BatchRequest(valuesBatch(id: 3, rows: 1)), avoiding: nil)
+        }
+        #expect(fixture.transport.requests.count == 5)
+
+        // 30 s later one probe goes through; its success closes the breaker.
+        fixture.clock.advance(by: .seconds(30))
+        #expect(gateway.serverStates().map(\.state) == [.halfOpen])
+        let third = await fixture.engine.delivery.deliver(valuesBatch(id: 4, rows: 3))
+        #expect(third.landedRows == 3)
+        #expect(fixture.transport.requests.count == 6)
+        #expect(fixture.transport.requests.last?.body == "(1),(2),(3)")
+        #expect(gateway.serverStates().map(\.state) == [.closed])
+    }
+
+    @Test func aBatchMovesToTheOtherServerWhenTheFirstRefusesConnections() async throws {
+        let (a, b) = ("http://a.test:8123", "http://b.test:8123")
+        let transport = ScriptedTransport(routing: { _, url, _ in url.hasPrefix(a) ? .failure(.connect) : .ok })
+        let fixture = try EngineFixture(
+            transport: transport, upstream: Self.upstream("compression: none", servers: [a, b]))
+
+        let report = await fixture.engine.delivery.deliver(valuesBatch(id: 1, rows: 2))
+        #expect(report.landedRows == 2)
+        let sent = fixture.transport.requests
+        try #require(sent.count == 2)
+        #expect(sent[0].url.hasPrefix(a + "/?query="), "the first pick is the first server")
+        #expect(sent[1].url.hasPrefix(b + "/?query="), "the retry avoids the server that just failed")
+        #expect(sent.map(\.body) == ["(1),(2)", "(1),(2)"])
+        #expect(fixture.clock.sleeps.map(Self.ms) == [100])
+
+        // More batches: each lands once, on b.
+        for id in 2...4 {
+            let more = await fixture.engine.delivery.deliver(valuesBatch(id: UInt64(id), rows: id))
+            #expect(more.landedRows == id)
+            #expect(more.failures.isEmpty)
+        }
+        let onB = fixture.transport.requests.filter { $0.url.hasPrefix(b) }.map(\.body)
+        #expect(onB == ["(1),(2)", Self.numbered(2), Self.numbered(3), Self.numbered(4)])
+        #expect(fixture.deadLetterFiles.isEmpty)
+
+        // Whatever the rotation, a send avoiding the first server goes to the second.
+        for id in 5...8 {
+            let (response, server) = try await fixture.engine.gateway.send(
+                BatchRequest(valuesBatch(id: UInt64(id), rows: 1)), avoiding: 0)
+            #expect(server == 1)
+            #expect(response.status == 200)
+        }
+    }
+
+    // MARK: Deduplication token
+
+    @Test(arguments: [("23.8.1.1", true), ("22.2.1.1", true), ("22.1.3.7", false), ("18.16.1", false)])
+    func deduplicationTokenFollowsTheProbedVersion(version: String, sendsToken: Bool) async throws {
+        let transport = ScriptedTransport(replies: [
+            .status(200, body: version + "\n"), .status(503, body: "Service Unavailable"),
+        ])
+        let fixture = try EngineFixture(transport: transport)
+        let gateway = fixture.engine.gateway
+        #expect(await gateway.probeVersion(logger: Self.quiet) == version)
+        #expect(fixture.transport.requests.first?.statement == "SELECT version()")
+        #expect(gateway.capabilities?.supportsDeduplicationToken == sendsToken)
+
+        let report = await fixture.engine.delivery.deliver(valuesBatch(id: 42, rows: 2))
+        #expect(report.landedRows == 2)
+        let inserts = fixture.transport.inserts
+        try #require(inserts.count == 2, "one 503, one retry")
+        let tokens = inserts.map { $0.parameter("insert_deduplication_token") }
+        if sendsToken {
+            let token = try #require(tokens[0])
+            #expect(token.hasPrefix("batchhouse-"))
+            #expect(token.hasSuffix("-42"), "made from the batch id")
+            #expect(tokens[1] == token, "the same token on the retry")
+        } else {
+            #expect(tokens == [nil, nil])
+        }
+        #expect(inserts.allSatisfy { $0.statement == Self.statement && $0.body == "(1),(2)" })
+    }
+
+    @Test func noDeduplicationTokenBeforeTheVersionIsKnown() async throws {
+        let fixture = try EngineFixture()
+        #expect(fixture.engine.gateway.capabilities == nil)
+        _ = await fixture.engine.delivery.deliver(valuesBatch(rows: 1))
+        #expect(fixture.transport.inserts.count == 1)
+        #expect(fixture.transport.inserts.first?.parameter("insert_deduplication_token") == nil)
+    }
+
+    // MARK: Queue
+
+    @Test func higherPriorityBatchesAreDeliveredFirst() async throws {
+        let fixture = try EngineFixture(upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let batches = [("p5a", 5), ("p1a", 1), ("p3", 3), ("p1b", 1), ("p5b", 5), ("p2", 2)].enumerated().map {
+            valuesBatch(id: UInt64($0.offset + 1), table: $0.element.0, rows: 1, rule: TableRule(priority: $0.element.1))
+        }
+        let delivery = fixture.engine.delivery
+        delivery.submit(batches)
+        #expect(delivery.queuedBatches == 6)
+        delivery.close()
+        await delivery.run()
+
+        let order = fixture.transport.inserts.map { $0.statement ?? "" }
+        #expect(order == ["p1a", "p1b", "p2", "p3", "p5a", "p5b"].map { "INSERT INTO `db`.`\($0)` FORMAT Values" })
+        #expect(delivery.queuedBatches == 0)
+    }
+
+    // MARK: Spool
+
+    /// With a spool, a batch whose server refuses connections is retried far past `retries` while the proxy
+    /// runs; once the queue is closed it is left in the spool, not dead-lettered.
+    @Test func withSpoolAConnectFailureRetriesUntilClosedThenDefers() async throws {
+        let fixture = try EngineFixture(transport: ScriptedTransport { _, _ in .failure(.connect) }, spool: true)
+        let delivery = fixture.engine.delivery
+        let clock = fixture.clock
+        let attempt = Task { await delivery.deliver(valuesBatch(rows: 2)) }
+        #expect(await Self.eventually { clock.sleeps.count >= 10 }, "still retrying after 3 retries")
+        delivery.close()
+        let report = await attempt.value
+
+        #expect(report.landedRows == 0)
+        try #require(report.failures.count == 1)
+        guard case .deferred(let error) = report.failures[0].reason else {
+            Issue.record("expected .deferred, got \(report.failures[0].reason)")
+            return
+        }
+        #expect(error?.kind == .connect)
+        #expect(report.failures[0].part.rows == 2)
+        #expect(fixture.deadLetterFiles.isEmpty)
+        #expect(fixture.transport.inserts.allSatisfy { $0.body == "(1),(2)" })
+        // The backoff grew to its cap (jitter 0: 5 s) instead of stopping.
+        #expect(clock.sleeps.map(Self.ms).prefix(3) == [100, 200, 400])
+        #expect(clock.sleeps.map(Self.ms).last == 5000)
+    }
+
+    @Test func withSpoolDrainLeavesAnUndeliveredBatchInTheSpool() async throws {
+        let fixture = try EngineFixture(
+            "defaults: { strategy: size, max_rows: 2 }", transport: ScriptedTransport { _, _ in .failure(.connect) },
+            spool: true)
+        let spool = try #require(fixture.spool)
+        #expect(fixture.insert("INSERT INTO db.t VALUES (1),(2)").acceptedRows == 2)
+        #expect(spool.undeliveredChunks == 1)
+
+        let delivery = fixture.engine.delivery
+        let worker = Task { await delivery.run() }
+        let clock = fixture.clock
+        #expect(await Self.eventually { clock.sleeps.count >= 6 }, "retrying past the 3 retries")
+        fixture.engine.drain()
+        await worker.value
+
+        #expect(fixture.deadLetterFiles.isEmpty)
+        #expect(spool.undeliveredChunks == 1, "the rows stay for the next start")
+        #expect(!fixture.transport.inserts.isEmpty)
+        #expect(fixture.transport.inserts.allSatisfy { $0.body == "(1),(2)" })
+        #expect(fixture.engine.metrics.snapshot.rowsFlushed == 0)
+    }
+
+    @Test(arguments: [false, true])
+    func aCancelledAttemptIsDeadLetteredWithoutSpoolAndDeferredWithIt(spool: Bool) async throws {
+        let fixture = try EngineFixture(transport: ScriptedTransport { _, _ in .failure(.cancelled) }, spool: spool)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 2))
+
+        #expect(fixture.transport.inserts.count == 1, "never retried")
+        #expect(fixture.clock.sleeps.isEmpty)
+        try #require(report.failures.count == 1)
+        switch (spool, report.failures[0].reason) {
+        case (true, .deferred):
+            #expect(fixture.deadLetterFiles.isEmpty)
+        case (false, .failed(let error)):
+            #expect(error.kind == .cancelled)
+            #expect(try Self.deadLetters(fixture).map(\.data) == ["(1),(2)"])
+        default:
+            Issue.record("unexpected \(report.failures[0].reason) with spool \(spool)")
+        }
+    }
+
+    // MARK: Requests
+
+    @Test func aServiceAccountReplacesTheClientsCredentials() async throws {
+        let fixture = try EngineFixture(
+            upstream: Self.upstream("compression: none, user: svc, password: s3cret"))
+        let alice = ClientIdentity(user: "alice", password: "pw")
+        fixture.insert("INSERT INTO db.t VALUES (1)", identity: alice)
+        fixture.insert("INSERT INTO db.t VALUES (2)", identity: ClientIdentity(user: "bob", password: "x"))
+        await fixture.engine.gateway.probeVersion(logger: Self.quiet)
+        await fixture.drain()
+
+        let inserts = fixture.transport.inserts
+        #expect(inserts.map(\.body) == ["(1),(2)"], "one batch: identities do not split batches")
+        #expect(inserts.map(\.auth) == ["svc:s3cret"])
+        let probe = fixture.transport.requests.first { $0.statement == "SELECT version()" }
+        #expect(probe?.auth == "svc:s3cret")
+    }
+
+    @Test func withoutAServiceAccountEachBatchCarriesItsClientsCredentials() async throws {
+        let fixture = try EngineFixture()
+        fixture.insert("INSERT INTO db.t VALUES (1)", identity: ClientIdentity(user: "alice", password: "pw"))
+        fixture.insert("INSERT INTO db.t VALUES (2)", identity: ClientIdentity(user: nil, password: "secret"))
+        fixture.insert("INSERT INTO db.t VALUES (3)")
+        await fixture.drain()
+
+        let sent = fixture.transport.inserts.map { ($0.body, $0.auth) }
+        #expect(sent.count == 3)
+        #expect(sent.contains { $0 == ("(1)", "alice:pw") })
+        #expect(sent.contains { $0 == ("(2)", "default:secret") })
+        #expect(sent.contains { $0 == ("(3)", nil) })
+    }
+
+    @Test func gzipCompressesTheBody() async throws {
+        let fixture = try EngineFixture(upstream: Self.upstream("compression: gzip"))
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 5))
+        #expect(report.landedRows == 5)
+
+        let sent = try #require(fixture.transport.inserts.first)
+        #expect(sent.headers.contains { $0.0 == "Content-Encoding" && $0.1 == "gzip" })
+        #expect(sent.bytes.starts(with: [0x1f, 0x8b]), "a gzip member")
+        let plain = try sent.bytes.withUnsafeBytes { try Zlib.decompress($0, as: .gzip, limit: 1 << 20) }
+        #expect(String(decoding: plain, as: UTF8.self) == Self.numbered(5))
+        #expect(sent.statement == Self.statement)
+    }
+}
