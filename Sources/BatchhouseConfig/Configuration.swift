@@ -1,6 +1,6 @@
 import BatchhouseCore
 
-/// Everything the strategy file (DESIGN.md, "Strategy file (YAML)") says, with every key defaulted.
+/// Everything the strategy file (README.md, "Strategy file (YAML)") says, with every key defaulted.
 ///
 /// Build one with `ConfigurationLoader.load(path:environment:)`, or directly in tests.
 public struct BatchhouseConfiguration: Sendable, Equatable, CustomStringConvertible {

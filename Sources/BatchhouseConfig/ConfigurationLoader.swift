@@ -2,7 +2,7 @@ import BatchhouseCore
 import Foundation
 import Yams
 
-/// Reads the strategy file (DESIGN.md, "Strategy file (YAML)") into a `BatchhouseConfiguration`.
+/// Reads the strategy file (README.md, "Strategy file (YAML)") into a `BatchhouseConfiguration`.
 ///
 /// The YAML is composed into a node tree (so every value keeps its line) and walked section by section.
 /// Every problem is a `ConfigurationError` naming the key path and line: unknown keys (with the allowed

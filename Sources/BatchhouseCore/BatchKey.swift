@@ -34,7 +34,7 @@ public struct ClientIdentity: Hashable, Sendable, CustomStringConvertible, Custo
     public var debugDescription: String { description }
 }
 
-/// Rows share a batch only when every field here is equal (DESIGN.md, "Batch key").
+/// Rows share a batch only when every field here is equal (docs/request-path.md, "Batch key").
 ///
 /// Every request looks its key up in the open batches, so the hash of all fields is computed once, when the key
 /// is made (again when a field changes), and equality compares that hash before the fields.

@@ -49,7 +49,7 @@ public struct SealedBatch: Sendable {
     }
 }
 
-/// The bytes of one open batch, joined as ClickHouse needs them (DESIGN.md, "Formats and concatenation").
+/// The bytes of one open batch, joined as ClickHouse needs them (docs/request-path.md, "Formats and joining").
 public struct BatchBuffer: Sendable {
     public private(set) var data: [UInt8]
     public private(set) var rows: Int = 0

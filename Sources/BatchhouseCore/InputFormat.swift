@@ -1,7 +1,7 @@
 /// An input format ClickHouse accepts on INSERT, as far as batching is concerned.
 ///
 /// Only formats whose chunks can be concatenated are batchable; everything else is
-/// forwarded to ClickHouse as received (see DESIGN.md, request path item 6).
+/// forwarded to ClickHouse as received (docs/request-path.md, "What is not batched").
 public enum InputFormat: String, Sendable, Hashable, CaseIterable {
     case values = "Values"
     case tabSeparated = "TabSeparated"

@@ -1,5 +1,5 @@
 /// Recognises the head of a batchable INSERT in the statement text ClickHouse would parse: the `query` URL parameter,
-/// "\n", then (a prefix of) the body (DESIGN.md, request path items 4-6).
+/// "\n", then (a prefix of) the body (docs/request-path.md, "Reassembling the statement").
 ///
 /// Grammar accepted, following ClickHouse's ParserInsertQuery (18.x and current):
 ///

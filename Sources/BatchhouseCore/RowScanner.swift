@@ -1,7 +1,7 @@
 /// The rows found in one request's data, as byte ranges of that data.
 public struct ScannedRows: Sendable, Hashable {
     /// Number of rows. Always 0 for RowBinary and Native, which have no row structure without the table's types:
-    /// callers account for those by bytes (DESIGN.md, "Formats and concatenation").
+    /// callers account for those by bytes (docs/request-path.md, "Formats and joining").
     public var rowCount: Int
     /// The header of *WithNames / *WithNamesAndTypes formats; nil for other formats and for empty data.
     /// Line formats: the 1 or 2 header lines including their trailing newline (if the data has one).

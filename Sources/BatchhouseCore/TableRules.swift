@@ -94,7 +94,7 @@ public struct TableRules: Sendable, Equatable {
 
     /// The effective rule for a table: the most specific matching entry laid over `defaults`, or `defaults`.
     ///
-    /// Pass the effective database of the INSERT (see DESIGN.md, request path item 5).
+    /// Pass the effective database of the INSERT (docs/request-path.md, "Reassembling the statement").
     public func rule(database: String, table: String) -> TableRule {
         guard let position = index.match(database: database, table: table) else { return defaults }
         return index.merged[position]

@@ -24,7 +24,8 @@ package final class Buffering: Sendable {
     }
 
     private let state = Mutex(State())
-    /// Sealed, not yet settled. An atomic so the flush-queue gauge is read without the store's lock.
+    /// Sealed, not yet settled. Added to under the store's lock; an atomic so that the flush-queue gauge is read and
+    /// settlement subtracts without that lock.
     private let sealed = Atomic<Int>(0)
     private let clock: any NowProvider
     private let maxBufferMemory: Atomic<Int>
@@ -50,9 +51,8 @@ package final class Buffering: Sendable {
     /// them until `append(..., reservation:)` or `cancel(_:)`. Called before anything is written to the spool.
     package func reserve(bytes: Int, priority: Int) -> Admission {
         let limit = self.limit
-        let sealed = sealedBytes
         return state.withLock { state in
-            let inUse = state.store.bufferedBytes + state.reserved + sealed
+            let inUse = state.store.bufferedBytes + state.reserved + sealedBytes
             guard AdmissionControl.admits(priority: priority, inUse: inUse, incoming: bytes, limit: limit) else {
                 return .refused(inUse: inUse)
             }
@@ -74,19 +74,17 @@ package final class Buffering: Sendable {
         token: UInt64
     ) -> Result<[SealedBatch], AdmissionRefusal> {
         let limit = self.limit
-        let sealedNow = sealedBytes
         let now = clock.now()
-        let outcome: Result<[SealedBatch], AdmissionRefusal> = state.withLock { state in
-            let inUse = state.store.bufferedBytes + state.reserved + sealedNow
+        return state.withLock { state in
+            let inUse = state.store.bufferedBytes + state.reserved + sealedBytes
             guard AdmissionControl.admits(priority: rule.priority, inUse: inUse, incoming: chunk.count, limit: limit)
             else { return .failure(AdmissionRefusal(inUse: inUse)) }
             return .success(
-                state.store.append(
-                    key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                    token: token))
+                counted(
+                    state.store.append(
+                        key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                        token: token)))
         }
-        if case .success(let batches) = outcome { countSealed(batches) }
-        return outcome
     }
 
     /// Appends admitted rows (their reservation ends here). Returns the batches that must go upstream now.
@@ -95,14 +93,13 @@ package final class Buffering: Sendable {
         token: UInt64, spoolChunk: UInt64?, reservation: Reservation
     ) -> [SealedBatch] {
         let now = clock.now()
-        let batches = state.withLock { state in
+        return state.withLock { state in
             state.reserved -= reservation.bytes
-            return state.store.append(
-                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                token: token, spoolChunk: spoolChunk)
+            return counted(
+                state.store.append(
+                    key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                    token: token, spoolChunk: spoolChunk))
         }
-        countSealed(batches)
-        return batches
     }
 
     /// Rows read back from the spool at start: appended whatever the budget says (they are already accepted).
@@ -111,13 +108,12 @@ package final class Buffering: Sendable {
         spoolChunk: UInt64
     ) -> [SealedBatch] {
         let now = clock.now()
-        let batches = state.withLock {
-            $0.store.append(
-                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                spoolChunk: spoolChunk)
+        return state.withLock {
+            counted(
+                $0.store.append(
+                    key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                    spoolChunk: spoolChunk))
         }
-        countSealed(batches)
-        return batches
     }
 
     /// A batch of one request's rows for the `immediate` strategy (numbered like the others); its reservation
@@ -127,14 +123,15 @@ package final class Buffering: Sendable {
         token: UInt64, reservation: Reservation
     ) -> SealedBatch {
         let now = clock.now()
-        let batch = state.withLock { state in
+        return state.withLock { state in
             state.reserved -= reservation.bytes
-            return state.store.single(
-                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                token: token)
+            return counted(
+                [
+                    state.store.single(
+                        key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
+                        token: token)
+                ])[0]
         }
-        countSealed([batch])
-        return batch
     }
 
     // MARK: Sealing
@@ -142,24 +139,18 @@ package final class Buffering: Sendable {
     /// Seals every batch whose `max_delay` has passed; returns them and the next deadline.
     package func sealDue() -> (due: [SealedBatch], next: Instant?) {
         let now = clock.now()
-        let (due, next) = state.withLock { state in (state.store.sealDue(now: now), state.store.nextDeadline) }
-        countSealed(due)
-        return (due, next)
+        return state.withLock { state in (counted(state.store.sealDue(now: now)), state.store.nextDeadline) }
     }
 
     package func sealAll(trigger: FlushTrigger) -> [SealedBatch] {
         let now = clock.now()
-        let all = state.withLock { $0.store.sealAll(trigger: trigger, now: now) }
-        countSealed(all)
-        return all
+        return state.withLock { counted($0.store.sealAll(trigger: trigger, now: now)) }
     }
 
     /// New rules for open batches (hot reload); returns the batches that now meet their limits.
     package func updateRules(_ ruleFor: (BatchKey) -> TableRule) -> [SealedBatch] {
         let now = clock.now()
-        let sealed = state.withLock { $0.store.updateRules(now: now, ruleFor) }
-        countSealed(sealed)
-        return sealed
+        return state.withLock { counted($0.store.updateRules(now: now, ruleFor)) }
     }
 
     /// A sealed batch's outcome is settled: its bytes leave the budget.
@@ -167,9 +158,11 @@ package final class Buffering: Sendable {
         sealed.subtract(batch.data.count, ordering: .relaxed)
     }
 
-    private func countSealed(_ batches: [SealedBatch]) {
-        guard !batches.isEmpty else { return }
-        sealed.add(batches.reduce(0) { $0 + $1.data.count }, ordering: .relaxed)
+    /// Adds freshly sealed batches to the sealed share of the budget, under the store's lock (so admission, which
+    /// reads it under the same lock, never sees bytes leave the store before they arrive here).
+    private func counted(_ batches: [SealedBatch]) -> [SealedBatch] {
+        if !batches.isEmpty { sealed.add(batches.reduce(0) { $0 + $1.data.count }, ordering: .relaxed) }
+        return batches
     }
 
     // MARK: Adaptive strategy and figures

@@ -24,9 +24,10 @@ public enum DeadLetterReplayer {
         }
     }
 
-    /// Re-sends every dead letter in `directory` to `upstream.servers[0]`, built by the same `UpstreamGateway` as
-    /// live batches (compression, TLS, `upstream.settings`, the `upstream.user` account). Dead letters hold no
-    /// credentials: without `upstream.user` they go up as ClickHouse's default user.
+    /// Re-sends every dead letter in `directory` to the server in `upstream.servers` (the CLI gives one), each
+    /// request built by the same `UpstreamGateway` as live batches (compression, TLS, `upstream.settings`, the
+    /// `upstream.user` account). Dead letters hold no credentials: without `upstream.user` they go up as
+    /// ClickHouse's default user.
     public static func replay(directory: String, upstream: UpstreamConfiguration) async -> Summary {
         let client = CurlClient(maxConnections: 4)
         defer { client.shutdown() }

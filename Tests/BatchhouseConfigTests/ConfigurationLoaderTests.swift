@@ -23,7 +23,7 @@ func parseError(
 
 @Suite("ConfigurationLoader")
 struct ConfigurationLoaderTests {
-    /// The strategy file of DESIGN.md, verbatim.
+    /// The full example strategy file of the product contract (every documented key), verbatim.
     static let designExample = """
         listen: 0.0.0.0:8123            # where clients already send ClickHouse HTTP
         upstream:
@@ -58,7 +58,7 @@ struct ConfigurationLoaderTests {
           max_size: 10GiB
         """
 
-    /// Checks every value of the DESIGN.md example; `servers` differs between it and examples/batchhouse.yaml.
+    /// Checks every value of that example; `servers` differs between it and examples/batchhouse.yaml.
     static func expectDesignExample(_ config: BatchhouseConfiguration, servers: [String]) {
         #expect(config.listen == .init(host: "0.0.0.0", port: 8123))
 

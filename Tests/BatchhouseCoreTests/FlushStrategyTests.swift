@@ -2,7 +2,7 @@ import Testing
 
 @testable import BatchhouseCore
 
-/// Each strategy's flush decisions (DESIGN.md, "Strategy file"), driven through a `BatchStore` with a test clock.
+/// Each strategy's flush decisions (README.md, "Strategies"), driven through a `BatchStore` with a test clock.
 /// `adaptive` has its own suite, `AdaptiveControllerTests`.
 @Suite struct FlushStrategyTests {
     let key = BatchKey(

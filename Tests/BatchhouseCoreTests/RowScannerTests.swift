@@ -300,7 +300,7 @@ private let bom = "\u{FEFF}"
 }
 
 @Suite struct RowScannerPropertyTests {
-    /// How a batch joins chunks (DESIGN.md "Formats and concatenation"): Values with `,`, JSON with "\n", line formats
+    /// How a batch joins chunks (docs/request-path.md, "Formats and joining"): Values with `,`, JSON with "\n", line formats
     /// with a "\n" added when a chunk lacks one. The joined data must count as the sum of its chunks.
     func join(_ a: [UInt8], _ sa: ScannedRows, _ b: [UInt8], _ sb: ScannedRows, format: InputFormat) -> [UInt8] {
         var out = Array(a[sa.rows])
