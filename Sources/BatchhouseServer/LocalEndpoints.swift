@@ -55,9 +55,9 @@ final class LocalEndpoints: Sendable {
             let wantsJSON =
                 QueryString.parse(query).contains { $0.name == "format" && $0.value.lowercased() == "json" }
                 || (acceptHeader?.contains("application/json") ?? false)
-            let text = engine.prometheusText()
             if wantsJSON { return metricsJSON(engine.status()) }
-            return Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: text)
+            return Response(
+                status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: engine.prometheusText())
         }
     }
 
