@@ -37,6 +37,9 @@ public enum DeadLetterReplayer {
     static func replay(directory: String, upstream: UpstreamConfiguration, transport: any UpstreamTransport) async
         -> Summary
     {
+        var upstream = upstream
+        // A dead letter may be a whole large batch: give it at least the minute the replayer always had.
+        upstream.timeout = max(upstream.timeout, .seconds(60))
         let gateway = UpstreamGateway(transport: transport, upstream: upstream, clock: MonotonicClock())
         let server = gateway.passthroughTarget().server
         var summary = Summary()

@@ -102,15 +102,16 @@ package final class Settlement: Sendable {
             metadata: ["table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "rows": "\(part.rows)"])
     }
 
-    /// The batch's final outcome: requests waiting for it are answered, rows that landed or went to the
-    /// dead-letter folder leave the spool (deferred ones stay for replay), and its bytes leave the budget.
+    /// The batch's final outcome: its bytes leave the budget (first, so a client that sends more as soon as it is
+    /// answered finds the room), requests waiting for it are answered, and rows that landed or went to the
+    /// dead-letter folder leave the spool (deferred ones stay for replay).
     package func settle(_ report: FlushReport) {
+        buffering.release(report.batch)
+        metrics.setQueueBytes(buffering.sealedBytes)
         acks.resolve(report)
         if let spool {
             let done = report.settledSpoolChunks
             if !done.isEmpty { spool.markDelivered(done) }
         }
-        buffering.release(report.batch)
-        metrics.setQueueBytes(buffering.sealedBytes)
     }
 }
