@@ -75,11 +75,13 @@ package final class Intake: Sendable {
     /// Takes an INSERT. `completion` is asked for only when the decision is to wait (`awaitDurable`,
     /// `awaitBatch`), before anything can complete it.
     package func accept(_ request: InsertRequest, completion: () -> IntakeCompletion) -> IntakeDecision {
-        let configuration = self.configuration.snapshot.value
+        // Fields are read through the snapshot: copying the whole configuration would retain every string and
+        // array in it on each request.
+        let current = configuration.snapshot
         var decoded = request.body
         if let coding = request.coding {
             do {
-                let limit = configuration.limits.maxRequestBody
+                let limit = current.value.limits.maxRequestBody
                 let bytes = try request.body.withUnsafeReadableBytes { try Zlib.decompress($0, as: coding, limit: limit) }
                 decoded = ByteBuffer(bytes: bytes)
             } catch {
@@ -96,13 +98,14 @@ package final class Intake: Sendable {
         }
         guard let statement else { return .passthrough }
         let database = statement.database ?? request.parameters.database
-        let rule = configuration.rules.rule(database: database ?? "default", table: statement.table)
+        let rule = current.value.rules.rule(database: database ?? "default", table: statement.table)
         if rule.passthrough { return .passthrough }
 
         let data = StatementClassifier.data(of: statement, query: request.parameters.query, body: decoded)
         // Service-account mode: every batch goes up as `upstream.user`, so clients' identities neither split
         // batches nor reach the spool.
-        let identity = configuration.upstream.user != nil ? .anonymous : request.parameters.identity
+        let identity = current.value.upstream.user != nil ? .anonymous : request.parameters.identity
+        let memoryLimit = current.value.limits.maxBufferMemory
         return data.withUnsafeReadableBytes { bytes -> IntakeDecision in
             let scanned: ScannedRows
             do throws(RowScanError) {
@@ -124,12 +127,12 @@ package final class Intake: Sendable {
                 return kept.data.withUnsafeBytes { keptBytes in
                     store(
                         key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
-                        limit: configuration.limits.maxBufferMemory, completion: completion)
+                        limit: memoryLimit, completion: completion)
                 }
             }
             return store(
                 key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
-                limit: configuration.limits.maxBufferMemory, completion: completion)
+                limit: memoryLimit, completion: completion)
         }
     }
 
