@@ -64,9 +64,9 @@ package final class BatchhouseEngine: Sendable {
             let rule = rules.rule(database: chunk.key.database ?? "default", table: chunk.key.table)
             rows += chunk.rows
             let sealed = chunk.data.withUnsafeBytes {
-                buffering.restore(
+                buffering.append(
                     key: chunk.key, rule: rule, chunk: $0, rows: chunk.rows, endsWithNewline: chunk.endsWithNewline,
-                    spoolChunk: chunk.id)
+                    token: 0, spoolChunk: chunk.id, reservation: .alreadyAccepted)
             }
             delivery.submit(sealed)
         }

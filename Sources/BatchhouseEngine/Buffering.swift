@@ -10,6 +10,10 @@ package final class Buffering: Sendable {
     /// Bytes admitted for one request, held until its rows are appended or it is refused.
     package struct Reservation: Sendable {
         package let bytes: Int
+
+        /// For rows read back from the spool at start: they were accepted before, so they are appended whatever
+        /// the budget says.
+        package static let alreadyAccepted = Reservation(bytes: 0)
     }
 
     package enum Admission: Sendable {
@@ -102,20 +106,6 @@ package final class Buffering: Sendable {
         }
     }
 
-    /// Rows read back from the spool at start: appended whatever the budget says (they are already accepted).
-    package func restore(
-        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
-        spoolChunk: UInt64
-    ) -> [SealedBatch] {
-        let now = clock.now()
-        return state.withLock {
-            counted(
-                $0.store.append(
-                    key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                    spoolChunk: spoolChunk))
-        }
-    }
-
     /// A batch of one request's rows for the `immediate` strategy (numbered like the others); its reservation
     /// becomes the sealed batch's share of the budget.
     package func single(
@@ -125,12 +115,10 @@ package final class Buffering: Sendable {
         let now = clock.now()
         return state.withLock { state in
             state.reserved -= reservation.bytes
-            return counted(
-                [
-                    state.store.single(
-                        key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                        token: token)
-                ])[0]
+            let batch = state.store.single(
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now, token: token)
+            sealed.add(batch.data.count, ordering: .relaxed)
+            return batch
         }
     }
 

@@ -26,7 +26,9 @@ extension Result where Success == UpstreamResponse, Failure == UpstreamError {
     package var answer: UpstreamAnswer {
         switch self {
         case .success(let response):
-            .response(status: response.status, exceptionCode: clickHouseErrorCode(in: response.body))
+            .response(
+                status: response.status,
+                exceptionCode: (200..<300).contains(response.status) ? nil : clickHouseErrorCode(in: response.body))
         case .failure(let error):
             .failure(error.kind.transportFailure)
         }
