@@ -46,8 +46,9 @@ public struct DeliveryPolicy: Sendable, Hashable {
     public var backoffBase: Duration
     /// The longest backoff, so a recovered upstream is used again within seconds.
     public var backoffCap: Duration
-    /// With a spool the rows are safe on disk: failures are retried until they succeed, or until shutdown leaves
-    /// them in the spool, instead of going to the dead-letter folder after `retries`.
+    /// With a spool the rows are safe on disk: an unavailable or overloaded upstream is retried until it takes them,
+    /// or until shutdown leaves them in the spool, instead of going to the dead-letter folder after `retries`.
+    /// Refusals from a server that is up (permanent or unknown errors) are dead-lettered either way.
     public var retryUntilDelivered: Bool
 
     public static let defaultBackoffCap: Duration = .seconds(10)
@@ -63,7 +64,8 @@ public struct DeliveryPolicy: Sendable, Hashable {
         self.init(retries: rule.retries, backoffBase: rule.retryBackoff, retryUntilDelivered: retryUntilDelivered)
     }
 
-    /// ClickHouse error codes that mean "too much at once", not "wrong data".
+    /// ClickHouse error codes that mean "too much at once", not "wrong data": retried, and counted against the
+    /// server's breaker.
     public static let overloadCodes: Set<Int> = [252, 202, 159, 209, 241]
 
     /// ClickHouse error codes that say the data itself is wrong: retrying the same bytes cannot help, but
@@ -72,33 +74,114 @@ public struct DeliveryPolicy: Sendable, Hashable {
         6, 25, 26, 27, 32, 33, 38, 41, 53, 62, 69, 70, 72, 73, 76, 84, 108, 117, 130, 131, 321, 349,
     ]
 
+    /// ClickHouse error codes that are about the statement, the table or the account, the same for every row:
+    /// neither retrying nor splitting can help, so the batch is dead-lettered at once (unknown column, table or
+    /// database, a wrong password, access denied, readonly, an unknown setting, ...).
+    public static let permanentCodes: Set<Int> = [
+        1, 8, 10, 16, 36, 44, 46, 47, 48, 50, 60, 81, 115, 164, 192, 193, 194, 195, 291, 452, 497, 516,
+    ]
+
+    /// Authentication and permission refusals: the client was not allowed to insert these rows at all, so they are
+    /// never replayed under another account (docs/delivery.md, "Reading an answer").
+    public static let authorizationCodes: Set<Int> = [192, 193, 194, 195, 291, 497, 516, 164]
+
+    /// ClickHouse error codes for a server that cannot serve right now (network, ZooKeeper, a replica gone
+    /// read-only): retried like a connection failure, and counted against the server's breaker.
+    public static let unavailableCodes: Set<Int> = [210, 225, 242, 319, 394, 999]
+
+    /// What an answer says, read from ClickHouse's exception code first and from the HTTP status only where there is
+    /// no code: 18.16 answers parse errors with status 500, so a status alone says nothing (docs/delivery.md).
+    public enum Reading: Sendable, Hashable {
+        case success
+        /// Wrong data: split to find the rows at fault.
+        case dataError
+        /// Wrong statement, table or account: dead-letter at once.
+        case permanent
+        /// Too much at once: retry later; counts against the breaker.
+        case overload
+        /// No answer, a timeout, or a server (or something in front of it) that cannot serve: retry; counts against
+        /// the breaker.
+        case unavailable
+        /// A ClickHouse error of no known kind: retried `retries` times, then dead-lettered (even with a spool: the
+        /// server is up and said no). Does not count against the breaker.
+        case otherError
+        /// The proxy itself gave up (shutdown).
+        case cancelled
+    }
+
+    public static func read(_ answer: UpstreamAnswer) -> Reading {
+        switch answer {
+        case .response(let status, _) where (200..<300).contains(status):
+            return .success
+        case .response(let status, let code?):
+            if dataErrorCodes.contains(code) { return .dataError }
+            if permanentCodes.contains(code) { return .permanent }
+            if overloadCodes.contains(code) { return .overload }
+            if unavailableCodes.contains(code) { return .unavailable }
+            return status >= 500 || status == 408 || status == 429 ? .otherError : .permanent
+        case .response(let status, nil):
+            if status == 429 { return .overload }
+            if status == 408 || status >= 500 { return .unavailable }
+            return .permanent
+        case .failure(.cancelled):
+            return .cancelled
+        case .failure:
+            return .unavailable
+        }
+    }
+
     /// Whether an error response is about the data (its code is one of `dataErrorCodes`).
     public static func isAboutTheData(_ answer: UpstreamAnswer) -> Bool {
-        guard case .response(_, let code?) = answer else { return false }
-        return dataErrorCodes.contains(code)
+        read(answer) == .dataError
     }
 
     /// Whether an answer that is not a success may succeed if the same bytes are sent again.
     public static func isRetryable(_ answer: UpstreamAnswer) -> Bool {
-        switch answer {
-        case .response(let status, _):
-            if (200..<300).contains(status) || isAboutTheData(answer) { return false }
-            return status >= 500 || status == 408 || status == 429
-        case .failure(let failure):
-            return failure != .cancelled
+        switch read(answer) {
+        case .overload, .unavailable, .otherError: return true
+        case .success, .dataError, .permanent, .cancelled: return false
         }
+    }
+
+    /// Whether the answer says the server is in trouble, as its circuit breaker and `/health` count it: transport
+    /// failures, timeouts, overload and unavailability. A refusal of the data, the statement or the credentials
+    /// comes from a healthy server and counts as a success.
+    public static func countsAgainstServer(_ answer: UpstreamAnswer) -> Bool {
+        switch read(answer) {
+        case .overload, .unavailable: return true
+        case .success, .dataError, .permanent, .otherError, .cancelled: return false
+        }
+    }
+
+    /// Whether ClickHouse refused the client's credentials or permissions for these rows.
+    public static func isAuthorizationRefusal(_ answer: UpstreamAnswer) -> Bool {
+        if case .response(let status, let code) = answer {
+            if let code { return authorizationCodes.contains(code) }
+            return status == 401 || status == 403
+        }
+        return false
     }
 
     /// The decision after attempt number `attempt` (0 for the first) got `answer`. `closing`: the proxy is
     /// shutting down, so a spooled batch that already used its retries is left for the next start.
     public func decide(_ answer: UpstreamAnswer, attempt: Int, closing: Bool, jitter: Double) -> DeliveryDecision {
-        if answer.isSuccess { return .landed }
-        if case .failure(.cancelled) = answer { return retryUntilDelivered ? .deferToSpool : .deadLetter }
-        guard Self.isRetryable(answer) else { return Self.isAboutTheData(answer) ? .split : .deadLetter }
-        if retryUntilDelivered {
-            if closing && attempt >= retries { return .deferToSpool }
-        } else if attempt >= retries {
+        switch Self.read(answer) {
+        case .success:
+            return .landed
+        case .cancelled:
+            return retryUntilDelivered ? .deferToSpool : .deadLetter
+        case .dataError:
+            return .split
+        case .permanent:
             return .deadLetter
+        case .otherError:
+            if attempt >= retries { return .deadLetter }
+        case .overload, .unavailable:
+            if retryUntilDelivered {
+                if closing && attempt >= retries { return .deferToSpool }
+            } else if attempt >= retries {
+                return .deadLetter
+            }
         }
         return .retry(after: Self.backoff(base: backoffBase, attempt: attempt, cap: backoffCap, jitter: jitter))
     }

@@ -20,6 +20,10 @@ public struct UpstreamCapabilities: Sendable, Hashable {
     /// `insert_deduplication_token` (22.2+): a retried batch with the same token is not inserted twice into a
     /// replicated table (and into any MergeTree with `non_replicated_deduplication_window`).
     public var supportsDeduplicationToken: Bool { isAtLeast(22, 2) }
+
+    /// `INSERT INTO t SETTINGS k = v FORMAT ...`: added to ClickHouse's INSERT parser in early 2019 (PR #4174);
+    /// taken from 19.3 on, a safe margin. 18.16 refuses the syntax.
+    public var supportsInsertSettingsClause: Bool { isAtLeast(19, 3) }
 }
 
 extension String {

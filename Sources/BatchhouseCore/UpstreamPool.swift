@@ -3,6 +3,8 @@
 ///
 /// Breaker: `failureThreshold` consecutive failures (requests or `/ping` health checks) open it for
 /// `openDuration`; after that one probe is let through (half-open): success closes it, failure opens it again.
+/// A good `/ping` closes it at any time. Only unavailability counts as a failure (`DeliveryPolicy.countsAgainstServer`):
+/// a server that refuses bad rows is healthy.
 public struct UpstreamPool: Sendable {
     public enum BreakerState: String, Sendable, Hashable {
         case closed
@@ -19,6 +21,11 @@ public struct UpstreamPool: Sendable {
         public var lastHealthy: Bool?
 
         public init(url: String) { self.url = url }
+
+        /// Answering pings, no recent failure, breaker closed.
+        public func isWell(now: Instant) -> Bool {
+            lastHealthy != false && consecutiveFailures == 0 && state(now: now) == .closed
+        }
 
         public func state(now: Instant) -> BreakerState {
             guard let openUntil else { return .closed }
@@ -84,11 +91,26 @@ public struct UpstreamPool: Sendable {
         record(index, success: success, now: now)
     }
 
-    /// A `/ping` health check of server `index`.
-    public mutating func healthCheck(_ index: Int, ok: Bool, now: Instant) {
-        guard servers.indices.contains(index) else { return }
+    /// A `/ping` health check of server `index`. A good answer closes the breaker at once, whatever its state:
+    /// the server is back, so delivery resumes without waiting out the open period. Returns true when the server
+    /// was counted as down or failing before (a recovery: retries waiting for it may go now).
+    @discardableResult
+    public mutating func healthCheck(_ index: Int, ok: Bool, now: Instant) -> Bool {
+        guard servers.indices.contains(index) else { return false }
+        let wasDown = !servers[index].isWell(now: now)
         servers[index].lastHealthy = ok
-        record(index, success: ok, now: now)
+        guard ok else {
+            record(index, success: false, now: now)
+            return false
+        }
+        servers[index].consecutiveFailures = 0
+        servers[index].openUntil = nil
+        return wasDown
+    }
+
+    /// Whether some server is down, failing or behind an open breaker (health checks then run more often).
+    public func anyUnwell(now: Instant) -> Bool {
+        servers.contains { !$0.isWell(now: now) }
     }
 
     private mutating func record(_ index: Int, success: Bool, now: Instant) {

@@ -46,7 +46,7 @@ package final class BatchhouseEngine: Sendable {
             jitter: jitter)
         intake = Intake(
             configuration: self.configuration, buffering: buffering, delivery: delivery, spool: spool, acks: acks,
-            metrics: metrics)
+            metrics: metrics, capabilities: { [gateway] in gateway.capabilities })
     }
 
     // MARK: Start
@@ -137,7 +137,10 @@ package final class BatchhouseEngine: Sendable {
         package var upstreams: [(url: String, state: UpstreamPool.BreakerState, inFlight: Int, healthy: Bool?)]
         package var hasCheckedHealth: Bool
         package var bufferedRows: Int
+        /// Bytes in open batches.
         package var bufferedBytes: Int
+        /// Bytes of sealed batches waiting for delivery or in flight.
+        package var queuedBytes: Int
         package var memoryInUse: Int
         package var spoolBytes: Int
         package var uptime: Duration
@@ -148,6 +151,7 @@ package final class BatchhouseEngine: Sendable {
         Status(
             upstreams: gateway.serverStates(), hasCheckedHealth: gateway.hasCheckedHealth,
             bufferedRows: buffering.bufferedRows, bufferedBytes: buffering.bufferedBytes,
+            queuedBytes: buffering.sealedBytes,
             memoryInUse: buffering.memoryInUse, spoolBytes: spool?.sizeBytes ?? 0, uptime: clock.now() - startedAt,
             totals: metrics.snapshot)
     }

@@ -202,12 +202,26 @@ package final class Delivery: Sendable {
                 case .failure(let error): failure = "\(error.kind): \(error.message)"
                 }
                 settlement.retrying(part, attempt: attempt, backoff: backoff, error: failure)
-                await clock.sleep(for: backoff)
+                await pause(for: backoff)
                 attempt += 1
             case (.split, .failure(let error)):
                 // The policy splits only on error responses; a failure without one is dead-lettered.
                 return .failed(error, attempts: attempt + 1)
             }
+        }
+    }
+}
+
+extension Delivery {
+    /// A retry's backoff, cut short when a server that was down answers `/ping` again.
+    fileprivate func pause(for backoff: Duration) async {
+        let clock = self.clock
+        let recovered = gateway.recovered
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await clock.sleep(for: backoff) }
+            group.addTask { await recovered.wait() }
+            await group.next()
+            group.cancelAll()
         }
     }
 }

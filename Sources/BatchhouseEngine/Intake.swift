@@ -59,11 +59,14 @@ package final class Intake: Sendable {
     private let spool: Spool?
     private let acks: PendingAcks
     private let metrics: BatchhouseMetrics
+    /// What the upstream's version allows (nil while unknown).
+    private let capabilities: @Sendable () -> UpstreamCapabilities?
 
     package init(
         configuration: LiveConfiguration, buffering: Buffering, delivery: Delivery, spool: Spool?, acks: PendingAcks,
-        metrics: BatchhouseMetrics
+        metrics: BatchhouseMetrics, capabilities: @escaping @Sendable () -> UpstreamCapabilities? = { nil }
     ) {
+        self.capabilities = capabilities
         self.configuration = configuration
         self.buffering = buffering
         self.delivery = delivery
@@ -97,6 +100,8 @@ package final class Intake: Sendable {
             }
         }
         guard let statement else { return .passthrough }
+        // A SETTINGS clause the upstream may not take: ClickHouse answers it itself (18.16 refuses the syntax).
+        if !statement.settings.isEmpty && capabilities()?.supportsInsertSettingsClause != true { return .passthrough }
         let database = statement.database ?? request.parameters.database
         let rule = current.value.rules.rule(database: database ?? "default", table: statement.table)
         if rule.passthrough { return .passthrough }

@@ -14,6 +14,17 @@ package struct StatementClassifier: Sendable {
     package init() {}
 
     package mutating func classify(query: String?, body: ByteBuffer, isComplete: Bool) -> InsertParseResult {
+        let result = parse(query: query, body: body, isComplete: isComplete)
+        // RowBinary and Native chunks cannot be checked at their boundaries without the table's column types: a
+        // truncated chunk would swallow the next client's rows. They go to ClickHouse as received
+        // (docs/request-path.md, "What is not batched").
+        if case .insert(let statement) = result, !statement.format.isRowCounted {
+            return .passthrough(reason: "\(statement.format.rawValue) is not checked at row boundaries")
+        }
+        return result
+    }
+
+    private mutating func parse(query: String?, body: ByteBuffer, isComplete: Bool) -> InsertParseResult {
         let bodyPrefix = min(body.readableBytes, Self.limit)
         let complete = isComplete && bodyPrefix == body.readableBytes
         guard let query else {

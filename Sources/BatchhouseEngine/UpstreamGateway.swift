@@ -139,7 +139,8 @@ package final class UpstreamGateway: Sendable {
     }
 
     /// One attempt on the least-loaded server whose breaker lets it through (`avoiding` the one that just
-    /// failed, when there is another). Connection errors, timeouts and 5xx count against the server.
+    /// failed, when there is another). Connection errors, timeouts, overload and unavailability count against the
+    /// server; ClickHouse's refusals of the rows do not.
     package func send(_ batch: BatchRequest, avoiding: Int?) async throws(UpstreamError) -> (UpstreamResponse, server: Int) {
         let now = clock.now()
         guard let (index, url) = pool.withLock({ pool in
@@ -149,11 +150,14 @@ package final class UpstreamGateway: Sendable {
         }
         do {
             let response = try await transport.execute(request(for: batch, server: url))
-            let alive = response.status < 500
+            // A refusal of the data, the statement or the credentials comes from a healthy server: only
+            // unavailability and overload count against its breaker (docs/delivery.md, "Reading an answer").
+            let alive = !DeliveryPolicy.countsAgainstServer(Result.success(response).answer)
             pool.withLock { $0.release(index, success: alive, now: clock.now()) }
             return (response, index)
         } catch {
-            pool.withLock { $0.release(index, success: error.kind == .cancelled, now: clock.now()) }
+            let alive = !DeliveryPolicy.countsAgainstServer(.failure(error.kind.transportFailure))
+            pool.withLock { $0.release(index, success: alive, now: clock.now()) }
             throw error
         }
     }
@@ -185,7 +189,17 @@ package final class UpstreamGateway: Sendable {
         return text
     }
 
-    /// Pings every server once (`/ping`, 2 s timeout) and records the outcome in the pool.
+    /// Signalled when a server that was down answers `/ping` again: retries waiting out a backoff go at once.
+    package let recovered = RecoverySignal()
+
+    /// Whether some server is down, failing or behind an open breaker.
+    package var isDegraded: Bool {
+        let now = clock.now()
+        return pool.withLock { $0.anyUnwell(now: now) }
+    }
+
+    /// Pings every server once (`/ping`, 2 s timeout) and records the outcome in the pool; a server that is back
+    /// has its breaker closed and wakes the retries waiting for it.
     package func checkHealth() async {
         let servers = pool.withLock { $0.servers.map(\.url) }
         let upstream = self.upstream
@@ -205,12 +219,14 @@ package final class UpstreamGateway: Sendable {
             }
             for await (index, ok) in group {
                 let now = clock.now()
-                pool.withLock { pool in
+                let recovery = pool.withLock { pool in
                     // The list may have changed under a reload; only record for the same server.
-                    if pool.servers.indices.contains(index) && pool.servers[index].url == servers[index] {
-                        pool.healthCheck(index, ok: ok, now: now)
+                    guard pool.servers.indices.contains(index) && pool.servers[index].url == servers[index] else {
+                        return false
                     }
+                    return pool.healthCheck(index, ok: ok, now: now)
                 }
+                if recovery { recovered.signal() }
             }
         }
         healthCheckedOnce.store(true, ordering: .relaxed)

@@ -28,9 +28,20 @@ extension Result where Success == UpstreamResponse, Failure == UpstreamError {
         case .success(let response):
             .response(
                 status: response.status,
-                exceptionCode: (200..<300).contains(response.status) ? nil : clickHouseErrorCode(in: response.body))
+                exceptionCode: (200..<300).contains(response.status) ? nil : response.exceptionCode)
         case .failure(let error):
             .failure(error.kind.transportFailure)
         }
+    }
+}
+
+extension UpstreamResponse {
+    /// ClickHouse's exception code: the `X-ClickHouse-Exception-Code` header of modern servers, else the `Code: N`
+    /// of the body (18.16 sends no header).
+    package var exceptionCode: Int? {
+        for (name, value) in headers where name.lowercased() == "x-clickhouse-exception-code" {
+            if let code = Int(value.filter { !$0.isWhitespace }) { return code }
+        }
+        return clickHouseErrorCode(in: body)
     }
 }

@@ -88,7 +88,9 @@ final class LocalEndpoints: Sendable {
                 ]
             },
             "buffered_rows": status.bufferedRows,
-            "buffered_bytes": status.bufferedBytes,
+            // Open batches and sealed ones waiting for delivery: everything not yet in ClickHouse.
+            "buffered_bytes": status.bufferedBytes + status.queuedBytes,
+            "queued_bytes": status.queuedBytes,
             "spool_bytes": status.spoolBytes,
             "uptime_seconds": status.uptime.seconds.rounded(),
         ]

@@ -200,3 +200,68 @@ import Testing
         }
     }
 }
+
+@Suite struct AnswerReadingPolicyTests {
+    static func error(_ status: Int, _ code: Int? = nil) -> UpstreamAnswer {
+        .response(status: status, exceptionCode: code)
+    }
+
+    @Test func theCodeDecidesNotTheStatus() {
+        #expect(DeliveryPolicy.read(Self.error(500, 27)) == .dataError, "18.16: parse errors are status 500")
+        #expect(DeliveryPolicy.read(Self.error(400, 27)) == .dataError)
+        #expect(DeliveryPolicy.read(Self.error(500, 16)) == .permanent, "no such column, status 500 on 18.16")
+        #expect(DeliveryPolicy.read(Self.error(404, 60)) == .permanent)
+        #expect(DeliveryPolicy.read(Self.error(401, 193)) == .permanent)
+        #expect(DeliveryPolicy.read(Self.error(403, 497)) == .permanent)
+        #expect(DeliveryPolicy.read(Self.error(500, 164)) == .permanent, "readonly")
+        #expect(DeliveryPolicy.read(Self.error(500, 252)) == .overload)
+        #expect(DeliveryPolicy.read(Self.error(500, 210)) == .unavailable)
+        #expect(DeliveryPolicy.read(Self.error(500, 1001)) == .otherError)
+        #expect(DeliveryPolicy.read(Self.error(400, 1001)) == .permanent, "an unknown code with a client status")
+        #expect(DeliveryPolicy.read(Self.error(503)) == .unavailable, "no code: something in front of ClickHouse")
+        #expect(DeliveryPolicy.read(Self.error(429)) == .overload)
+        #expect(DeliveryPolicy.read(Self.error(400)) == .permanent)
+        #expect(DeliveryPolicy.read(.failure(.connect)) == .unavailable)
+        #expect(DeliveryPolicy.read(.failure(.cancelled)) == .cancelled)
+    }
+
+    @Test func onlyUnavailabilityAndOverloadCountAgainstAServer() {
+        for answer in [Self.error(500, 27), Self.error(500, 16), Self.error(401, 193), Self.error(500, 1001),
+            Self.error(200), UpstreamAnswer.failure(.cancelled)]
+        {
+            #expect(!DeliveryPolicy.countsAgainstServer(answer), "\(answer)")
+        }
+        for answer in [Self.error(500, 252), Self.error(500, 241), Self.error(503), Self.error(502),
+            Self.error(500, 210), UpstreamAnswer.failure(.connect), .failure(.timeout), .failure(.transport)]
+        {
+            #expect(DeliveryPolicy.countsAgainstServer(answer), "\(answer)")
+        }
+    }
+
+    @Test func permanentRefusalsAreDeadLetteredAtOnceWithOrWithoutSpool() {
+        for retryUntilDelivered in [false, true] {
+            let policy = DeliveryPolicy(retries: 3, backoffBase: .milliseconds(200), retryUntilDelivered: retryUntilDelivered)
+            for answer in [Self.error(500, 16), Self.error(500, 81), Self.error(500, 115), Self.error(401, 516)] {
+                #expect(policy.decide(answer, attempt: 0, closing: false, jitter: 0) == .deadLetter, "\(answer)")
+            }
+        }
+    }
+
+    @Test func unknownErrorsUseTheirRetriesEvenWithASpool() {
+        let policy = DeliveryPolicy(retries: 2, backoffBase: .milliseconds(200), retryUntilDelivered: true)
+        let answer = Self.error(500, 1001)
+        #expect(policy.decide(answer, attempt: 0, closing: false, jitter: 0) == .retry(after: .milliseconds(100)))
+        #expect(policy.decide(answer, attempt: 1, closing: false, jitter: 0) == .retry(after: .milliseconds(200)))
+        #expect(policy.decide(answer, attempt: 2, closing: false, jitter: 0) == .deadLetter)
+        #expect(policy.decide(Self.error(503), attempt: 2, closing: false, jitter: 0) == .retry(after: .milliseconds(400)))
+    }
+
+    @Test func authorizationRefusalsAreRecognised() {
+        for code in [192, 193, 194, 516, 497, 164] {
+            #expect(DeliveryPolicy.isAuthorizationRefusal(Self.error(401, code)), "\(code)")
+        }
+        #expect(DeliveryPolicy.isAuthorizationRefusal(Self.error(401)))
+        #expect(!DeliveryPolicy.isAuthorizationRefusal(Self.error(500, 27)))
+        #expect(!DeliveryPolicy.isAuthorizationRefusal(.failure(.connect)))
+    }
+}

@@ -55,15 +55,32 @@ import Testing
         #expect(pool.servers[0].state(now: at(20.2)) == .halfOpen)
     }
 
-    @Test func healthChecksCountAndCanCloseAHalfOpenBreaker() {
+    @Test func healthChecksCountAndAGoodPingClosesTheBreakerAtOnce() {
         var pool = UpstreamPool(servers: ["a", "b"], failureThreshold: 3, openDuration: .seconds(30))
-        for second in 0..<3 { pool.healthCheck(0, ok: false, now: at(Double(second))) }
+        #expect(!pool.anyUnwell(now: at(0)))
+        for second in 0..<3 {
+            let recovery = pool.healthCheck(0, ok: false, now: at(Double(second)))
+            #expect(!recovery)
+        }
         #expect(pool.servers[0].state(now: at(3)) == .open)
-        pool.healthCheck(0, ok: true, now: at(10))
-        #expect(pool.servers[0].state(now: at(10)) == .open, "a ping while open does not cut the wait short")
-        pool.healthCheck(0, ok: true, now: at(33))
-        #expect(pool.servers[0].state(now: at(33)) == .closed)
+        #expect(pool.anyUnwell(now: at(3)))
+        let recovered = pool.healthCheck(0, ok: true, now: at(10))
+        #expect(recovered, "a recovery")
+        #expect(pool.servers[0].state(now: at(10)) == .closed, "the server is back: no waiting out the 30 s")
         #expect(pool.servers[0].lastHealthy == true)
+        #expect(pool.servers[0].consecutiveFailures == 0)
+        #expect(!pool.anyUnwell(now: at(10)))
+        let again = pool.healthCheck(0, ok: true, now: at(11))
+        #expect(!again, "already well: not a recovery")
+    }
+
+    @Test func aFailedRequestThenAGoodPingIsARecovery() {
+        var pool = UpstreamPool(servers: ["a"], failureThreshold: 3, openDuration: .seconds(30))
+        pool.release(take(&pool, at(0)), success: false, now: at(0))
+        #expect(pool.anyUnwell(now: at(0)), "one failure: pings go faster")
+        let recovered = pool.healthCheck(0, ok: true, now: at(1))
+        #expect(recovered)
+        #expect(!pool.anyUnwell(now: at(1)))
     }
 
     @Test func reloadKeepsWhatIsKnown() {

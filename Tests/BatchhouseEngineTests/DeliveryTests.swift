@@ -250,14 +250,10 @@ import Testing
         }
     }
 
-    /// Known bug, filed as the hardening issue's item 2 ("one client's bad rows stall every table"): every 5xx
-    /// counts against the server's breaker in `UpstreamGateway.send`, including ClickHouse 18.16's status-500
-    /// answers about the data. Isolating a bad row at the front of a 32-row batch takes 6 refusals in a row (32,
-    /// 16, 8, 4, 2, 1 rows), so the only server's breaker opens halfway and the good rows after it fail fast
-    /// ("circuit breaker is open") and are dead-lettered after their retries. Expected once fixed: a refusal about
-    /// the data says nothing about the server's health, and all 31 good rows land. `withKnownIssue` turns into a
-    /// failure the day the fix lands, so the marker is removed with it.
-    @Test("Known bug: 18.16 data errors (status 500) open the circuit breaker while splitting")
+    /// ClickHouse 18.16 answers data errors with status 500. Isolating a bad row at the front of a 32-row batch
+    /// takes 6 refusals in a row (32, 16, 8, 4, 2, 1 rows); they come from a healthy server, so its breaker stays
+    /// closed and all 31 good rows land (it used to open halfway and dead-letter the good rows).
+    @Test("18.16 data errors (status 500) do not open the circuit breaker while splitting")
     func isolatingABadRowDoesNotOpenTheBreaker() async throws {
         let values = ["('oops')"] + (2...32).map { "(\($0))" }
         let transport = ScriptedTransport { _, body in
@@ -267,14 +263,12 @@ import Testing
         let report = await fixture.engine.delivery.deliver(valuesBatch(values: values))
 
         let deadLettered = try Self.deadLetters(fixture).map(\.data)
-        withKnownIssue("hardening issue, item 2: data errors count against the circuit breaker") {
-            #expect(report.landedRows == 31)
-            #expect(report.failures.map { String(decoding: $0.part.data, as: UTF8.self) } == ["('oops')"])
-            #expect(deadLettered == ["('oops')"])
-            let landed = fixture.transport.inserts.filter { !$0.body.contains("'oops") }.flatMap { Self.rows($0.body) }
-            #expect(landed.sorted() == values.dropFirst().sorted())
-            #expect(fixture.engine.gateway.serverStates().map(\.state) == [.closed])
-        }
+        #expect(report.landedRows == 31)
+        #expect(report.failures.map { String(decoding: $0.part.data, as: UTF8.self) } == ["('oops')"])
+        #expect(deadLettered == ["('oops')"])
+        let landed = fixture.transport.inserts.filter { !$0.body.contains("'oops") }.flatMap { Self.rows($0.body) }
+        #expect(landed.sorted() == values.dropFirst().sorted())
+        #expect(fixture.engine.gateway.serverStates().map(\.state) == [.closed])
     }
 
     /// A part that cannot be split is dead-lettered with the attempts it really took (retries before ClickHouse

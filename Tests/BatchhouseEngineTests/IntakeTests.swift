@@ -1,3 +1,4 @@
+import Logging
 import BatchhouseCore
 import BatchhouseEngine
 import BatchhouseSpool
@@ -79,6 +80,32 @@ import Testing
         #expect(fixture.insert("INSERT INTO db.t SELECT * FROM db.u").isPassthrough)
         #expect(fixture.insert("INSERT INTO db.t FORMAT Parquet\nPAR1").isPassthrough)
         #expect(fixture.engine.buffering.bufferedRows == 0)
+    }
+
+    /// A RowBinary or Native chunk cut short would swallow the next client's rows if joined byte for byte: until
+    /// rows are read with the table's types, ClickHouse gets each such request as it came.
+    @Test func rowBinaryAndNativeAreNotJoinedUnchecked() throws {
+        let fixture = try EngineFixture()
+        #expect(fixture.insert("INSERT INTO db.t FORMAT RowBinary\n\u{02}\0\0\0").isPassthrough)
+        #expect(fixture.insert("INSERT INTO db.t FORMAT Native\n\u{01}\u{01}").isPassthrough)
+        #expect(fixture.engine.buffering.bufferedRows == 0)
+        #expect(fixture.engine.buffering.memoryInUse == 0)
+    }
+
+    /// 18.16 has no SETTINGS clause on INSERT: batched, the clause would vanish into URL settings and the rows land
+    /// where ClickHouse itself refuses them. Until the version is known to take it, ClickHouse answers.
+    @Test func insertSettingsAreBatchedOnlyWhereTheUpstreamTakesThem() async throws {
+        let statement = "INSERT INTO db.t SETTINGS max_insert_block_size = 1000 VALUES (1)"
+        for (version, batched) in [(nil, false), ("18.16.1", false), ("23.8.2.7", true)] as [(String?, Bool)] {
+            let transport = ScriptedTransport(routing: { _, url, _ in
+                url.contains("version") ? .status(200, body: (version ?? "") + "\n") : .ok
+            })
+            let fixture = try EngineFixture(transport: transport)
+            if version != nil { await fixture.engine.gateway.probeVersion(logger: Logger(label: "test")) }
+            let decision = fixture.insert(statement)
+            #expect(decision.isPassthrough == !batched, "\(version ?? "unknown version")")
+            #expect(decision.acceptedRows == (batched ? 1 : nil))
+        }
     }
 
     @Test func aTableWhoseRuleSaysPassthroughIsNotBatched() throws {
