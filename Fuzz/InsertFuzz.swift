@@ -1,0 +1,67 @@
+// A libFuzzer target for the parts of the core that read untrusted bytes: the INSERT statement parser, the row
+// scanners of every batchable format, and the row sampler and splitter built on them. Built and run for a bounded
+// time by `scripts/fuzz` (part of `scripts/test`); a crash or a broken invariant stops the run with the input that
+// caused it (docs/architecture.md, "Testing").
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
+    guard let start, count > 0 else { return 0 }
+    let input = UnsafeRawBufferPointer(start: start, count: count)
+    let selector = input[0]
+    let data = UnsafeRawBufferPointer(rebasing: input[1...])
+    let formats = InputFormat.allCases
+
+    // The statement parser, as a prefix and as the whole text.
+    for isComplete in [false, true] {
+        let result = InsertParser.parse(data, isComplete: isComplete, allowSettingsAfterFormat: selector & 1 == 1)
+        switch result {
+        case .insert(let statement):
+            check(statement.dataOffset >= 0 && statement.dataOffset <= data.count, "data offset out of the text")
+            check(!statement.table.isEmpty, "an INSERT without a table")
+        case .needMoreData:
+            check(!isComplete, "needMoreData for a complete text")
+        case .passthrough:
+            break
+        }
+    }
+
+    // The row scanner of one format, chosen by the first byte.
+    let format = formats[Int(selector >> 1) % formats.count]
+    if let scanned = try? RowScanner.scan(data, format: format) {
+        check(scanned.rows.lowerBound >= 0 && scanned.rows.upperBound <= data.count, "rows out of the data")
+        if let header = scanned.header {
+            check(header.lowerBound >= 0 && header.upperBound <= scanned.rows.lowerBound, "header after the rows")
+        }
+        check(scanned.rowCount >= 0, "negative row count")
+        let rows = UnsafeRawBufferPointer(rebasing: data[scanned.rows])
+        if format.isRowCounted, let ranges = try? RowScanner.rowRanges(rows, format: format.withoutHeader) {
+            var last = 0
+            for range in ranges {
+                check(range.lowerBound >= last && range.upperBound <= rows.count, "row ranges overlap or overrun")
+                last = range.upperBound
+            }
+            var generator = SplitMix(seed: UInt64(count))
+            if let kept = RowSampler.sample(rows, format: format, fraction: 0.5, using: &generator) {
+                check(kept.rows >= 0 && kept.rows <= ranges.count, "sampled more rows than there are")
+            }
+        }
+    }
+    return 0
+}
+
+private func check(_ condition: Bool, _ message: StaticString) {
+    if !condition { fatalError("invariant broken: \(message)") }
+}
+
+/// A deterministic generator, so a crash reproduces from its input alone.
+private struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
