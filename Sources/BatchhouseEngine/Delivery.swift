@@ -117,18 +117,18 @@ package final class Delivery: Sendable {
                 await isolate(first, original: original, into: &report)
                 await isolate(second, original: original, into: &report)
             } else {
-                settlement.deadLetter(
+                let written = settlement.deadLetter(
                     part, of: original, attempts: attempts, error: Self.text(response), status: response.status)
-                report.failures.append(.init(part: part, reason: .rejected(response)))
+                report.failures.append(.init(part: part, reason: .rejected(response), keptInSpool: !written))
             }
         case .rejected(let response, let attempts):
-            settlement.deadLetter(
+            let written = settlement.deadLetter(
                 part, of: original, attempts: attempts, error: Self.text(response), status: response.status)
-            report.failures.append(.init(part: part, reason: .rejected(response)))
+            report.failures.append(.init(part: part, reason: .rejected(response), keptInSpool: !written))
         case .failed(let error, let attempts):
-            settlement.deadLetter(
+            let written = settlement.deadLetter(
                 part, of: original, attempts: attempts, error: "\(error.kind): \(error.message)", status: nil)
-            report.failures.append(.init(part: part, reason: .failed(error)))
+            report.failures.append(.init(part: part, reason: .failed(error), keptInSpool: !written))
         case .deferred(let error):
             settlement.deferred(part)
             report.failures.append(.init(part: part, reason: .deferred(error)))

@@ -17,6 +17,15 @@ package struct FlushReport: Sendable {
     package struct Failure: Sendable {
         package var part: SealedBatch
         package var reason: FailureReason
+        /// Its dead letter could not be written: its spool chunks stay undelivered, so the rows are not lost
+        /// (they are tried again after the next start).
+        package var keptInSpool = false
+
+        package init(part: SealedBatch, reason: FailureReason, keptInSpool: Bool = false) {
+            self.part = part
+            self.reason = reason
+            self.keptInSpool = keptInSpool
+        }
     }
 
     package var batch: SealedBatch
@@ -34,11 +43,14 @@ package struct FlushReport: Sendable {
         failures.first { $0.part.contributions.contains { $0.token == token } }
     }
 
-    /// Spool chunks of the batch that are settled: landed or dead-lettered. Deferred ones stay for replay.
+    /// Spool chunks of the batch that are settled: landed or dead-lettered. Deferred ones, and those whose dead
+    /// letter could not be written, stay for replay.
     package var settledSpoolChunks: [UInt64] {
         var kept = Set<UInt64>()
         for failure in failures {
-            if case .deferred = failure.reason { kept.formUnion(failure.part.contributions.compactMap(\.spoolChunk)) }
+            var stays = failure.keptInSpool
+            if case .deferred = failure.reason { stays = true }
+            if stays { kept.formUnion(failure.part.contributions.compactMap(\.spoolChunk)) }
         }
         return batch.contributions.compactMap(\.spoolChunk).filter { !kept.contains($0) }
     }

@@ -80,19 +80,26 @@ package final class Settlement: Sendable {
             ])
     }
 
-    /// Writes `part` of `original` to the dead-letter folder.
-    package func deadLetter(_ part: SealedBatch, of original: SealedBatch, attempts: Int, error: String, status: Int?) {
+    /// Writes `part` of `original` to the dead-letter folder. Returns false when the file could not be written:
+    /// with a spool the rows then stay in it rather than being lost.
+    @discardableResult
+    package func deadLetter(_ part: SealedBatch, of original: SealedBatch, attempts: Int, error: String, status: Int?)
+        -> Bool
+    {
         let table = part.key.qualifiedTable
         let path = deadLetters.write(
             part, attempts: attempts, error: error, httpStatus: status, at: clock.wallClockSeconds())
         if path != nil { metrics.deadLettered(table: table, rows: part.rows) }
         logger.error(
-            "rows written to the dead-letter folder",
+            path != nil || spool == nil
+                ? "rows written to the dead-letter folder"
+                : "rows refused by ClickHouse kept in the spool: their dead letter could not be written",
             metadata: [
                 "table": "\(table)", "batch": "\(original.id)", "rows": "\(part.rows)", "of_rows": "\(original.rows)",
                 "attempts": "\(attempts)", "status": "\(status.map(String.init) ?? "none")",
                 "error": "\(error.prefix(500))", "dead_letter": "\(path ?? "not written")",
             ])
+        return path != nil
     }
 
     /// `part` was not delivered before shutdown; its rows stay in the spool.

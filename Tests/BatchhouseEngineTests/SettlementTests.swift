@@ -132,3 +132,23 @@ import Testing
         #expect(text.contains("batchhouse_flush_failures_total{table=\"db.x\"} 1"))
     }
 }
+
+@Suite struct DeadLetterFailureTests {
+    /// A refused row whose dead letter cannot be written (the folder is a file here; a full disk in life) is not
+    /// marked delivered: it stays in the spool and is tried again after the next start, instead of vanishing.
+    @Test func rowsWhoseDeadLetterCannotBeWrittenStayInTheSpool() async throws {
+        let transport = ScriptedTransport { _, body in
+            body.contains("'bad'") ? .error(status: 500, code: 27, message: "Cannot parse input") : .ok
+        }
+        let fixture = try EngineFixture("defaults: { strategy: size, max_rows: 100 }", transport: transport, spool: true)
+        try FileManager.default.removeItem(atPath: fixture.deadLetters.path)
+        try "not a folder".write(toFile: fixture.deadLetters.path, atomically: true, encoding: .utf8)
+        #expect(fixture.insert("INSERT INTO db.t VALUES (1)").acceptedRows == 1)
+        #expect(fixture.insert("INSERT INTO db.t VALUES ('bad')").acceptedRows == 1)
+        #expect(fixture.spool?.undeliveredChunks == 2)
+        await fixture.flushAll()
+
+        #expect(fixture.transport.inserts.contains { $0.body == "(1)" }, "the good row landed alone")
+        #expect(fixture.spool?.undeliveredChunks == 1, "the refused row's chunk stays in the spool")
+    }
+}
