@@ -153,7 +153,7 @@ package final class Intake: Sendable {
 
         // Without a spool write in between, admission and append are one step under one lock.
         if spool == nil && !immediate {
-            let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, completion()) : 0
+            let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, spooled: false, completion()) : 0
             switch buffering.admitAndAppend(
                 key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token)
             {
@@ -183,7 +183,7 @@ package final class Intake: Sendable {
                         : .spoolFailed("Batchhouse: cannot write the spool: \(error.message)"))
             }
         }
-        let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, completion()) : 0
+        let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, spooled: spool != nil, completion()) : 0
         if immediate {
             delivery.submit(
                 buffering.single(
@@ -231,12 +231,15 @@ package final class Intake: Sendable {
     }
 
     /// A token for a request answered by its batch's outcome (`ack: flushed`, `immediate`).
-    private func register(rows: Int, bytes: Int, _ completion: @escaping IntakeCompletion) -> UInt64 {
-        acks.register { failure in completion(Self.response(to: failure, rows: rows, bytes: bytes)) }
+    private func register(rows: Int, bytes: Int, spooled: Bool, _ completion: @escaping IntakeCompletion) -> UInt64 {
+        acks.register { failure in completion(Self.response(to: failure, rows: rows, bytes: bytes, spooled: spooled)) }
     }
 
     /// The answer for a request whose rows' batch has an outcome (`failure` nil: they landed).
-    package static func response(to failure: FlushReport.Failure?, rows: Int, bytes: Int) -> IntakeResponse {
+    /// `spooled`: the rows were written to the spool (not `immediate` ones, nor any without a spool).
+    package static func response(to failure: FlushReport.Failure?, rows: Int, bytes: Int, spooled: Bool)
+        -> IntakeResponse
+    {
         guard let failure else { return .accepted(rows: rows, bytes: bytes, ack: .flushed) }
         switch failure.reason {
         case .rejected(let response):
@@ -246,7 +249,10 @@ package final class Intake: Sendable {
                 .upstreamUnavailable("Batchhouse: ClickHouse did not take the rows: \(error.message)"), close: false)
         case .deferred:
             return .refused(
-                .spoolFull("Batchhouse: the rows are in the spool but not yet in ClickHouse (shutting down)"),
+                spooled
+                    ? .spoolFull("Batchhouse: the rows are in the spool but not yet in ClickHouse (shutting down)")
+                    : .upstreamUnavailable(
+                        "Batchhouse: ClickHouse did not take the rows before shutdown; they were not kept: send them again"),
                 close: true)
         }
     }
