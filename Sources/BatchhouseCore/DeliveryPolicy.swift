@@ -72,6 +72,13 @@ public struct DeliveryPolicy: Sendable, Hashable {
         6, 25, 26, 27, 32, 33, 38, 41, 53, 62, 69, 70, 72, 73, 76, 84, 108, 117, 130, 131, 321, 349,
     ]
 
+    /// Whether an error response refuses the rows' identity rather than their data (`RefusalKind`): sending the
+    /// same bytes with the same credentials again cannot help.
+    public static func refusesTheIdentity(_ answer: UpstreamAnswer) -> Bool {
+        guard case .response(_, let code?) = answer else { return false }
+        return RefusalKind.identityCodes.contains(code)
+    }
+
     /// Whether an error response is about the data (its code is one of `dataErrorCodes`).
     public static func isAboutTheData(_ answer: UpstreamAnswer) -> Bool {
         guard case .response(_, let code?) = answer else { return false }
@@ -82,7 +89,7 @@ public struct DeliveryPolicy: Sendable, Hashable {
     public static func isRetryable(_ answer: UpstreamAnswer) -> Bool {
         switch answer {
         case .response(let status, _):
-            if (200..<300).contains(status) || isAboutTheData(answer) { return false }
+            if (200..<300).contains(status) || isAboutTheData(answer) || refusesTheIdentity(answer) { return false }
             return status >= 500 || status == 408 || status == 429
         case .failure(let failure):
             return failure != .cancelled
