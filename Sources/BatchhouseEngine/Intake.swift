@@ -43,6 +43,9 @@ package enum IntakeDecision: Sendable {
     case awaitDurable(SpoolPosition)
     /// The rows are in a batch; the completion is called with the batch's outcome for them.
     case awaitBatch(token: UInt64)
+    /// The client's credentials are being checked with ClickHouse (a new identity); the completion is called
+    /// with the answer: the intake's own once they are taken, ClickHouse's refusal if not.
+    case awaitVerification
 }
 
 /// Called once, from any thread, with the answer to a request that was told to wait.
@@ -59,10 +62,13 @@ package final class Intake: Sendable {
     private let spool: Spool?
     private let acks: PendingAcks
     private let metrics: BatchhouseMetrics
+    private let gateway: UpstreamGateway
+    /// Nil: identities are taken unverified (engine tests that script every upstream request).
+    private let verifier: CredentialVerifier?
 
     package init(
         configuration: LiveConfiguration, buffering: Buffering, delivery: Delivery, spool: Spool?, acks: PendingAcks,
-        metrics: BatchhouseMetrics
+        metrics: BatchhouseMetrics, gateway: UpstreamGateway, verifier: CredentialVerifier?
     ) {
         self.configuration = configuration
         self.buffering = buffering
@@ -70,6 +76,8 @@ package final class Intake: Sendable {
         self.spool = spool
         self.acks = acks
         self.metrics = metrics
+        self.gateway = gateway
+        self.verifier = verifier
     }
 
     /// Takes an INSERT. `completion` is asked for only when the decision is to wait (`awaitDurable`,
@@ -78,6 +86,18 @@ package final class Intake: Sendable {
         // Fields are read through the snapshot: copying the whole configuration would retain every string and
         // array in it on each request.
         let current = configuration.snapshot
+        // Service-account mode: every batch goes up as `upstream.user`, so clients' credentials are not looked at
+        // (neither refused, verified, nor kept apart: docs/credentials.md).
+        let serviceAccount = current.value.upstream.user != nil
+        if !serviceAccount {
+            switch request.parameters.credentials {
+            case .resolved: break
+            case .mixedSchemes:
+                let modern = gateway.capabilities?.isAtLeast(21, 4) == true
+                return refuse(.mixedCredentialSchemes(modern: modern))
+            case .unresolved: return .passthrough
+            }
+        }
         var decoded = request.body
         if let coding = request.coding {
             do {
@@ -104,9 +124,41 @@ package final class Intake: Sendable {
         let data = StatementClassifier.data(of: statement, query: request.parameters.query, body: decoded)
         // Service-account mode: every batch goes up as `upstream.user`, so clients' identities neither split
         // batches nor reach the spool.
-        let identity = current.value.upstream.user != nil ? .anonymous : request.parameters.identity
+        let identity = serviceAccount ? .anonymous : request.parameters.identity
         let memoryLimit = current.value.limits.maxBufferMemory
-        return data.withUnsafeReadableBytes { bytes -> IntakeDecision in
+        let settings = request.parameters.settings
+        if !serviceAccount, let verifier, case .mustVerify(let digest) = verifier.check(identity) {
+            // ClickHouse authenticates before it reads a query, so the credentials are checked before the rows.
+            let completion = completion()
+            verifier.verify(identity, digest: digest) { [self] outcome in
+                switch outcome {
+                case .verified:
+                    let decision = scanAndStore(
+                        statement: statement, database: database, rule: rule, data: data, settings: settings,
+                        identity: identity, memoryLimit: memoryLimit, completion: { completion })
+                    if case .answer(let response) = decision { completion(response) }
+                case .refused(let response):
+                    metrics.request(.rejected)
+                    completion(.relayed(response))
+                case .unavailable(let reason):
+                    metrics.request(.rejected)
+                    completion(.refused(.credentialsUnverifiable(reason), close: false))
+                }
+            }
+            return .awaitVerification
+        }
+        return scanAndStore(
+            statement: statement, database: database, rule: rule, data: data, settings: settings, identity: identity,
+            memoryLimit: memoryLimit, completion: completion)
+    }
+
+    /// Validates and counts the rows, builds the batch key, samples and stores: the part of `accept` after the
+    /// credentials are known to be good.
+    private func scanAndStore(
+        statement: InsertStatement, database: String?, rule: TableRule, data: ByteBuffer, settings: [Setting],
+        identity: ClientIdentity, memoryLimit: Int, completion: () -> IntakeCompletion
+    ) -> IntakeDecision {
+        data.withUnsafeReadableBytes { bytes -> IntakeDecision in
             let scanned: ScannedRows
             do throws(RowScanError) {
                 scanned = try RowScanner.scan(bytes, format: statement.format)
@@ -116,7 +168,7 @@ package final class Intake: Sendable {
             let key = BatchKey(
                 identity: identity, database: database, table: statement.table, columns: statement.columns,
                 format: statement.format, header: scanned.header.map { Array(bytes[$0]) },
-                settings: request.parameters.settings + statement.settings)
+                settings: settings + statement.settings)
             let rows = UnsafeRawBufferPointer(rebasing: bytes[scanned.rows])
             if rule.sample < 1.0 && statement.format.isRowCounted && scanned.rowCount > 0 {
                 guard let kept = RowSampler.sample(rows, format: statement.format, fraction: rule.sample) else {

@@ -1,0 +1,123 @@
+import BatchhouseCore
+import Crypto
+import Foundation
+
+/// HMAC-SHA256 of a client's user and secret under a random per-installation key: the one thing derived from a
+/// secret that the proxy keeps or shows. Its first 8 bytes make the tag `user#0123456789abcdef` in logs and
+/// dead-letter records; the whole digest keys the credential cache. Without the key, a tag does not let a
+/// password guess be checked offline (docs/credentials.md, "Identity tags").
+package struct IdentityTags: Sendable {
+    /// The key file's name in the spool directory.
+    package static let keyFileName = "identity.key"
+    private static let keyBytes = 32
+
+    private let box: KeyBox
+
+    /// `SymmetricKey` is an immutable value that swift-crypto 3 does not mark `Sendable`; it is only read.
+    private final class KeyBox: @unchecked Sendable {
+        let key: SymmetricKey
+        init(_ key: SymmetricKey) { self.key = key }
+    }
+
+    package init(key: SymmetricKey) {
+        self.box = KeyBox(key)
+    }
+
+    /// A key for this process only (no spool: nothing outlives the process that needs the same tags).
+    package static func random() -> IdentityTags {
+        IdentityTags(key: SymmetricKey(size: .bits256))
+    }
+
+    /// The key kept in `directory` (the spool's), made on first use: 32 random bytes, mode 0600. Tags stay the same
+    /// across restarts, so log lines and dead letters of one client can be matched up over time.
+    package static func load(directory: String) throws -> IdentityTags {
+        let path = directory + "/" + keyFileName
+        if let existing = FileManager.default.contents(atPath: path) {
+            guard existing.count == keyBytes else {
+                throw IdentityKeyError(message: "\(path) is not a \(keyBytes)-byte identity key")
+            }
+            chmod(path, 0o600)
+            return IdentityTags(key: SymmetricKey(data: existing))
+        }
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<keyBytes).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard descriptor >= 0 else {
+            throw IdentityKeyError(message: "cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(descriptor) }
+        let written = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        guard written == keyBytes, fsync(descriptor) == 0 else {
+            unlink(path)
+            throw IdentityKeyError(message: "cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        return IdentityTags(key: SymmetricKey(data: bytes))
+    }
+
+    /// HMAC-SHA256 over (presence, length, bytes) of the user, then of the password, so that no two identities
+    /// share an input.
+    package func digest(of identity: ClientIdentity) -> IdentityDigest {
+        var hmac = HMAC<SHA256>(key: box.key)
+        Self.absorb(identity.user, into: &hmac)
+        Self.absorb(identity.password, into: &hmac)
+        return IdentityDigest(hmac.finalize())
+    }
+
+    /// `user#` and 16 hex digits (the first 64 bits of the digest).
+    package func tag(of identity: ClientIdentity) -> String {
+        digest(of: identity).tag(user: identity.user)
+    }
+
+    private static func absorb(_ field: String?, into hmac: inout HMAC<SHA256>) {
+        guard var field else {
+            hmac.update(data: [UInt8(0)])
+            return
+        }
+        var header = (UInt8(1), UInt64(field.utf8.count).littleEndian)
+        withUnsafeBytes(of: &header.0) { hmac.update(data: $0) }
+        withUnsafeBytes(of: &header.1) { hmac.update(data: $0) }
+        field.withUTF8 { hmac.update(data: UnsafeRawBufferPointer($0)) }
+    }
+}
+
+/// A whole HMAC-SHA256 digest as four words: a dictionary key that costs no allocation.
+package struct IdentityDigest: Hashable, Sendable {
+    private let words: (UInt64, UInt64, UInt64, UInt64)
+
+    init(_ code: HMAC<SHA256>.MAC) {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        code.withUnsafeBytes { bytes in
+            withUnsafeMutableBytes(of: &words) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes.prefix(32))) }
+        }
+        self.words = words
+    }
+
+    package static func == (lhs: IdentityDigest, rhs: IdentityDigest) -> Bool {
+        lhs.words.0 == rhs.words.0 && lhs.words.1 == rhs.words.1 && lhs.words.2 == rhs.words.2
+            && lhs.words.3 == rhs.words.3
+    }
+
+    package func hash(into hasher: inout Hasher) {
+        hasher.combine(words.0)
+        hasher.combine(words.1)
+    }
+
+    /// `user#` + the first 8 bytes in hex.
+    package func tag(user: String?) -> String {
+        var first = words.0
+        let bytes = withUnsafeBytes(of: &first) { Array($0) }
+        let hex = Array("0123456789abcdef".utf8)
+        var text = (user ?? "default") + "#"
+        for byte in bytes {
+            text.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+            text.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 0xf)]))
+        }
+        return text
+    }
+}
+
+/// The identity key file could not be read or made.
+package struct IdentityKeyError: Error, CustomStringConvertible {
+    package var message: String
+    package var description: String { message }
+}
