@@ -62,13 +62,20 @@ struct AdversarialCredentialTests {
     static func landed(_ db: TestDatabase, _ table: String) async throws -> (rows: [Int], users: [String: Int]) {
         let rows = try await db.clickHouse.sql("SELECT id FROM \(db.name).\(table) ORDER BY id FORMAT TSV")
             .split(separator: "\n").compactMap { Int($0) }
-        let text = try await db.clickHouse.sql(
-            "SELECT user, sum(written_rows) FROM system.query_log WHERE type = 2 AND query LIKE 'INSERT INTO %' "
-                + "AND query LIKE '%\(db.name)%\(table)%' GROUP BY user FORMAT TSV")
+        // 18.16 may queue a query's log entry just after it answered: flush and read until every row is there.
         var users: [String: Int] = [:]
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: "\t")
-            if fields.count == 2, let count = Int(fields[1]) { users[String(fields[0])] = count }
+        for _ in 0..<50 {
+            try await db.clickHouse.sql("SYSTEM FLUSH LOGS")
+            let text = try await db.clickHouse.sql(
+                "SELECT user, sum(written_rows) FROM system.query_log WHERE type = 2 AND query LIKE 'INSERT INTO %' "
+                    + "AND query LIKE '%\(db.name)%\(table)%' GROUP BY user FORMAT TSV")
+            users = [:]
+            for line in text.split(separator: "\n") {
+                let fields = line.split(separator: "\t")
+                if fields.count == 2, let count = Int(fields[1]) { users[String(fields[0])] = count }
+            }
+            if users.values.reduce(0, +) >= rows.count { break }
+            try await Task.sleep(for: .milliseconds(100))
         }
         return (rows, users)
     }
@@ -101,7 +108,6 @@ struct AdversarialCredentialTests {
         try await Task.sleep(for: .seconds(1))
         let deadLetters = proxy.deadLetterFiles()
         try await proxy.stop()
-        try await db.clickHouse.sql("SYSTEM FLUSH LOGS")
 
         var report = "probe | ClickHouse directly | through the proxy\n"
         for probe in Self.probes {
