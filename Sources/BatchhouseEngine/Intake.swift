@@ -81,7 +81,8 @@ package final class Intake: Sendable {
     }
 
     /// Takes an INSERT. `completion` is asked for only when the decision is to wait (`awaitDurable`,
-    /// `awaitBatch`), before anything can complete it.
+    /// `awaitBatch`, `awaitVerification`), before anything can complete it. After a verification the rest of the
+    /// intake runs on the task that got ClickHouse's answer, and every outcome reaches the completion.
     package func accept(_ request: InsertRequest, completion: () -> IntakeCompletion) -> IntakeDecision {
         // Fields are read through the snapshot: copying the whole configuration would retain every string and
         // array in it on each request.
