@@ -80,6 +80,8 @@ let package = Package(
                 "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseSpool", "BatchhouseUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                // Checks the identity digest against swift-crypto's own HMAC.
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .testTarget(

@@ -13,10 +13,32 @@ package struct IdentityTags: Sendable {
 
     private let box: KeyBox
 
-    /// `SymmetricKey` is an immutable value that swift-crypto 3 does not mark `Sendable`; it is only read.
+    /// HMAC's two keyed SHA-256 states, absorbed once: H((K ^ opad) || H((K ^ ipad) || m)) then costs two
+    /// hashes of short inputs per request (about 1.2 µs in a release build) instead of swift-crypto's `HMAC`
+    /// setting the key up each time (about 5.7 µs). The states are only copied, never changed, so sharing them
+    /// between threads is safe although swift-crypto 3 does not mark them `Sendable`.
     private final class KeyBox: @unchecked Sendable {
-        let key: SymmetricKey
-        init(_ key: SymmetricKey) { self.key = key }
+        let inner: SHA256
+        let outer: SHA256
+
+        init(_ key: SymmetricKey) {
+            var innerPad = [UInt8](repeating: 0x36, count: SHA256.blockByteCount)
+            var outerPad = [UInt8](repeating: 0x5c, count: SHA256.blockByteCount)
+            key.withUnsafeBytes { bytes in
+                // Keys here are 32 bytes, shorter than a block, so they are used as they are (RFC 2104).
+                precondition(bytes.count <= SHA256.blockByteCount)
+                for index in bytes.indices {
+                    innerPad[index] ^= bytes[index]
+                    outerPad[index] ^= bytes[index]
+                }
+            }
+            var inner = SHA256()
+            inner.update(data: innerPad)
+            var outer = SHA256()
+            outer.update(data: outerPad)
+            self.inner = inner
+            self.outer = outer
+        }
     }
 
     package init(key: SymmetricKey) {
@@ -57,10 +79,12 @@ package struct IdentityTags: Sendable {
     /// HMAC-SHA256 over (presence, length, bytes) of the user, then of the password, so that no two identities
     /// share an input.
     package func digest(of identity: ClientIdentity) -> IdentityDigest {
-        var hmac = HMAC<SHA256>(key: box.key)
-        Self.absorb(identity.user, into: &hmac)
-        Self.absorb(identity.password, into: &hmac)
-        return IdentityDigest(hmac.finalize())
+        var inner = box.inner
+        Self.absorb(identity.user, into: &inner)
+        Self.absorb(identity.password, into: &inner)
+        var outer = box.outer
+        inner.finalize().withUnsafeBytes { outer.update(data: $0) }
+        return IdentityDigest(outer.finalize())
     }
 
     /// `user#` and 16 hex digits (the first 64 bits of the digest).
@@ -68,7 +92,7 @@ package struct IdentityTags: Sendable {
         digest(of: identity).tag(user: identity.user)
     }
 
-    private static func absorb(_ field: String?, into hmac: inout HMAC<SHA256>) {
+    private static func absorb(_ field: String?, into hmac: inout SHA256) {
         guard var field else {
             hmac.update(data: [UInt8(0)])
             return
@@ -84,7 +108,7 @@ package struct IdentityTags: Sendable {
 package struct IdentityDigest: Hashable, Sendable {
     private let words: (UInt64, UInt64, UInt64, UInt64)
 
-    init(_ code: HMAC<SHA256>.MAC) {
+    init(_ code: SHA256.Digest) {
         var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         code.withUnsafeBytes { bytes in
             withUnsafeMutableBytes(of: &words) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes.prefix(32))) }

@@ -1,5 +1,6 @@
 import BatchhouseCore
 import BatchhouseUpstream
+import Crypto
 import Foundation
 import Synchronization
 import Testing
@@ -191,6 +192,22 @@ import Testing
         #expect(tags.tag(of: ClientIdentity(user: "alice", password: nil)) != tags.tag(of: ClientIdentity(user: "alice", password: "")))
         #expect(tags.digest(of: Self.alice) == tags.digest(of: ClientIdentity(user: "alice", password: "right")))
         #expect(!tag.contains(Self.unkeyedFingerprint(Self.alice)))
+    }
+
+    /// The precomputed pads give exactly HMAC-SHA256 over the encoded fields.
+    @Test func theDigestIsHMACSHA256() throws {
+        let key = SymmetricKey(size: .bits256)
+        var reference = HMAC<SHA256>(key: key)
+        var message: [UInt8] = [1]
+        withUnsafeBytes(of: UInt64(5).littleEndian) { message += $0 }
+        message += Array("alice".utf8) + [1]
+        withUnsafeBytes(of: UInt64(5).littleEndian) { message += $0 }
+        message += Array("right".utf8)
+        reference.update(data: message)
+        let expected = Array(reference.finalize())
+        let tag = IdentityTags(key: key).tag(of: Self.alice)
+        let hex = expected.prefix(8).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        #expect(tag == "alice#" + hex)
     }
 
     @Test func aKeyFileOfTheWrongSizeIsRefused() throws {
