@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
@@ -40,6 +41,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                // HMAC-SHA256 for identity tags and the credential cache (docs/credentials.md).
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .target(
@@ -77,6 +80,8 @@ let package = Package(
                 "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseSpool", "BatchhouseUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                // Checks the identity digest against swift-crypto's own HMAC.
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .testTarget(

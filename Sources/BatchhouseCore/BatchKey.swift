@@ -1,7 +1,10 @@
 /// Who sent an INSERT, as far as ClickHouse is concerned: rows with different identities never share
 /// an upstream request, and each batch goes upstream with the credentials of its rows.
 ///
-/// The secret is kept in memory only so the batch can be sent; `description` shows a fingerprint.
+/// The secret is kept in memory only so the batch can be sent (and in the spool, for replay). `description`
+/// shows the user name only: the tag that tells two secrets of one user apart is a keyed hash made by the
+/// engine (`IdentityTags`, docs/credentials.md), since anything derived from the secret without a key lets a
+/// password guess be checked offline.
 public struct ClientIdentity: Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     public var user: String?
     public var password: String?
@@ -13,24 +16,7 @@ public struct ClientIdentity: Hashable, Sendable, CustomStringConvertible, Custo
 
     public static let anonymous = ClientIdentity(user: nil, password: nil)
 
-    /// A short, stable, non-reversible tag of user + secret (FNV-1a 64), for logs and metrics.
-    public var fingerprint: String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ string: String?) {
-            for byte in (string ?? "\u{0}").utf8 {
-                hash ^= UInt64(byte)
-                hash &*= 0x100_0000_01b3
-            }
-            hash ^= 0xff
-            hash &*= 0x100_0000_01b3
-        }
-        mix(user)
-        mix(password)
-        let hex = String(hash >> 32, radix: 16)
-        return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
-    }
-
-    public var description: String { "\(user ?? "default")#\(fingerprint)" }
+    public var description: String { user ?? "default" }
     public var debugDescription: String { description }
 }
 

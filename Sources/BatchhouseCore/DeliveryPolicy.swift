@@ -81,10 +81,6 @@ public struct DeliveryPolicy: Sendable, Hashable {
         1, 8, 10, 16, 36, 44, 46, 47, 48, 50, 60, 81, 115, 164, 192, 193, 194, 195, 291, 452, 497, 516,
     ]
 
-    /// Authentication and permission refusals: the client was not allowed to insert these rows at all, so they are
-    /// never replayed under another account (docs/delivery.md, "Reading an answer").
-    public static let authorizationCodes: Set<Int> = [192, 193, 194, 195, 291, 497, 516, 164]
-
     /// ClickHouse error codes for a server that cannot serve right now (network, ZooKeeper, a replica gone
     /// read-only): retried like a connection failure, and counted against the server's breaker.
     public static let unavailableCodes: Set<Int> = [210, 225, 242, 319, 394, 999]
@@ -130,6 +126,13 @@ public struct DeliveryPolicy: Sendable, Hashable {
         }
     }
 
+    /// Whether an error response refuses the rows' identity rather than their data (`RefusalKind`): sending the
+    /// same bytes with the same credentials again cannot help.
+    public static func refusesTheIdentity(_ answer: UpstreamAnswer) -> Bool {
+        guard case .response(_, let code?) = answer else { return false }
+        return RefusalKind.identityCodes.contains(code)
+    }
+
     /// Whether an error response is about the data (its code is one of `dataErrorCodes`).
     public static func isAboutTheData(_ answer: UpstreamAnswer) -> Bool {
         read(answer) == .dataError
@@ -151,15 +154,6 @@ public struct DeliveryPolicy: Sendable, Hashable {
         case .overload, .unavailable: return true
         case .success, .dataError, .permanent, .otherError, .cancelled: return false
         }
-    }
-
-    /// Whether ClickHouse refused the client's credentials or permissions for these rows.
-    public static func isAuthorizationRefusal(_ answer: UpstreamAnswer) -> Bool {
-        if case .response(let status, let code) = answer {
-            if let code { return authorizationCodes.contains(code) }
-            return status == 401 || status == 403
-        }
-        return false
     }
 
     /// The decision after attempt number `attempt` (0 for the first) got `answer`. `closing`: the proxy is

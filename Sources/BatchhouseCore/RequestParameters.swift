@@ -5,11 +5,18 @@ public struct RequestParameters: Sendable, Hashable {
     public var query: String?
     /// `database` parameter, else the `X-ClickHouse-Database` header.
     public var database: String?
-    public var identity: ClientIdentity
+    /// The credentials as ClickHouse resolves them (docs/credentials.md).
+    public var credentials: Credentials
     /// URL parameters that are ClickHouse settings (everything not in `nonSettingParameters`).
     public var settings: [Setting]
     /// `decompress=1`: the body is in ClickHouse's native compression, which is not batched.
     public var decompress: Bool
+
+    /// The identity the rows go upstream with; `.anonymous` when the credentials did not resolve to one.
+    public var identity: ClientIdentity {
+        if case .resolved(let identity) = credentials { return identity }
+        return .anonymous
+    }
 
     /// URL parameters ClickHouse's HTTP handler reads itself; every other parameter is a setting.
     /// `query_id` and `session_*` are deliberately not part of a batch key and not forwarded with batches.
@@ -19,12 +26,18 @@ public struct RequestParameters: Sendable, Hashable {
         "stacktrace", "role", "client_protocol_version", "with_stacktrace",
     ]
 
-    public init(query: String?, database: String?, identity: ClientIdentity, settings: [Setting], decompress: Bool) {
+    public init(query: String?, database: String?, credentials: Credentials, settings: [Setting], decompress: Bool) {
         self.query = query
         self.database = database
-        self.identity = identity
+        self.credentials = credentials
         self.settings = settings
         self.decompress = decompress
+    }
+
+    public init(query: String?, database: String?, identity: ClientIdentity, settings: [Setting], decompress: Bool) {
+        self.init(
+            query: query, database: database, credentials: .resolved(identity), settings: settings,
+            decompress: decompress)
     }
 
     /// - Parameters:
@@ -33,16 +46,16 @@ public struct RequestParameters: Sendable, Hashable {
     public init(uriQuery: Substring, header: (String) -> String?) {
         var query: String?
         var database: String?
-        var user: String?
-        var password: String?
+        var given = GivenCredentials()
         var settings: [Setting] = []
         var decompress = false
         for (name, value) in QueryString.parse(uriQuery) {
             switch name {
             case "query": query = value
             case "database": database = value
-            case "user": user = value
-            case "password": password = value
+            case "user": given.userParameter = value
+            case "password": given.passwordParameter = value
+            case "quota_key": given.hasQuotaKeyParameter = true
             case "decompress": decompress = value != "0" && !value.isEmpty
             default:
                 if !Self.nonSettingParameters.contains(name) && !name.hasPrefix("param_") {
@@ -55,21 +68,87 @@ public struct RequestParameters: Sendable, Hashable {
         {
             database = headerDatabase
         }
-        if user == nil { user = header("x-clickhouse-user") }
-        if password == nil { password = header("x-clickhouse-key") }
-        if user == nil && password == nil, let authorization = header("authorization"),
-            let basic = BasicAuthorization(headerValue: authorization)
-        {
-            user = basic.user
-            password = basic.password
-        }
+        given.headerUser = header("x-clickhouse-user") ?? ""
+        given.headerKey = header("x-clickhouse-key") ?? ""
+        given.headerQuotaKey = header("x-clickhouse-quota") ?? ""
+        given.authorization = header("authorization")
         self.init(
             query: query,
             database: database?.isEmpty == true ? nil : database,
-            identity: ClientIdentity(user: user, password: password),
+            credentials: given.resolved(),
             settings: settings,
             decompress: decompress
         )
+    }
+}
+
+/// Who a request says it is, resolved the way ClickHouse's HTTP handler does (docs/credentials.md).
+public enum Credentials: Sendable, Hashable {
+    /// One scheme, one identity. `.anonymous` when the request names nobody (ClickHouse's `default` user).
+    case resolved(ClientIdentity)
+    /// `X-ClickHouse-User`/`X-ClickHouse-Key` together with `Authorization` or `?user=`/`?password=`: every
+    /// ClickHouse version refuses the request (18.16: 401, code 194; current: 401, code 516).
+    case mixedSchemes
+    /// ClickHouse versions disagree on this request, or the proxy cannot read it the way ClickHouse would: the
+    /// request is passed through unbatched, so ClickHouse itself decides.
+    case unresolved(Unresolved)
+
+    public enum Unresolved: String, Sendable, Hashable {
+        /// `Authorization` and `?user=`/`?password=`: 18.16 takes the header, later releases refuse (516), the
+        /// newest take the parameters.
+        case authorizationAndParameters
+        /// A quota key (`X-ClickHouse-Quota` or `?quota_key=`): it counts as a scheme on 18.16 and not later, and a
+        /// batch cannot carry one per request.
+        case quotaKey
+        /// An empty user name: 18.16 looks up the user "", later releases refuse.
+        case emptyUser
+        /// An `Authorization` header that is not `Basic` with `user:password` in base64.
+        case unreadableAuthorization
+    }
+}
+
+/// The credential-bearing parts of a request, as received; `resolved()` applies ClickHouse's rules.
+public struct GivenCredentials: Sendable, Hashable {
+    /// `X-ClickHouse-User`, `X-ClickHouse-Key`, `X-ClickHouse-Quota`: "" when absent (ClickHouse reads them so).
+    public var headerUser = ""
+    public var headerKey = ""
+    public var headerQuotaKey = ""
+    /// The `Authorization` header, if present (any scheme: its presence alone counts).
+    public var authorization: String?
+    /// `?user=`, `?password=`: nil when absent, "" when present and empty.
+    public var userParameter: String?
+    public var passwordParameter: String?
+    public var hasQuotaKeyParameter = false
+
+    public init() {}
+
+    /// ClickHouse's HTTP handler (18.16's `HTTPHandler::processQuery`, current `authenticateUserByHTTP`):
+    /// non-empty `X-ClickHouse-User`/`X-ClickHouse-Key` headers are one scheme and may not be combined with
+    /// `Authorization` or `?user=`/`?password=`; otherwise Basic authorization, otherwise the parameters, with
+    /// user "default" and an empty password where not given. Where versions differ, `.unresolved`.
+    public func resolved() -> Credentials {
+        let hasParameters = userParameter != nil || passwordParameter != nil
+        if !headerUser.isEmpty || !headerKey.isEmpty {
+            if authorization != nil || hasParameters { return .mixedSchemes }
+            if !headerQuotaKey.isEmpty || hasQuotaKeyParameter { return .unresolved(.quotaKey) }
+            if headerUser.isEmpty { return .unresolved(.emptyUser) }
+            return .resolved(ClientIdentity(user: headerUser, password: headerKey))
+        }
+        if !headerQuotaKey.isEmpty || hasQuotaKeyParameter { return .unresolved(.quotaKey) }
+        if let authorization {
+            if hasParameters { return .unresolved(.authorizationAndParameters) }
+            guard let basic = BasicAuthorization(headerValue: authorization) else {
+                return .unresolved(.unreadableAuthorization)
+            }
+            if basic.user.isEmpty { return .unresolved(.emptyUser) }
+            return .resolved(ClientIdentity(user: basic.user, password: basic.password))
+        }
+        if hasParameters {
+            let user = userParameter ?? "default"
+            if user.isEmpty { return .unresolved(.emptyUser) }
+            return .resolved(ClientIdentity(user: user, password: passwordParameter ?? ""))
+        }
+        return .resolved(.anonymous)
     }
 }
 

@@ -19,13 +19,17 @@ package final class BatchhouseEngine: Sendable {
     package let metrics: BatchhouseMetrics
     package let acks: PendingAcks
     package let clock: any EngineClock
+    /// Nil when credentials are not verified (`verifiesCredentials: false`).
+    package let verifier: CredentialVerifier?
+    package let identityTags: IdentityTags
     private let logger: Logger
     private let startedAt: Instant
 
     package init(
         configuration: BatchhouseConfiguration, transport: any UpstreamTransport, spool: Spool?, logger: Logger,
         clock: any EngineClock = MonotonicClock(),
-        jitter: @escaping @Sendable () -> Double = { Double.random(in: 0...1) }
+        jitter: @escaping @Sendable () -> Double = { Double.random(in: 0...1) },
+        identityTags: IdentityTags = .random(), verifiesCredentials: Bool = true
     ) {
         self.configuration = LiveConfiguration(configuration)
         self.spool = spool
@@ -35,18 +39,20 @@ package final class BatchhouseEngine: Sendable {
         metrics = BatchhouseMetrics()
         acks = PendingAcks()
         gateway = UpstreamGateway(transport: transport, upstream: configuration.upstream, clock: clock)
+        self.identityTags = identityTags
+        verifier = verifiesCredentials ? CredentialVerifier(tags: identityTags, gateway: gateway, clock: clock) : nil
         buffering = Buffering(clock: clock, maxBufferMemory: configuration.limits.maxBufferMemory)
         settlement = Settlement(
             buffering: buffering, spool: spool, acks: acks, metrics: metrics,
             deadLetters: DeadLetterWriter(directory: configuration.deadLetterDir, logger: logger), clock: clock,
-            logger: logger)
+            logger: logger, tags: identityTags, verifier: verifier)
         delivery = Delivery(
             gateway: gateway, settlement: settlement, clock: clock,
             concurrency: configuration.upstream.maxConcurrentFlushes, retryUntilDelivered: spool != nil,
             jitter: jitter)
         intake = Intake(
             configuration: self.configuration, buffering: buffering, delivery: delivery, spool: spool, acks: acks,
-            metrics: metrics, capabilities: { [gateway] in gateway.capabilities })
+            metrics: metrics, gateway: gateway, verifier: verifier)
     }
 
     // MARK: Start

@@ -53,6 +53,31 @@ package struct ClickHouseError: Error, Sendable, Hashable {
         ClickHouseError(code: 354, name: "CANNOT_DECOMPRESS", message: message, status: 400)
     }
 
+    /// `X-ClickHouse-User`/`X-ClickHouse-Key` together with `Authorization` or `?user=`/`?password=`, refused as
+    /// ClickHouse refuses it: 401 and REQUIRED_PASSWORD (194) up to 21.3, AUTHENTICATION_FAILED (516) later
+    /// (docs/credentials.md, "Resolution").
+    package static func mixedCredentialSchemes(modern: Bool) -> ClickHouseError {
+        modern
+            ? ClickHouseError(
+                code: 516, name: "AUTHENTICATION_FAILED",
+                message:
+                    "Invalid authentication: it is not allowed to use X-ClickHouse HTTP headers and other authentication methods simultaneously",
+                status: 401)
+            : ClickHouseError(
+                code: 194, name: "REQUIRED_PASSWORD",
+                message:
+                    "Invalid authentication: it is not allowed to use X-ClickHouse HTTP headers and other authentication methods simultaneously",
+                status: 401)
+    }
+
+    /// A new identity's credentials could not be checked: no server answered. Nothing of the request is kept.
+    package static func credentialsUnverifiable(_ reason: String) -> ClickHouseError {
+        ClickHouseError(
+            code: 210, name: "NETWORK_ERROR",
+            message: "Batchhouse: cannot check these credentials with ClickHouse (\(reason)); nothing was stored, retry later",
+            status: 503, retryAfterSeconds: 1)
+    }
+
     package static let shuttingDown = ClickHouseError(
         code: 202, name: "TOO_MANY_SIMULTANEOUS_QUERIES", message: "Batchhouse is shutting down",
         status: 503, retryAfterSeconds: 1)

@@ -7,15 +7,24 @@ import NIOCore
 /// `batchhouse spool replay-dead-letters DIR`: re-sends dead letters after the cause was fixed (a missing
 /// table created, a column type changed). Each `.data` file goes upstream with its `.json` statement and
 /// settings; files ClickHouse accepts are removed, the others stay with the new error recorded.
-/// Dead letters hold no credentials, so the account comes from the command line or `upstream.user`.
+/// Dead letters hold no credentials, so the account comes from the command line or `upstream.user`. That is why
+/// rows ClickHouse refused for who sent them (authentication, permission), and rows whose clients were answered
+/// with the failure, are skipped unless `includeRefused` says otherwise (docs/credentials.md, "Dead letters and
+/// replay").
 public enum DeadLetterReplayer {
     public struct Summary: Sendable, CustomStringConvertible {
         public var sent = 0
         public var rows = 0
         public var failed: [(file: String, error: String)] = []
+        /// Not sent: refused for their identity, or their clients were told they failed.
+        public var skipped: [(file: String, reason: String)] = []
 
         public var description: String {
             var text = "replayed \(sent) dead letters (\(rows) rows)"
+            if !skipped.isEmpty {
+                text += "; \(skipped.count) skipped (send them with --include-refused):\n"
+                for skip in skipped { text += "  \(skip.file): \(skip.reason)\n" }
+            }
             if !failed.isEmpty {
                 text += "; \(failed.count) still refused:\n"
                 for failure in failed { text += "  \(failure.file): \(failure.error)\n" }
@@ -28,15 +37,31 @@ public enum DeadLetterReplayer {
     /// request built by the same `UpstreamGateway` as live batches (compression, TLS, `upstream.settings`, the
     /// `upstream.user` account). Dead letters hold no credentials: without `upstream.user` they go up as
     /// ClickHouse's default user.
-    public static func replay(directory: String, upstream: UpstreamConfiguration) async -> Summary {
-        let client = CurlClient(maxConnections: 4)
-        defer { client.shutdown() }
-        return await replay(directory: directory, upstream: upstream, transport: client)
-    }
-
-    static func replay(directory: String, upstream: UpstreamConfiguration, transport: any UpstreamTransport) async
+    public static func replay(directory: String, upstream: UpstreamConfiguration, includeRefused: Bool = false) async
         -> Summary
     {
+        let client = CurlClient(maxConnections: 4)
+        defer { client.shutdown() }
+        return await replay(directory: directory, upstream: upstream, includeRefused: includeRefused, transport: client)
+    }
+
+    /// Why a dead letter is not replayed without `includeRefused`, or nil when it is.
+    package static func reasonToSkip(_ record: DeadLetterWriter.Record) -> String? {
+        let refusal = record.refusalKind
+        if refusal.refusesTheIdentity {
+            return "refused for its \(refusal == .authentication ? "credentials" : "permissions") (\(record.identity), "
+                + "HTTP \(record.httpStatus.map(String.init) ?? "none")): another account would insert what ClickHouse refused"
+        }
+        if let told = record.clientsToldFailed, told > 0 {
+            return "\(told) of \(record.requests ?? told) requests were answered with this failure: their clients may have sent the rows again"
+        }
+        return nil
+    }
+
+    package static func replay(
+        directory: String, upstream: UpstreamConfiguration, includeRefused: Bool = false,
+        transport: any UpstreamTransport
+    ) async -> Summary {
         var upstream = upstream
         // A dead letter may be a whole large batch: give it at least the minute the replayer always had.
         upstream.timeout = max(upstream.timeout, .seconds(60))
@@ -53,6 +78,10 @@ public enum DeadLetterReplayer {
                 let data = FileManager.default.contents(atPath: dataPath)
             else {
                 summary.failed.append((metaFile, "unreadable dead letter (no matching .data or bad JSON)"))
+                continue
+            }
+            if !includeRefused, let reason = reasonToSkip(record) {
+                summary.skipped.append((metaFile, reason))
                 continue
             }
             let batch = BatchRequest(
@@ -75,7 +104,10 @@ public enum DeadLetterReplayer {
                     record.error = error
                     record.httpStatus = response.status
                     record.attempts += 1
-                    if let updated = try? DeadLetterWriter.encoder().encode(record) { try? updated.write(to: URL(fileURLWithPath: metaPath)) }
+                    record.refusal = RefusalKind(status: response.status, code: clickHouseErrorCode(in: response.body))
+                    if let updated = try? DeadLetterWriter.encoder().encode(record) {
+                        try? DeadLetterWriter.writePrivate(updated, to: metaPath)
+                    }
                     summary.failed.append((metaFile, error))
                 }
             } catch {

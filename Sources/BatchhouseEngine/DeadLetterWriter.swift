@@ -3,8 +3,9 @@ import Foundation
 import Logging
 
 /// Writes batches ClickHouse would not take to a folder: the data as it would have been sent, and a JSON file
-/// with the statement, settings and error, so a person can fix and re-send them. Never a credential: the
-/// client's identity appears only as its fingerprint.
+/// with the statement, settings, error, why it was refused and whether the clients were told, so a person can
+/// fix and re-send them. Never a credential: the client's identity appears only as its keyed tag
+/// (docs/credentials.md, "Dead letters and replay"). The folder is made 0700 and every file 0600.
 package struct DeadLetterWriter: Sendable {
     package let directory: String
     let logger: Logger
@@ -14,6 +15,8 @@ package struct DeadLetterWriter: Sendable {
         self.logger = logger
     }
 
+    /// One dead letter's `.json`. Fields after `writtenAt` came later: records written before them decode with
+    /// those fields nil (the replayer then reads the refusal from `error`).
     package struct Record: Codable {
         package var batchID: UInt64
         package var table: String
@@ -22,11 +25,45 @@ package struct DeadLetterWriter: Sendable {
         package var settings: [String: String]
         package var format: String
         package var rows: Int
+        /// `user#` and 16 hex digits of a keyed hash (`IdentityTags`).
         package var identity: String
         package var attempts: Int
         package var error: String
         package var httpStatus: Int?
         package var writtenAt: String
+        /// Why ClickHouse did not take the rows (`RefusalKind`).
+        package var refusal: RefusalKind?
+        /// Requests whose rows these are, and how many of them were answered with the failure (`ack: flushed`,
+        /// `immediate`): those clients know, and may have sent the rows again.
+        package var requests: Int?
+        package var clientsToldFailed: Int?
+
+        /// The refusal as recorded, else read from the error text (records of earlier versions).
+        package var refusalKind: RefusalKind {
+            refusal ?? RefusalKind(status: httpStatus, code: clickHouseErrorCode(inText: error))
+        }
+    }
+
+    /// What is known about the failure besides the rows.
+    package struct Failure: Sendable {
+        package var attempts: Int
+        package var error: String
+        package var httpStatus: Int?
+        package var refusal: RefusalKind
+        package var identityTag: String
+        package var clientsToldFailed: Int
+
+        package init(
+            attempts: Int, error: String, httpStatus: Int?, refusal: RefusalKind, identityTag: String,
+            clientsToldFailed: Int
+        ) {
+            self.attempts = attempts
+            self.error = error
+            self.httpStatus = httpStatus
+            self.refusal = refusal
+            self.identityTag = identityTag
+            self.clientsToldFailed = clientsToldFailed
+        }
     }
 
     /// How dead-letter records are written (also when the replayer records a new error).
@@ -38,9 +75,7 @@ package struct DeadLetterWriter: Sendable {
 
     /// Returns the data file's path, or nil when it could not be written (logged).
     @discardableResult
-    package func write(_ batch: SealedBatch, attempts: Int, error: String, httpStatus: Int?, at unixSeconds: Double)
-        -> String?
-    {
+    package func write(_ batch: SealedBatch, _ failure: Failure, at unixSeconds: Double) -> String? {
         let stamp = Date(timeIntervalSince1970: unixSeconds)
         let millis = Int64(stamp.timeIntervalSince1970 * 1000)
         let safeTable = String(batch.key.qualifiedTable.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "_" ? $0 : "_" })
@@ -49,13 +84,14 @@ package struct DeadLetterWriter: Sendable {
             batchID: batch.id, table: batch.key.table, database: batch.key.database,
             statement: batch.key.insertStatement,
             settings: Dictionary(batch.key.settings.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 }),
-            format: batch.key.format.rawValue, rows: batch.rows, identity: batch.key.identity.description,
-            attempts: attempts, error: error, httpStatus: httpStatus,
-            writtenAt: ISO8601DateFormatter().string(from: stamp))
+            format: batch.key.format.rawValue, rows: batch.rows, identity: failure.identityTag,
+            attempts: failure.attempts, error: failure.error, httpStatus: failure.httpStatus,
+            writtenAt: ISO8601DateFormatter().string(from: stamp), refusal: failure.refusal,
+            requests: batch.contributions.count, clientsToldFailed: failure.clientsToldFailed)
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            try Data(batch.data).write(to: URL(fileURLWithPath: base + ".data"))
-            try Self.encoder().encode(record).write(to: URL(fileURLWithPath: base + ".json"))
+            try Self.makeDirectory(directory)
+            try Self.writePrivate(Data(batch.data), to: base + ".data")
+            try Self.writePrivate(Self.encoder().encode(record), to: base + ".json")
             return base + ".data"
         } catch {
             logger.error(
@@ -64,4 +100,39 @@ package struct DeadLetterWriter: Sendable {
             return nil
         }
     }
+
+    /// The folder, made if missing, and set to 0700 (folders of earlier versions were 0755).
+    static func makeDirectory(_ path: String) throws {
+        try FileManager.default.createDirectory(
+            atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        chmod(path, 0o700)
+    }
+
+    /// Writes `data` to `path` readable by its owner only (0600), replacing what is there.
+    package static func writePrivate(_ data: Data, to path: String) throws {
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard descriptor >= 0 else { throw DeadLetterFileError(path: path, errno: errno) }
+        defer { close(descriptor) }
+        // O_CREAT's mode applies to new files only; an existing one is tightened too.
+        fchmod(descriptor, 0o600)
+        var offset = 0
+        let failed = data.withUnsafeBytes { bytes -> Bool in
+            while offset < bytes.count {
+                let written = Foundation.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return true
+                }
+                offset += written
+            }
+            return false
+        }
+        if failed { throw DeadLetterFileError(path: path, errno: errno) }
+    }
+}
+
+struct DeadLetterFileError: Error, CustomStringConvertible {
+    var path: String
+    var errno: Int32
+    var description: String { "cannot write \(path): \(String(cString: strerror(errno)))" }
 }

@@ -43,6 +43,9 @@ package enum IntakeDecision: Sendable {
     case awaitDurable(SpoolPosition)
     /// The rows are in a batch; the completion is called with the batch's outcome for them.
     case awaitBatch(token: UInt64)
+    /// The client's credentials are being checked with ClickHouse (a new identity); the completion is called
+    /// with the answer: the intake's own once they are taken, ClickHouse's refusal if not.
+    case awaitVerification
 }
 
 /// Called once, from any thread, with the answer to a request that was told to wait.
@@ -59,28 +62,43 @@ package final class Intake: Sendable {
     private let spool: Spool?
     private let acks: PendingAcks
     private let metrics: BatchhouseMetrics
-    /// What the upstream's version allows (nil while unknown).
-    private let capabilities: @Sendable () -> UpstreamCapabilities?
+    private let gateway: UpstreamGateway
+    /// Nil: identities are taken unverified (engine tests that script every upstream request).
+    private let verifier: CredentialVerifier?
 
     package init(
         configuration: LiveConfiguration, buffering: Buffering, delivery: Delivery, spool: Spool?, acks: PendingAcks,
-        metrics: BatchhouseMetrics, capabilities: @escaping @Sendable () -> UpstreamCapabilities? = { nil }
+        metrics: BatchhouseMetrics, gateway: UpstreamGateway, verifier: CredentialVerifier?
     ) {
-        self.capabilities = capabilities
         self.configuration = configuration
         self.buffering = buffering
         self.delivery = delivery
         self.spool = spool
         self.acks = acks
         self.metrics = metrics
+        self.gateway = gateway
+        self.verifier = verifier
     }
 
     /// Takes an INSERT. `completion` is asked for only when the decision is to wait (`awaitDurable`,
-    /// `awaitBatch`), before anything can complete it.
+    /// `awaitBatch`, `awaitVerification`), before anything can complete it. After a verification the rest of the
+    /// intake runs on the task that got ClickHouse's answer, and every outcome reaches the completion.
     package func accept(_ request: InsertRequest, completion: () -> IntakeCompletion) -> IntakeDecision {
         // Fields are read through the snapshot: copying the whole configuration would retain every string and
         // array in it on each request.
         let current = configuration.snapshot
+        // Service-account mode: every batch goes up as `upstream.user`, so clients' credentials are not looked at
+        // (neither refused, verified, nor kept apart: docs/credentials.md).
+        let serviceAccount = current.value.upstream.user != nil
+        if !serviceAccount {
+            switch request.parameters.credentials {
+            case .resolved: break
+            case .mixedSchemes:
+                let modern = gateway.capabilities?.isAtLeast(21, 4) == true
+                return refuse(.mixedCredentialSchemes(modern: modern))
+            case .unresolved: return .passthrough
+            }
+        }
         var decoded = request.body
         if let coding = request.coding {
             do {
@@ -101,7 +119,7 @@ package final class Intake: Sendable {
         }
         guard let statement else { return .passthrough }
         // A SETTINGS clause the upstream may not take: ClickHouse answers it itself (18.16 refuses the syntax).
-        if !statement.settings.isEmpty && capabilities()?.supportsInsertSettingsClause != true { return .passthrough }
+        if !statement.settings.isEmpty && gateway.capabilities?.supportsInsertSettingsClause != true { return .passthrough }
         let database = statement.database ?? request.parameters.database
         let rule = current.value.rules.rule(database: database ?? "default", table: statement.table)
         if rule.passthrough { return .passthrough }
@@ -109,9 +127,41 @@ package final class Intake: Sendable {
         let data = StatementClassifier.data(of: statement, query: request.parameters.query, body: decoded)
         // Service-account mode: every batch goes up as `upstream.user`, so clients' identities neither split
         // batches nor reach the spool.
-        let identity = current.value.upstream.user != nil ? .anonymous : request.parameters.identity
+        let identity = serviceAccount ? .anonymous : request.parameters.identity
         let memoryLimit = current.value.limits.maxBufferMemory
-        return data.withUnsafeReadableBytes { bytes -> IntakeDecision in
+        let settings = request.parameters.settings
+        if !serviceAccount, let verifier, case .mustVerify(let digest) = verifier.check(identity) {
+            // ClickHouse authenticates before it reads a query, so the credentials are checked before the rows.
+            let completion = completion()
+            verifier.verify(identity, digest: digest) { [self] outcome in
+                switch outcome {
+                case .verified:
+                    let decision = scanAndStore(
+                        statement: statement, database: database, rule: rule, data: data, settings: settings,
+                        identity: identity, memoryLimit: memoryLimit, completion: { completion })
+                    if case .answer(let response) = decision { completion(response) }
+                case .refused(let response):
+                    metrics.request(.rejected)
+                    completion(.relayed(response))
+                case .unavailable(let reason):
+                    metrics.request(.rejected)
+                    completion(.refused(.credentialsUnverifiable(reason), close: false))
+                }
+            }
+            return .awaitVerification
+        }
+        return scanAndStore(
+            statement: statement, database: database, rule: rule, data: data, settings: settings, identity: identity,
+            memoryLimit: memoryLimit, completion: completion)
+    }
+
+    /// Validates and counts the rows, builds the batch key, samples and stores: the part of `accept` after the
+    /// credentials are known to be good.
+    private func scanAndStore(
+        statement: InsertStatement, database: String?, rule: TableRule, data: ByteBuffer, settings: [Setting],
+        identity: ClientIdentity, memoryLimit: Int, completion: () -> IntakeCompletion
+    ) -> IntakeDecision {
+        data.withUnsafeReadableBytes { bytes -> IntakeDecision in
             let scanned: ScannedRows
             do throws(RowScanError) {
                 scanned = try RowScanner.scan(bytes, format: statement.format)
@@ -121,7 +171,7 @@ package final class Intake: Sendable {
             let key = BatchKey(
                 identity: identity, database: database, table: statement.table, columns: statement.columns,
                 format: statement.format, header: scanned.header.map { Array(bytes[$0]) },
-                settings: request.parameters.settings + statement.settings)
+                settings: settings + statement.settings)
             let rows = UnsafeRawBufferPointer(rebasing: bytes[scanned.rows])
             if rule.sample < 1.0 && statement.format.isRowCounted && scanned.rowCount > 0 {
                 guard let kept = RowSampler.sample(rows, format: statement.format, fraction: rule.sample) else {

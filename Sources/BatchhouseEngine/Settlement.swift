@@ -15,11 +15,16 @@ package final class Settlement: Sendable {
     private let deadLetters: DeadLetterWriter
     private let clock: any EngineClock
     private let logger: Logger
+    private let tags: IdentityTags
+    private let verifier: CredentialVerifier?
 
     package init(
         buffering: Buffering, spool: Spool?, acks: PendingAcks, metrics: BatchhouseMetrics,
-        deadLetters: DeadLetterWriter, clock: any EngineClock, logger: Logger
+        deadLetters: DeadLetterWriter, clock: any EngineClock, logger: Logger, tags: IdentityTags,
+        verifier: CredentialVerifier?
     ) {
+        self.tags = tags
+        self.verifier = verifier
         self.buffering = buffering
         self.spool = spool
         self.acks = acks
@@ -80,15 +85,26 @@ package final class Settlement: Sendable {
             ])
     }
 
-    /// Writes `part` of `original` to the dead-letter folder. Returns false when the file could not be written:
-    /// with a spool the rows then stay in it rather than being lost.
+    /// Writes `part` of `original` to the dead-letter folder, with why it was refused and how many of its
+    /// requests are answered with the failure (they wait for it: `ack: flushed`, `immediate`). A refusal of the
+    /// credentials also drops them from the verified ones, so the next request is checked again
+    /// (docs/credentials.md). Returns false when the file could not be written: with a spool the rows then stay
+    /// in it rather than being lost.
     @discardableResult
     package func deadLetter(_ part: SealedBatch, of original: SealedBatch, attempts: Int, error: String, status: Int?)
         -> Bool
     {
         let table = part.key.qualifiedTable
+        let refusal = RefusalKind(status: status, code: clickHouseErrorCode(inText: error))
+        if refusal == .authentication { verifier?.forget(part.key.identity) }
+        let tag = tags.tag(of: part.key.identity)
+        let told = part.contributions.reduce(0) { $0 + ($1.token != 0 ? 1 : 0) }
         let path = deadLetters.write(
-            part, attempts: attempts, error: error, httpStatus: status, at: clock.wallClockSeconds())
+            part,
+            .init(
+                attempts: attempts, error: error, httpStatus: status, refusal: refusal, identityTag: tag,
+                clientsToldFailed: told),
+            at: clock.wallClockSeconds())
         if path != nil { metrics.deadLettered(table: table, rows: part.rows) }
         logger.error(
             path != nil || spool == nil
@@ -97,6 +113,7 @@ package final class Settlement: Sendable {
             metadata: [
                 "table": "\(table)", "batch": "\(original.id)", "rows": "\(part.rows)", "of_rows": "\(original.rows)",
                 "attempts": "\(attempts)", "status": "\(status.map(String.init) ?? "none")",
+                "refusal": "\(refusal.rawValue)", "identity": "\(tag)", "clients_told": "\(told)",
                 "error": "\(error.prefix(500))", "dead_letter": "\(path ?? "not written")",
             ])
         return path != nil

@@ -123,19 +123,64 @@ package final class UpstreamGateway: Sendable {
         case .none:
             body = ByteBuffer(bytes: batch.data)
         }
-        let auth: (user: String, password: String)?
-        if let user = upstream.user {
-            auth = (user, upstream.password ?? "")
-        } else if batch.identity.user != nil || batch.identity.password != nil {
-            auth = (batch.identity.user ?? "default", batch.identity.password ?? "")
-        } else {
-            auth = nil
-        }
         var request = UpstreamRequest(
-            method: "POST", url: url, headers: headers, body: body, basicAuth: auth,
+            method: "POST", url: url, headers: headers, body: body, basicAuth: Self.auth(for: batch.identity, upstream),
             connectTimeout: upstream.connectTimeout, timeout: upstream.timeout)
         request.tls = upstream.upstreamTLS
         return request
+    }
+
+    /// The service account when `upstream.user` is set, else the identity's own (nothing for `.anonymous`).
+    private static func auth(for identity: ClientIdentity, _ upstream: UpstreamConfiguration)
+        -> (user: String, password: String)?
+    {
+        if let user = upstream.user { return (user, upstream.password ?? "") }
+        if identity.user != nil || identity.password != nil {
+            return (identity.user ?? "default", identity.password ?? "")
+        }
+        return nil
+    }
+
+    /// What ClickHouse says to `identity`'s credentials.
+    package enum VerificationAnswer: Sendable {
+        case accepted
+        /// ClickHouse's refusal of the credentials (401, codes 192/193/194/195/516), to relay as it came.
+        case refused(UpstreamResponse)
+        /// No server gave an answer that says either way.
+        case unreachable(String)
+    }
+
+    /// Asks ClickHouse whether `identity` may log in: `SELECT 1` with its credentials, on the servers whose breaker
+    /// is closed first, then the others, until one answers (docs/credentials.md, "Verification"). Any answer but
+    /// an authentication refusal or a 5xx means the credentials were taken: ClickHouse authenticates a request
+    /// before it reads the query. Not counted as load and not held against a server's breaker.
+    package func verify(_ identity: ClientIdentity) async -> VerificationAnswer {
+        let upstream = self.upstream
+        let now = clock.now()
+        let servers = pool.withLock { pool in
+            let closed = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
+            let others = pool.servers.indices.filter { !closed.contains($0) }
+            return (closed + others).map { pool.servers[$0].url }
+        }
+        var last = "no upstream server"
+        for server in servers {
+            var request = UpstreamRequest(
+                method: "GET", url: Self.trimmed(server) + "/?query=" + QueryString.encode("SELECT 1"), headers: [],
+                body: nil, basicAuth: Self.auth(for: identity, upstream), connectTimeout: upstream.connectTimeout,
+                timeout: .seconds(10))
+            request.tls = upstream.upstreamTLS
+            do {
+                let response = try await transport.execute(request)
+                if response.status < 500 {
+                    let kind = RefusalKind(status: response.status, code: clickHouseErrorCode(in: response.body))
+                    return response.status >= 300 && kind == .authentication ? .refused(response) : .accepted
+                }
+                last = "HTTP \(response.status) from \(redacted(server))"
+            } catch {
+                last = "\(error.kind) at \(redacted(server)): \(error.message)"
+            }
+        }
+        return .unreachable(last)
     }
 
     /// One attempt on the least-loaded server whose breaker lets it through (`avoiding` the one that just

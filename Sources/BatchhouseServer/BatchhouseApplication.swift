@@ -32,18 +32,28 @@ public final class BatchhouseApplication: Sendable {
     public init(configuration: BatchhouseConfiguration, logger: Logger, eventLoopThreads: Int? = nil) throws {
         var spool: Spool?
         var recovery: SpoolRecovery?
+        // Identity tags: keyed by a key kept in the spool (stable across restarts, like the batches it holds),
+        // else by one made for this process (docs/credentials.md, "Identity tags").
+        var identityTags = IdentityTags.random()
         if let spoolConfiguration = configuration.spool {
             do {
                 (spool, recovery) = try Spool.open(directory: spoolConfiguration.dir, maxSize: spoolConfiguration.maxSize)
             } catch {
                 throw BatchhouseStartupError(message: "cannot open the spool in \(spoolConfiguration.dir): \(error)")
             }
+            do {
+                identityTags = try IdentityTags.load(directory: spoolConfiguration.dir)
+            } catch {
+                spool?.close()
+                throw BatchhouseStartupError(message: "cannot use the identity key: \(error)")
+            }
         }
         let threads = eventLoopThreads ?? Self.defaultEventLoopThreads
         eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         self.logger = logger
         client = CurlClient(maxConnections: max(64, configuration.upstream.maxConcurrentFlushes * 4))
-        engine = BatchhouseEngine(configuration: configuration, transport: client, spool: spool, logger: logger)
+        engine = BatchhouseEngine(
+            configuration: configuration, transport: client, spool: spool, logger: logger, identityTags: identityTags)
         if let recovery { engine.restore(recovery) }
         let serving = ServingState()
         server = HTTPServer(

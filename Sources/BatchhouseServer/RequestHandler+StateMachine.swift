@@ -27,7 +27,8 @@ extension RequestHandler {
             case intaking(HTTPRequestHead, body: ByteBuffer)
             /// Streaming to ClickHouse; `requestEnded` once the client's body is all forwarded.
             case passthrough(HTTPRequestHead, requestEnded: Bool)
-            /// An INSERT waits for its ack: an fsync (`durable`) or its batch's outcome (`flushed`, `immediate`).
+            /// An INSERT waits for its ack: an fsync (`durable`), its batch's outcome (`flushed`, `immediate`), or
+            /// ClickHouse's word on a new identity's credentials.
             case awaitingAck(HTTPRequestHead)
             /// An error was answered before the body ended; the rest of the body is dropped, then the connection
             /// closes.
@@ -164,7 +165,7 @@ extension RequestHandler {
                 return .respond(response, head)
             case .passthrough:
                 return startPassthrough(head, initialBody: body, bodyComplete: true)
-            case .awaitDurable, .awaitBatch:
+            case .awaitDurable, .awaitBatch, .awaitVerification:
                 state = .awaitingAck(head)
                 return .none
             }

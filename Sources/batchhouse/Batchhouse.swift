@@ -161,6 +161,14 @@ struct SpoolCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Password for --user; better: the CLICKHOUSE_PASSWORD environment variable.")
         var password: String?
 
+        @Flag(
+            name: .long,
+            help: """
+                Also send dead letters ClickHouse refused for their credentials or permissions, and those whose \
+                clients were answered with the failure (skipped by default: they would go up as --user).
+                """)
+        var includeRefused = false
+
         func run() async throws {
             let configuration = try loadConfiguration(path: config)
             guard let server = upstream ?? (config != nil ? configuration.upstream.servers.first : nil) else {
@@ -171,7 +179,8 @@ struct SpoolCommand: AsyncParsableCommand {
             upstream.user = user ?? configuration.upstream.user
             upstream.password =
                 password ?? ProcessInfo.processInfo.environment["CLICKHOUSE_PASSWORD"] ?? configuration.upstream.password
-            let summary = await DeadLetterReplayer.replay(directory: directory, upstream: upstream)
+            let summary = await DeadLetterReplayer.replay(
+                directory: directory, upstream: upstream, includeRefused: includeRefused)
             print(summary)
             if !summary.failed.isEmpty { throw ExitCode(1) }
         }

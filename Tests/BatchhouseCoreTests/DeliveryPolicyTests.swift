@@ -258,10 +258,10 @@ import Testing
 
     @Test func authorizationRefusalsAreRecognised() {
         for code in [192, 193, 194, 516, 497, 164] {
-            #expect(DeliveryPolicy.isAuthorizationRefusal(Self.error(401, code)), "\(code)")
+            #expect(DeliveryPolicy.refusesTheIdentity(Self.error(401, code)), "\(code)")
         }
-        #expect(DeliveryPolicy.isAuthorizationRefusal(Self.error(401)))
-        #expect(!DeliveryPolicy.isAuthorizationRefusal(Self.error(500, 27)))
-        #expect(!DeliveryPolicy.isAuthorizationRefusal(.failure(.connect)))
+        #expect(RefusalKind(status: 401, code: nil).refusesTheIdentity)
+        #expect(!DeliveryPolicy.refusesTheIdentity(Self.error(500, 27)))
+        #expect(!DeliveryPolicy.refusesTheIdentity(.failure(.connect)))
     }
 }

@@ -68,16 +68,21 @@ final class ScriptedTransport: UpstreamTransport {
     }
 
     private let sent = Mutex<[Sent]>([])
-    private let script: @Sendable (_ index: Int, _ url: String, _ body: String) -> Reply
+    private let script: @Sendable (_ index: Int, _ url: String, _ auth: String?, _ body: String) -> Reply
 
     /// `script` gets the request's number (0 first) and its body.
     init(_ script: @escaping @Sendable (_ index: Int, _ body: String) -> Reply = { _, _ in .ok }) {
-        self.script = { index, _, body in script(index, body) }
+        self.script = { index, _, _, body in script(index, body) }
     }
 
     /// `script` also gets the request's URL, to answer per server.
     init(routing script: @escaping @Sendable (_ index: Int, _ url: String, _ body: String) -> Reply) {
-        self.script = script
+        self.script = { index, url, _, body in script(index, url, body) }
+    }
+
+    /// `script` gets the whole request (with its Basic credentials as `user:password`), to answer per identity.
+    init(authenticating script: @escaping @Sendable (_ request: Sent) -> Reply) {
+        self.script = { _, url, auth, body in script(Sent(url: url, body: body, auth: auth, headers: [])) }
     }
 
     /// Answers from `replies` in turn, then `.ok`.
@@ -87,14 +92,15 @@ final class ScriptedTransport: UpstreamTransport {
 
     func execute(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         let body = request.body.map { String(buffer: $0) } ?? ""
+        let auth = request.basicAuth.map { "\($0.user):\($0.password)" }
         let index = sent.withLock { sent in
             sent.append(
                 Sent(
-                    url: request.url, body: body, auth: request.basicAuth.map { "\($0.user):\($0.password)" },
+                    url: request.url, body: body, auth: auth,
                     headers: request.headers, bytes: request.body.map { Array($0.readableBytesView) } ?? []))
             return sent.count - 1
         }
-        switch script(index, request.url, body) {
+        switch script(index, request.url, auth, body) {
         case .ok:
             return UpstreamResponse(status: 200, headers: [], body: ByteBuffer())
         case .error(let status, let code, let message):
@@ -112,6 +118,9 @@ final class ScriptedTransport: UpstreamTransport {
 
     /// Requests that were batch INSERTs (not health checks or version probes).
     var inserts: [Sent] { requests.filter { $0.statement?.hasPrefix("INSERT") == true } }
+
+    /// Credential checks (`SELECT 1`).
+    var verifications: [Sent] { requests.filter { $0.statement == "SELECT 1" } }
 }
 
 /// A temp folder removed when the value goes away.
@@ -138,11 +147,13 @@ struct EngineFixture {
 
     /// `yaml` is added to a configuration with `upstream` (one server, `compression: none` unless given), and a
     /// dead-letter folder.
-    /// With `spool: true` a real spool is opened in a temp folder.
+    /// With `spool: true` a real spool is opened in a temp folder. Credentials are not verified unless
+    /// `verifiesCredentials` (the script would otherwise have to answer a `SELECT 1` before every first insert).
     init(
         _ yaml: String = "", transport: ScriptedTransport = ScriptedTransport(), spool: Bool = false,
         spoolMaxSize: String = "1GiB", spoolDirectory reused: TemporaryDirectory? = nil, jitter: Double = 0,
-        upstream: String = "{ servers: [\"http://upstream.test:8123\"], compression: none }"
+        upstream: String = "{ servers: [\"http://upstream.test:8123\"], compression: none }",
+        verifiesCredentials: Bool = false
     ) throws {
         let deadLetters = TemporaryDirectory()
         let spoolDirectory = reused ?? (spool ? TemporaryDirectory() : nil)
@@ -167,7 +178,7 @@ struct EngineFixture {
         self.spoolDirectory = spoolDirectory
         engine = BatchhouseEngine(
             configuration: configuration, transport: transport, spool: opened, logger: logger, clock: clock,
-            jitter: { jitter })
+            jitter: { jitter }, verifiesCredentials: verifiesCredentials)
         if let recovery { engine.restore(recovery) }
     }
 
@@ -178,7 +189,7 @@ struct EngineFixture {
     @discardableResult
     func insert(
         _ body: String, query: String? = nil, identity: ClientIdentity = .anonymous, settings: [Setting] = [],
-        coding: ContentCoding? = nil, answers: Answers? = nil
+        coding: ContentCoding? = nil, answers: Answers? = nil, credentials: Credentials? = nil
     ) -> IntakeDecision {
         var bytes = ByteBuffer(string: body)
         if let coding {
@@ -186,7 +197,8 @@ struct EngineFixture {
         }
         let request = InsertRequest(
             parameters: RequestParameters(
-                query: query, database: nil, identity: identity, settings: settings, decompress: false),
+                query: query, database: nil, credentials: credentials ?? .resolved(identity), settings: settings,
+                decompress: false),
             body: bytes, coding: coding, statement: nil)
         return engine.intake.accept(request) {
             { response in answers?.append(response) }
@@ -255,6 +267,11 @@ extension IntakeDecision {
 
     var waitsForDurable: Bool {
         if case .awaitDurable = self { return true }
+        return false
+    }
+
+    var waitsForVerification: Bool {
+        if case .awaitVerification = self { return true }
         return false
     }
 }

@@ -163,13 +163,14 @@ struct ProcessIntegrationTests {
     @Test func spoolInspectShowsUndeliveredRowsWithoutSecrets() async throws {
         let spoolDir = NSTemporaryDirectory() + "bh-inspect-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: spoolDir) }
-        // max_delay 60s: the rows are only in buffers and the spool when the process is killed.
+        // max_delay 60s: the rows are only in buffers and the spool when the process is killed. The credentials
+        // are real (alice, from scripts/clickhouse-start): a wrong password would be refused before the spool.
         let proxy = try RunningProxy(
             config: "defaults: { strategy: hybrid, max_delay: 60s, ack: durable }\nspool: { dir: \(spoolDir) }")
         try await proxy.waitUntilReady()
         for id in 0..<25 {
             let result = try await proxy.endpoint.post(
-                "/", body: Array("INSERT INTO inspect_db.t VALUES (\(id))".utf8), auth: ("batchhouse_test", "s3cr3t-pw"))
+                "/", body: Array("INSERT INTO inspect_db.t VALUES (\(id))".utf8), auth: ("alice", "alice-pw"))
             #expect(result.status == 200)
         }
         kill(proxy.process.processIdentifier, SIGKILL)
@@ -178,7 +179,7 @@ struct ProcessIntegrationTests {
         #expect(report.status == 0)
         #expect(report.output.contains("inspect_db.t"), "\(report.output)")
         #expect(report.output.contains("25"))
-        #expect(!report.output.contains("s3cr3t-pw"))
+        #expect(!report.output.contains("alice-pw"))
         let attributes = try FileManager.default.attributesOfItem(atPath: spoolDir)
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o700)
     }

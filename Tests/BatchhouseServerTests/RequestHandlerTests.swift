@@ -32,7 +32,8 @@ import Testing
             var logger = Logger(label: "test")
             logger.logLevel = .critical
             engine = BatchhouseEngine(
-                configuration: configuration, transport: UnreachableUpstream(), spool: nil, logger: logger)
+                configuration: configuration, transport: UnreachableUpstream(), spool: nil, logger: logger,
+                verifiesCredentials: false)
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: true, withErrorHandling: true)
             try channel.pipeline.syncOperations.addHandler(

@@ -1,5 +1,6 @@
 import BatchhouseCore
 import BatchhouseEngine
+import BatchhouseUpstream
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -171,6 +172,22 @@ import Testing
             Issue.record("a second ack is ignored")
             return
         }
+    }
+
+    /// A new identity's INSERT waits for ClickHouse's word on its credentials like any other ack.
+    @Test func anInsertWaitingForItsCredentialsIsAnsweredWithTheOutcome() {
+        var machine = Machine()
+        _ = machine.receivedHead(Self.head(.POST, Self.insertQuery, [("Content-Length", "4")]), maxRequestBody: 100)
+        _ = machine.receivedBody(ByteBuffer(string: "1\t2\n"))
+        _ = machine.receivedEnd()
+        guard case .none = machine.intakeDecided(.awaitVerification) else { Issue.record("wait"); return }
+        guard case .awaitingAck = machine.state else { Issue.record("awaiting"); return }
+        let refusal = UpstreamResponse(status: 401, headers: [], body: ByteBuffer(string: "Code: 193"))
+        guard case .respond(.relayed(let relayed), _) = machine.ackArrived(.relayed(refusal)), relayed.status == 401 else {
+            Issue.record("respond with ClickHouse's refusal")
+            return
+        }
+        guard case .idle = machine.state else { Issue.record("idle"); return }
     }
 
     @Test func aClosedConnectionCancelsItsPassthroughOnly() {
