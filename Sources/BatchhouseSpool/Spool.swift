@@ -8,7 +8,10 @@ import Synchronization
 /// - Segment files `DIR/segment-<20-digit number>.wal` (format in ``RecordFormat``), where the
 ///   number is the id of the first chunk written to the file. Appends go to the newest segment;
 ///   it is rotated once it would pass `segmentSize`. A segment is deleted once every chunk in it
-///   is delivered (``markDelivered(_:)``).
+///   is delivered (``markDelivered(_:)``); the active one is rolled over first.
+/// - A full disk: appends are refused with `.noSpace`, while delivered marks and rollovers take
+///   from a preallocated reserve (``SpoolReserve``), so deliveries are never forgotten and space
+///   comes back without a restart (docs/spool-and-acks.md, "A full disk").
 /// - Every record is checksummed (CRC-32). ``open(directory:maxSize:segmentSize:)`` replays what
 ///   was not delivered; a torn or corrupt stretch is reported in ``SpoolRecovery/corruptions``
 ///   and skipped, and appends then go to a new segment.
