@@ -204,35 +204,33 @@ package final class BatchhouseMetrics: Sendable {
             "spool_unwritten_marks", "",
             "Delivered spooled requests whose delivered mark is not written yet (retried; a restart would replay them)",
             statistics.unwrittenMarks)
+        // Counters: each scrape adds what the spool's own counts grew by since the last one (under one lock, so
+        // concurrent scrapes never add the same growth twice).
         let counters = statistics.counters
         let current = [
             "max_size": counters.refusedMaxSize, "no_space": counters.refusedNoSpace, "io": counters.failedIO,
-            "delivered_mark": counters.markFailures,
+            "delivered_mark": counters.markFailures, "reserve_released": counters.reserveReleasedBytes,
         ]
         let growth = spoolCounters.withLock { last in
-            let growth = current.map { ($0.key, $0.value - (last[$0.key] ?? 0)) }
-            last = current
-            return growth
+            defer { last = current }
+            return current.map { (key: $0.key, delta: $0.value - (last[$0.key] ?? 0)) }
         }
-        for (reason, delta) in growth {
-            let counter = registry.makeCounter(
-                descriptor: .init(
-                    namespace: "batchhouse", metricName: "spool_write_failures", unitName: "total",
-                    helpText:
-                        "Spool writes that failed or were refused, by reason: max_size (spool.max_size reached), no_space (disk full or reserve in use), io, delivered_mark (a delivered mark that did not fit even from the reserve)"
-                ),
-                labels: [("reason", reason)])
+        for (key, delta) in growth {
+            let counter =
+                key == "reserve_released"
+                ? registry.makeCounter(
+                    descriptor: .init(
+                        namespace: "batchhouse", metricName: "spool_reserve_released_bytes", unitName: "total",
+                        helpText: "Bytes of the spool reserve given up so that delivered marks or a rollover fit on a full disk"))
+                : registry.makeCounter(
+                    descriptor: .init(
+                        namespace: "batchhouse", metricName: "spool_write_failures", unitName: "total",
+                        helpText:
+                            "Spool writes that failed or were refused, by reason: max_size (spool.max_size reached), no_space (disk full or reserve in use), io, delivered_mark (a delivered mark that did not fit even from the reserve; retried)"
+                    ),
+                    labels: [("reason", key)])
             if delta > 0 { counter.increment(by: Int64(delta)) }
         }
-        let releasedGrowth = spoolCounters.withLock { last in
-            defer { last["reserve_released"] = counters.reserveReleasedBytes }
-            return counters.reserveReleasedBytes - (last["reserve_released"] ?? 0)
-        }
-        let released = registry.makeCounter(
-            descriptor: .init(
-                namespace: "batchhouse", metricName: "spool_reserve_released_bytes", unitName: "total",
-                helpText: "Bytes of the spool reserve given up so that delivered marks or a rollover fit on a full disk"))
-        if releasedGrowth > 0 { released.increment(by: Int64(releasedGrowth)) }
     }
 
     package func spoolCorruptions(_ count: Int) {
