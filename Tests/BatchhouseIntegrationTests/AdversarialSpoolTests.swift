@@ -110,6 +110,7 @@ struct AdversarialSpoolTests {
         defer { disk.unmount() }
         let table = "\(db.name).s"
         // Nothing is flushed while the disk fills (8 s after a batch's first row), so the spool holds it all.
+        // `upstream` comes from ProxyUnderTest.start.
         let config = """
             defaults: { strategy: hybrid, max_rows: 1000000, max_bytes: 64MiB, max_delay: 8s }
             spool: { dir: \(disk.path)/spool }
@@ -146,11 +147,18 @@ struct AdversarialSpoolTests {
         #expect((Self.metric(reclaimed, "batchhouse_spool_bytes") ?? .infinity) < Double(1 << 20), "\(reclaimed)")
         #expect(Self.metric(reclaimed, "batchhouse_spool_unwritten_marks") == 0)
 
-        // 3. Full again, then a graceful restart on a disk with no byte left.
-        try await Self.load(proxy.endpoint, table, from: 3_000_000, into: outcomes, refusals: 5)
+        // 3. Full again while ClickHouse cannot be reached (port 9), so a graceful stop leaves the rows in the spool;
+        //    then a restart on a disk with no byte left replays them, delivers and reclaims.
+        try await proxy.stop()
+        proxy = try await ProxyUnderTest.start(config, upstream: "http://127.0.0.1:9")
+        let beforeRefill = outcomes.ids.count
+        try await Self.load(proxy.endpoint, table, from: 3_000_000, into: outcomes, refusals: 25)
+        #expect(outcomes.ids.count - beforeRefill > 1_000, "the disk took rows again before it was full")
         try await proxy.stop()
         disk.fillUp()
         proxy = try await ProxyUnderTest.start(config)
+        let replayed = try await db.waitForCount("s", outcomes.ids.count, timeout: .seconds(30))
+        #expect(replayed == outcomes.ids.count, "the rows spooled before the restart were replayed")
         disk.removeFiller()
         let afterRestart = try await Self.waitUntilAccepted(proxy.endpoint, table, first: 4_000_000, outcomes: outcomes)
         #expect(afterRestart != nil, "inserts refused after the restart")
