@@ -127,6 +127,15 @@ enum FileSystem {
         return size > 0 ? size : nil
     }
 
+    /// Bytes this process can still allocate on the filesystem of an open file (fstatvfs; root may also use the
+    /// blocks reserved for it), nil when unknown.
+    static func availableBytes(_ descriptor: Int32) -> Int? {
+        var info = statvfs()
+        guard fstatvfs(descriptor, &info) == 0 else { return nil }
+        let blocks = geteuid() == 0 ? UInt64(info.f_bfree) : UInt64(info.f_bavail)
+        return Int(clamping: blocks &* UInt64(info.f_frsize))
+    }
+
     /// Names of `segment-*.wal` files in the directory with their numbers, sorted by number.
     static func segmentFiles(in directory: String) throws(SpoolError) -> [(number: UInt64, name: String)] {
         guard let stream = opendir(directory) else { throw ioError("cannot list", directory) }

@@ -47,6 +47,9 @@ struct SpoolReserve {
             size = existing
         }
         guard let file else { return false }
+        // statvfs first: on a full disk every append asks, and a doomed allocation is far dearer than a statvfs
+        // (where the filesystem cannot preallocate, glibc would write the zeros).
+        if let free = FileSystem.availableBytes(file.descriptor), free < target - size { return false }
         if FileSystem.allocate(file.descriptor, size: target) != nil {
             // A partial allocation would be counted nowhere: give it back.
             _ = FileSystem.truncate(file.descriptor, to: size)
