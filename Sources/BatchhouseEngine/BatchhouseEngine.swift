@@ -91,6 +91,8 @@ package final class BatchhouseEngine: Sendable {
     package func flushDue() -> Instant? {
         let (due, next) = buffering.sealDue()
         delivery.submit(due)
+        // Delivered marks that found no room before are written as soon as there is (one atomic load otherwise).
+        spool?.retryUnwrittenMarks()
         return next
     }
 
@@ -167,7 +169,7 @@ package final class BatchhouseEngine: Sendable {
         metrics.setQueueBytes(buffering.sealedBytes)
         metrics.updateBuffered(buffering.bufferedByTable())
         metrics.updateAdaptiveTargets(buffering.adaptiveTargets())
-        if let spool { metrics.updateSpool(bytes: spool.sizeBytes, undeliveredChunks: spool.undeliveredChunks) }
+        if let spool { metrics.updateSpool(spool.statistics) }
         return metrics.prometheusText()
     }
 }

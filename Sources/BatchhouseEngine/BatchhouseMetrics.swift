@@ -1,4 +1,5 @@
 import BatchhouseCore
+import BatchhouseSpool
 import Prometheus
 import Synchronization
 
@@ -35,6 +36,8 @@ package final class BatchhouseMetrics: Sendable {
     /// Received rows and bytes change on every request, from every event loop: atomics, not the `totals` lock.
     private let rowsReceivedTotal = Atomic<Int>(0)
     private let bytesReceivedTotal = Atomic<Int>(0)
+    /// The spool's counters at the last scrape, so each scrape adds what they grew by.
+    private let spoolCounters = Mutex<[String: Int]>([:])
 
     struct TableCounters: Sendable {
         var rowsReceived: Counter
@@ -185,18 +188,49 @@ package final class BatchhouseMetrics: Sendable {
         }
     }
 
-    /// The spool's size and backlog, set at scrape time; corruptions found at start.
-    package func updateSpool(bytes: Int, undeliveredChunks: Int) {
-        registry.makeGauge(
-            descriptor: .init(
-                namespace: "batchhouse", metricName: "spool", unitName: "bytes",
-                helpText: "Bytes of live spool segments")
-        ).set(Double(bytes))
-        registry.makeGauge(
-            descriptor: .init(
-                namespace: "batchhouse", metricName: "spool_undelivered_chunks", unitName: "",
-                helpText: "Spooled requests whose rows are not yet in ClickHouse")
-        ).set(Double(undeliveredChunks))
+    /// The spool's size, live data, reserve and backlog, set at scrape time; its failure counters move by what
+    /// they grew since the last scrape. Corruptions found at start are counted by `spoolCorruptions`.
+    package func updateSpool(_ statistics: SpoolStatistics) {
+        func gauge(_ name: String, _ unit: String, _ help: String, _ value: Int) {
+            registry.makeGauge(
+                descriptor: .init(namespace: "batchhouse", metricName: name, unitName: unit, helpText: help)
+            ).set(Double(value))
+        }
+        gauge("spool", "bytes", "Bytes of spool segment files on disk (delivered data included until reclaimed)", statistics.fileBytes)
+        gauge("spool_live", "bytes", "Record bytes of spooled rows not yet in ClickHouse: what spool.max_size bounds", statistics.liveBytes)
+        gauge("spool_undelivered_chunks", "", "Spooled requests whose rows are not yet in ClickHouse", statistics.undeliveredChunks)
+        gauge("spool_reserve", "bytes", "Bytes preallocated for delivered marks and rollovers on a full disk", statistics.reserveBytes)
+        gauge(
+            "spool_unwritten_marks", "",
+            "Delivered spooled requests whose delivered mark is not written yet (retried; a restart would replay them)",
+            statistics.unwrittenMarks)
+        // Counters: each scrape adds what the spool's own counts grew by since the last one (under one lock, so
+        // concurrent scrapes never add the same growth twice).
+        let counters = statistics.counters
+        let current = [
+            "max_size": counters.refusedMaxSize, "no_space": counters.refusedNoSpace, "io": counters.failedIO,
+            "delivered_mark": counters.markFailures, "reserve_released": counters.reserveReleasedBytes,
+        ]
+        let growth = spoolCounters.withLock { last in
+            defer { last = current }
+            return current.map { (key: $0.key, delta: $0.value - (last[$0.key] ?? 0)) }
+        }
+        for (key, delta) in growth {
+            let counter =
+                key == "reserve_released"
+                ? registry.makeCounter(
+                    descriptor: .init(
+                        namespace: "batchhouse", metricName: "spool_reserve_released_bytes", unitName: "total",
+                        helpText: "Bytes of the spool reserve given up so that delivered marks or a rollover fit on a full disk"))
+                : registry.makeCounter(
+                    descriptor: .init(
+                        namespace: "batchhouse", metricName: "spool_write_failures", unitName: "total",
+                        helpText:
+                            "Spool writes that failed or were refused, by reason: max_size (spool.max_size reached), no_space (disk full or reserve in use), io, delivered_mark (a delivered mark that did not fit even from the reserve; retried)"
+                    ),
+                    labels: [("reason", key)])
+            if delta > 0 { counter.increment(by: Int64(delta)) }
+        }
     }
 
     package func spoolCorruptions(_ count: Int) {

@@ -1,3 +1,4 @@
+import BatchhouseSpool
 import NIOCore
 
 /// An error made by the proxy itself, shaped like ClickHouse's so clients that key on `Code: N` understand it.
@@ -43,6 +44,17 @@ package struct ClickHouseError: Error, Sendable, Hashable {
 
     package static func spoolFull(_ message: String) -> ClickHouseError {
         ClickHouseError(code: 243, name: "NOT_ENOUGH_SPACE", message: message, status: 503, retryAfterSeconds: 1)
+    }
+
+    /// A spool append that failed: a full spool (`spool.max_size`) or a full disk is a 503 the client retries
+    /// (code 243, as ClickHouse says when its own disk is full); anything else is a 500
+    /// (docs/spool-and-acks.md, "A full disk").
+    package static func spoolRefused(_ error: SpoolError) -> ClickHouseError {
+        switch error.code {
+        case .full: spoolFull("Batchhouse: the spool is full (spool.max_size); retry later")
+        case .noSpace: spoolFull("Batchhouse: no space left on the spool's disk (\(error.message)); retry later")
+        case .io, .closed: spoolFailed("Batchhouse: cannot write the spool: \(error.message)")
+        }
     }
 
     package static func spoolFailed(_ message: String) -> ClickHouseError {

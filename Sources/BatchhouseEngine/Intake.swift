@@ -227,10 +227,7 @@ package final class Intake: Sendable {
                 position = try spool.append(key: key, rows: rowCount, endsWithNewline: endsWithNewline, data: rows)
             } catch {
                 buffering.cancel(reservation)
-                return refuse(
-                    error.code == .full
-                        ? .spoolFull("Batchhouse: the spool is full (spool.max_size); retry later")
-                        : .spoolFailed("Batchhouse: cannot write the spool: \(error.message)"))
+                return refuse(.spoolRefused(error))
             }
         }
         let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, spooled: spool != nil, completion()) : 0

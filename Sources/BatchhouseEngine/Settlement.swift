@@ -45,7 +45,7 @@ package final class Settlement: Sendable {
     package func landed(_ part: SealedBatch, whole: Bool, attempts: Int, elapsed: Duration) {
         if whole, let spool {
             let chunks = part.contributions.compactMap(\.spoolChunk)
-            if !chunks.isEmpty { spool.markDelivered(chunks) }
+            if !chunks.isEmpty { check(spool.markDelivered(chunks), batch: part) }
         }
         let table = part.key.qualifiedTable
         metrics.flushed(table: table, rows: part.rows, duration: elapsed, unixTime: clock.wallClockSeconds())
@@ -135,7 +135,19 @@ package final class Settlement: Sendable {
         acks.resolve(report)
         if let spool {
             let done = report.settledSpoolChunks
-            if !done.isEmpty { spool.markDelivered(done) }
+            if !done.isEmpty { check(spool.markDelivered(done), batch: report.batch) }
         }
+    }
+
+    /// A delivered mark the spool could not write, even from its reserve, is kept in memory and retried by the
+    /// spool; until it is written a restart would replay those rows (docs/spool-and-acks.md, "A full disk").
+    private func check(_ outcome: SpoolMarkOutcome, batch: SealedBatch) {
+        guard outcome.unwrittenChunks > 0 else { return }
+        logger.error(
+            "spool delivered mark not written; kept in memory and retried (a restart before it is written replays these rows)",
+            metadata: [
+                "table": "\(batch.key.qualifiedTable)", "batch": "\(batch.id)",
+                "unwritten_chunks": "\(outcome.unwrittenChunks)", "error": "\(outcome.failure ?? "unknown")",
+            ])
     }
 }

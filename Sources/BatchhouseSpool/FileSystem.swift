@@ -26,8 +26,14 @@ enum FileSystem {
         "\(what) \(path): \(String(cString: strerror(code))) (errno \(code))"
     }
 
+    /// ENOSPC and EDQUOT become `.noSpace` (the client may retry later), anything else `.io`.
     static func ioError(_ what: String, _ path: String, _ code: Int32 = errno) -> SpoolError {
-        SpoolError(code: .io, message: message(what, path, code))
+        SpoolError(code: isNoSpace(code) ? .noSpace : .io, message: message(what, path, code))
+    }
+
+    /// The filesystem (or the user's quota) is full.
+    static func isNoSpace(_ code: Int32) -> Bool {
+        code == ENOSPC || code == EDQUOT
     }
 
     /// Creates the directory (and its parents) if needed and makes it 0700: segment files hold
@@ -86,6 +92,48 @@ enum FileSystem {
             throw ioError("cannot write header of", path, failure)
         }
         return file
+    }
+
+    /// An existing segment opened to append to (when no new one can be created on a full disk).
+    static func openSegmentForAppend(_ path: String) throws(SpoolError) -> OpenFile {
+        let descriptor = open(path, O_WRONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw ioError("cannot open", path) }
+        return OpenFile(descriptor: descriptor, path: path)
+    }
+
+    /// Opens (creating if needed, 0600) a file and returns it with its size. Nil when that fails.
+    static func openOrCreate(_ path: String) -> (OpenFile, Int)? {
+        let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { return nil }
+        let file = OpenFile(descriptor: descriptor, path: path)
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { return nil }
+        return (file, Int(info.st_size))
+    }
+
+    /// posix_fallocate(3): blocks for `[0, size)` are allocated (glibc writes zeros where the filesystem cannot
+    /// preallocate). Returns the error code of a failure.
+    static func allocate(_ descriptor: Int32, size: Int) -> Int32? {
+        var result: Int32
+        repeat { result = posix_fallocate(descriptor, 0, off_t(size)) } while result == EINTR
+        return result == 0 ? nil : result
+    }
+
+    /// The total size of the filesystem holding `path` (statvfs), nil when unknown.
+    static func filesystemSize(_ path: String) -> Int? {
+        var info = statvfs()
+        guard statvfs(path, &info) == 0 else { return nil }
+        let size = Int(clamping: UInt64(info.f_blocks) &* UInt64(info.f_frsize))
+        return size > 0 ? size : nil
+    }
+
+    /// Bytes this process can still allocate on the filesystem of an open file (fstatvfs; root may also use the
+    /// blocks reserved for it), nil when unknown.
+    static func availableBytes(_ descriptor: Int32) -> Int? {
+        var info = statvfs()
+        guard fstatvfs(descriptor, &info) == 0 else { return nil }
+        let blocks = geteuid() == 0 ? UInt64(info.f_bfree) : UInt64(info.f_bavail)
+        return Int(clamping: blocks &* UInt64(info.f_frsize))
     }
 
     /// Names of `segment-*.wal` files in the directory with their numbers, sorted by number.

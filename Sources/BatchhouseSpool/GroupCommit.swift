@@ -15,6 +15,8 @@ final class SpoolCore: Sendable {
     let directoryFile: OpenFile
     let wakeSyncThread = DispatchSemaphore(value: 0)
     let syncThreadExited = DispatchSemaphore(value: 0)
+    /// Some deliveries' marks are not on disk yet: ``Spool/retryUnwrittenMarks()`` takes the lock only then.
+    let marksPending = Atomic<Bool>(false)
 
     init(state: SpoolState, directoryFile: OpenFile) {
         self.state = Mutex(state)

@@ -51,7 +51,8 @@ struct IDRanges {
     }
 
     /// The ids of `span` that are not in `excluded`, as ranges.
-    static func complement(of excluded: Set<UInt64>, in span: ClosedRange<UInt64>) -> [ClosedRange<UInt64>] {
+    static func complement<C: Collection>(of excluded: C, in span: ClosedRange<UInt64>) -> [ClosedRange<UInt64>]
+    where C.Element == UInt64 {
         var result: [ClosedRange<UInt64>] = []
         var next = span.lowerBound
         var exhausted = false

@@ -14,6 +14,10 @@ enum Recovery {
         var bytes: Int
         /// Above every chunk id and segment number seen, so new segment names never collide.
         var nextChunkID: UInt64
+        /// Record bytes of the undelivered chunks.
+        var liveBytes: Int
+        /// Where the newest segment's valid records end (see ``SegmentScanner/validEnd``).
+        var newestValidEnd: Int?
     }
 
     static func run(directory: String) throws(SpoolError) -> Result {
@@ -26,6 +30,8 @@ enum Recovery {
         var corruptions: [SpoolCorruption] = []
         var bytesTotal = 0
         var highest: UInt64 = files.last?.number ?? 0
+        var liveBytes = 0
+        var newestValidEnd: Int?
 
         for (number, name) in files.reversed() {
             let path = directory + "/" + name
@@ -70,6 +76,7 @@ enum Recovery {
                 )
             }
             corruptions += scanner?.corruptions ?? []
+            if number == files.last?.number { newestValidEnd = scanner?.validEnd }
 
             if !fileMarkers.isEmpty {
                 let ranges = IDRanges(ranges: fileMarkers)
@@ -96,7 +103,9 @@ enum Recovery {
                             continue
                         }
                         kept.insert(id)
-                        segment.undelivered.insert(id)
+                        let bytes = RecordFormat.recordHeaderSize + payload.count
+                        segment.undelivered[id] = bytes
+                        liveBytes += bytes
                         chunks.append(chunk)
                     } catch {
                         corruptions.append(
@@ -123,7 +132,9 @@ enum Recovery {
             corruptions: corruptions,
             fileCount: files.count,
             bytes: bytesTotal,
-            nextChunkID: highest == .max ? .max : max(highest + 1, 1)
+            nextChunkID: highest == .max ? .max : max(highest + 1, 1),
+            liveBytes: liveBytes,
+            newestValidEnd: newestValidEnd
         )
     }
 }

@@ -14,6 +14,9 @@ struct SegmentScanner {
     let bytes: UnsafeRawBufferPointer
     let fileName: String
     private(set) var corruptions: [SpoolCorruption] = []
+    /// The end of the header or of the last record that verified: what follows holds nothing valid, so a file
+    /// reused for appends is cut back to it.
+    private(set) var validEnd = 0
     /// How many payload bytes resynchronization may still checksum.
     private var resyncBudget: Int
 
@@ -38,6 +41,7 @@ struct SegmentScanner {
             let version = bytes[RecordFormat.segmentMagic.count]
             guard version == RecordFormat.version else { return .unsupportedVersion(version) }
             offset = RecordFormat.segmentHeaderSize
+            validEnd = offset
         } else {
             // Damaged header: the records after it may still be fine.
             let next = resync(from: 0)
@@ -55,6 +59,7 @@ struct SegmentScanner {
                     report(offset, "unknown record type \(rawType) (\(payload.count) bytes skipped)")
                 }
                 offset += RecordFormat.recordHeaderSize + payload.count
+                validEnd = offset
             case .invalid(let reason):
                 let next = resync(from: offset + 1)
                 report(offset, reason + skipped(from: offset, to: next))

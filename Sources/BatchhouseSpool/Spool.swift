@@ -8,7 +8,10 @@ import Synchronization
 /// - Segment files `DIR/segment-<20-digit number>.wal` (format in ``RecordFormat``), where the
 ///   number is the id of the first chunk written to the file. Appends go to the newest segment;
 ///   it is rotated once it would pass `segmentSize`. A segment is deleted once every chunk in it
-///   is delivered (``markDelivered(_:)``).
+///   is delivered (``markDelivered(_:)``); the active one is rolled over first.
+/// - A full disk: appends are refused with `.noSpace`, while delivered marks and rollovers take
+///   from a preallocated reserve (``SpoolReserve``), so deliveries are never forgotten and space
+///   comes back without a restart (docs/spool-and-acks.md, "A full disk").
 /// - Every record is checksummed (CRC-32). ``open(directory:maxSize:segmentSize:)`` replays what
 ///   was not delivered; a torn or corrupt stretch is reported in ``SpoolRecovery/corruptions``
 ///   and skipped, and appends then go to a new segment.
@@ -30,46 +33,84 @@ public final class Spool: Sendable {
     let directory: String
     let maxSize: Int
     let segmentSize: Int
+    let rolloverSize: Int
 
     /// Opens (creating if needed) the spool in `directory`, reading back what it holds.
     ///
     /// - Parameters:
-    ///   - maxSize: bytes of segment files beyond which ``append(key:rows:endsWithNewline:data:)``
-    ///     throws `.full`; recovered segments count too.
+    ///   - maxSize: record bytes of undelivered chunks beyond which
+    ///     ``append(key:rows:endsWithNewline:data:)`` throws `.full`; recovered chunks count too, delivered
+    ///     ones do not.
     ///   - segmentSize: a segment is rotated when the next record would take it past this size.
+    ///   - reserve: bytes kept preallocated in `DIR/reserve` for delivered marks and rollovers on a full disk
+    ///     (``SpoolReserve``); nil picks ``SpoolReserve/defaultTarget(maxSize:filesystemSize:)``.
+    ///   - rolloverSize: an active segment whose chunks are all delivered is rolled over (and its file
+    ///     reclaimed) once it holds this many bytes; nil picks the smaller of `segmentSize` and 1 MiB.
     /// - Throws: `.io` when the directory cannot be created, locked or read, or when a segment has a
     ///   format version this build does not know. Damaged records are not errors: they are reported
-    ///   in the recovery.
+    ///   in the recovery. A full disk is not an error either when there is a segment to go on with.
     public static func open(
         directory: String,
         maxSize: Int,
-        segmentSize: Int = 64 << 20
+        segmentSize: Int = 64 << 20,
+        reserve reserveTarget: Int? = nil,
+        rolloverSize: Int? = nil
     ) throws(SpoolError) -> (Spool, SpoolRecovery) {
         try FileSystem.makePrivateDirectory(directory)
         let lockFile = try FileSystem.lockDirectory(directory)
         let directoryFile = try FileSystem.openDirectory(directory)
         var recovered = try Recovery.run(directory: directory)
+        var reserve = SpoolReserve(
+            path: directory + "/" + reserveFileName,
+            target: reserveTarget
+                ?? SpoolReserve.defaultTarget(maxSize: maxSize, filesystemSize: FileSystem.filesystemSize(directory)))
 
+        // A new active segment, from the reserve if the disk is full. Failing that, the newest segment goes
+        // on as the active one: recovery must not need a new file to run (docs/spool-and-acks.md, "A full disk").
         let number = recovered.nextChunkID
         let path = directory + "/" + RecordFormat.segmentFileName(number)
-        let file = try FileSystem.createSegment(path)
-        let active = SegmentState(
-            number: number,
-            path: path,
-            file: file,
-            size: RecordFormat.segmentHeaderSize,
-            durableSize: 0,
-            needsDirectorySync: true
-        )
-        recovered.segments.append(active)
+        var released = 0
+        do throws(SpoolError) {
+            let file = try createSegment(path, reserve: &reserve, released: &released)
+            recovered.segments.append(
+                SegmentState(
+                    number: number,
+                    path: path,
+                    file: file,
+                    size: RecordFormat.segmentHeaderSize,
+                    durableSize: 0,
+                    needsDirectorySync: true
+                ))
+        } catch {
+            guard error.code == .noSpace, var newest = recovered.segments.popLast() else { throw error }
+            newest.file = try FileSystem.openSegmentForAppend(newest.path)
+            if let validEnd = recovered.newestValidEnd, validEnd >= RecordFormat.segmentHeaderSize,
+                validEnd < newest.size, FileSystem.truncate(newest.file!.descriptor, to: validEnd)
+            {
+                // Nothing valid follows: appending after a torn tail would only make it a corruption in the middle.
+                newest.size = validEnd
+                newest.durableSize = validEnd
+            } else if recovered.newestValidEnd ?? 0 < RecordFormat.segmentHeaderSize {
+                throw SpoolError(
+                    code: .noSpace,
+                    message: "no space for a new segment in \(directory), and \(newest.path) has no valid header to append to")
+            }
+            recovered.segments.append(newest)
+        }
         var state = SpoolState(
             segments: recovered.segments,
-            nextChunkID: number,
+            nextChunkID: max(number, recovered.segments.last!.number),
             totalBytes: recovered.segments.reduce(0) { $0 + $1.size },
-            undeliveredCount: recovered.chunks.count
+            liveBytes: recovered.liveBytes,
+            undeliveredCount: recovered.chunks.count,
+            reserve: reserve
         )
+        state.counters.reserveReleasedBytes = released
+        state.diskWasFull = state.reserve.isShort
         state.lockFile = lockFile
-        let spool = Spool(state: state, directory: directory, directoryFile: directoryFile, maxSize: maxSize, segmentSize: segmentSize)
+        let spool = Spool(
+            state: state, directory: directory, directoryFile: directoryFile, maxSize: maxSize, segmentSize: segmentSize,
+            rolloverSize: rolloverSize ?? min(segmentSize, 1 << 20))
         spool.core.startSyncThread()
         // Segments whose chunks were all delivered before the restart go now.
         spool.markDelivered([])
@@ -82,11 +123,32 @@ public final class Spool: Sendable {
         return (spool, report)
     }
 
-    private init(state: SpoolState, directory: String, directoryFile: OpenFile, maxSize: Int, segmentSize: Int) {
+    /// The preallocated reserve (``SpoolReserve``); not a segment, so recovery and `spool inspect` skip it.
+    static let reserveFileName = "reserve"
+
+    /// A new segment file; on a full disk, steps of the reserve are freed until it fits.
+    private static func createSegment(
+        _ path: String, reserve: inout SpoolReserve, released: inout Int
+    ) throws(SpoolError) -> OpenFile {
+        while true {
+            do throws(SpoolError) {
+                return try FileSystem.createSegment(path)
+            } catch {
+                let before = reserve.size
+                guard error.code == .noSpace, reserve.release() else { throw error }
+                released += before - reserve.size
+            }
+        }
+    }
+
+    private init(
+        state: SpoolState, directory: String, directoryFile: OpenFile, maxSize: Int, segmentSize: Int, rolloverSize: Int
+    ) {
         self.core = SpoolCore(state: state, directoryFile: directoryFile)
         self.directory = directory
         self.maxSize = maxSize
         self.segmentSize = segmentSize
+        self.rolloverSize = rolloverSize
     }
 
     deinit { close() }
@@ -94,8 +156,11 @@ public final class Spool: Sendable {
     /// Writes one chunk (one request's rows for one key) and returns where it is. The record is in
     /// the kernel when this returns, not necessarily on disk: see ``waitDurable(_:)``.
     ///
-    /// - Throws: `.full` when the spool would pass `maxSize`, `.io` when the write failed (nothing
-    ///   of the record stays in the file), `.closed` after ``close()``.
+    /// Every check comes before the write, and a write that fails is cut off again, so a refused request
+    /// leaves nothing in the spool.
+    /// - Throws: `.full` when the undelivered chunks would pass `maxSize`; `.noSpace` when the disk is full
+    ///   (ENOSPC, EDQUOT) or the reserve is in use and cannot be allocated back; `.io` when the write failed
+    ///   otherwise; `.closed` after ``close()``.
     public func append(key: BatchKey, rows: Int, endsWithNewline: Bool, data: UnsafeRawBufferPointer) throws(SpoolError) -> SpoolPosition {
         // Encoding and most of the checksum happen before taking the lock.
         guard var record = EncodedChunk(key: key, rows: rows, endsWithNewline: endsWithNewline, data: data) else {
@@ -103,28 +168,46 @@ public final class Spool: Sendable {
         }
         let (position, wake) = try core.state.withLock { state throws(SpoolError) -> (SpoolPosition, Bool) in
             guard !state.closed else { throw SpoolError(code: .closed, message: "cannot append") }
+            guard state.liveBytes + record.recordLength <= maxSize else {
+                state.counters.refusedMaxSize += 1
+                throw full(state, record.recordLength)
+            }
+            // Data never takes from the reserve: while it is short, new rows wait until it can be made whole.
+            guard state.reserve.replenish() else {
+                state.counters.refusedNoSpace += 1
+                state.diskWasFull = true
+                throw SpoolError(
+                    code: .noSpace,
+                    message: "the disk is full: \(state.reserve.size) of the \(state.reserve.target) bytes reserved for delivered marks are left"
+                )
+            }
             var wake = false
             // Only the size: a copy of the segment would make the insert below copy its id set.
             let activeSize = state.segments[state.activeIndex].size
             if state.rotateBeforeNextAppend
                 || (activeSize > RecordFormat.segmentHeaderSize && activeSize + record.recordLength > segmentSize)
             {
-                let needed = RecordFormat.segmentHeaderSize + record.recordLength
-                guard state.totalBytes + needed <= maxSize else { throw full(state, needed) }
-                wake = try rotate(&state)
+                do throws(SpoolError) {
+                    wake = try rotate(&state, fromReserve: false)
+                } catch {
+                    count(error, in: &state)
+                    throw error
+                }
             }
-            guard state.totalBytes + record.recordLength <= maxSize else { throw full(state, record.recordLength) }
 
             let id = state.nextChunkID
             record.seal(id: id)
             let failure = record.head.withUnsafeBytes { head in state.writeToActive(head, data) }
             let index = state.activeIndex
             if let failure {
-                throw FileSystem.ioError("cannot append to", state.segments[index].path, failure)
+                let error = FileSystem.ioError("cannot append to", state.segments[index].path, failure)
+                count(error, in: &state)
+                throw error
             }
             state.nextChunkID += 1
             state.undeliveredCount += 1
-            state.segments[index].undelivered.insert(id)
+            state.liveBytes += record.recordLength
+            state.segments[index].undelivered[id] = record.recordLength
             if state.segments[index].firstID == nil { state.segments[index].firstID = id }
             state.segments[index].lastID = id
             let position = SpoolPosition(chunkID: id, segment: state.segments[index].number, offset: state.segments[index].size)
@@ -134,20 +217,37 @@ public final class Spool: Sendable {
         return position
     }
 
+    private func count(_ error: SpoolError, in state: inout SpoolState) {
+        if error.code == .noSpace {
+            state.counters.refusedNoSpace += 1
+            state.diskWasFull = true
+        } else {
+            state.counters.failedIO += 1
+        }
+    }
+
     private func full(_ state: SpoolState, _ needed: Int) -> SpoolError {
         SpoolError(
             code: .full,
-            message: "\(state.totalBytes) bytes spooled, \(needed) more would pass spool.max_size (\(maxSize) bytes)"
+            message: "\(state.liveBytes) bytes of undelivered rows spooled, \(needed) more would pass spool.max_size (\(maxSize) bytes)"
         )
     }
 
     /// Starts a new active segment. The old one keeps its descriptor until the sync thread has
-    /// synced its last bytes. Returns whether the sync thread must be signalled.
-    private func rotate(_ state: inout SpoolState) throws(SpoolError) -> Bool {
+    /// synced its last bytes. Returns whether the sync thread must be signalled. `fromReserve`: on a
+    /// full disk, steps of the reserve are freed until the new file fits (a rollover that gives space back).
+    private func rotate(_ state: inout SpoolState, fromReserve: Bool) throws(SpoolError) -> Bool {
         let old = state.activeIndex
         let number = max(state.nextChunkID, state.segments[old].number + 1)
         let path = directory + "/" + RecordFormat.segmentFileName(number)
-        let file = try FileSystem.createSegment(path)
+        let file: OpenFile
+        if fromReserve {
+            var released = 0
+            file = try Self.createSegment(path, reserve: &state.reserve, released: &released)
+            state.counters.reserveReleasedBytes += released
+        } else {
+            file = try FileSystem.createSegment(path)
+        }
         state.nextChunkID = number
         state.rotateBeforeNextAppend = false
         if state.segments[old].durableSize >= state.segments[old].size && !state.segments[old].needsDirectorySync
@@ -169,6 +269,25 @@ public final class Spool: Sendable {
         guard state.segments[old].file != nil, !state.syncThreadBusy else { return false }
         state.syncThreadBusy = true
         return true
+    }
+
+    /// An active segment whose chunks are all delivered and that has grown to `rolloverSize` (after the disk
+    /// was found full: to 16 KiB) is replaced by a new one, so ``SpoolState/planRemovals()`` can reclaim its file
+    /// without waiting for more rows to fill it.
+    private func rollOverIfDelivered(_ state: inout SpoolState) -> Bool {
+        let active = state.activeIndex
+        let size = state.segments[active].size
+        guard state.segments[active].undelivered.isEmpty,
+            size >= rolloverSize || (state.diskWasFull && size >= 16 << 10)
+        else { return false }
+        do throws(SpoolError) {
+            let wake = try rotate(&state, fromReserve: true)
+            state.diskWasFull = false
+            return wake
+        } catch {
+            // The segment stays active; the next mark tries again.
+            return false
+        }
     }
 
     /// Returns once the record at `position` is on stable storage (fdatasync done), sharing the
@@ -204,23 +323,31 @@ public final class Spool: Sendable {
     }
 
     /// Records that these chunks are in ClickHouse (one `delivered` record, written without fsync)
-    /// and deletes every segment, but the active one, whose chunks are all delivered. Unknown or
+    /// and deletes every segment, but the active one, whose chunks are all delivered; an active segment
+    /// whose chunks are all delivered is rolled over first once it holds `rolloverSize` bytes. Unknown or
     /// already delivered ids are ignored. Call it before ``close()``: after it, it does nothing.
-    public func markDelivered<S: Sequence>(_ chunkIDs: S) where S.Element == UInt64 {
-        let removals = core.state.withLock { state -> SpoolState.Removals? in
+    ///
+    /// The record is written from the reserve when the disk is full. If even that fails, the deliveries are
+    /// kept in memory and written again by every later call (and ``retryUnwrittenMarks()``): the outcome says
+    /// how many are waiting, for the caller's log.
+    @discardableResult
+    public func markDelivered<S: Sequence>(_ chunkIDs: S) -> SpoolMarkOutcome where S.Element == UInt64 {
+        let result = core.state.withLock { state -> (SpoolState.Removals, SpoolMarkOutcome)? in
             guard !state.closed else { return nil }
             var delivered: [UInt64] = []
             var touched = Set<Int>()
             for id in chunkIDs {
-                guard let index = state.index(holdingUndelivered: id) else { continue }
-                state.segments[index].undelivered.remove(id)
+                guard let index = state.index(holdingUndelivered: id),
+                    let bytes = state.segments[index].undelivered.removeValue(forKey: id)
+                else { continue }
                 state.undeliveredCount -= 1
+                state.liveBytes -= bytes
                 delivered.append(id)
                 touched.insert(index)
             }
             if !delivered.isEmpty {
                 let record = RecordFormat.deliveredRecord(IDRanges(ids: delivered).ranges)
-                let failure = record.withUnsafeBytes { state.writeToActive($0) }
+                let failure = record.withUnsafeBytes { state.writeBookkeeping($0) }
                 let active = state.segments[state.activeIndex].number
                 for index in touched {
                     if failure == nil {
@@ -229,13 +356,38 @@ public final class Spool: Sendable {
                         state.segments[index].markersUnwritten = true
                     }
                 }
+                if let failure {
+                    state.counters.markFailures += 1
+                    state.lastMarkFailure = failure
+                    state.unwrittenMarkChunks += delivered.count
+                }
             }
-            return state.planRemovals()
+            let wake = rollOverIfDelivered(&state)
+            var removals = state.planRemovals()
+            if wake { removals.wakeSyncThread = true }
+            var outcome = SpoolMarkOutcome.written
+            if state.unwrittenMarkChunks > 0 {
+                outcome.unwrittenChunks = state.unwrittenMarkChunks
+                outcome.failure = state.lastMarkFailure.map {
+                    FileSystem.message("cannot write a delivered record to", state.segments[state.activeIndex].path, $0)
+                }
+            }
+            core.marksPending.store(state.unwrittenMarkChunks > 0, ordering: .relaxed)
+            return (removals, outcome)
         }
-        guard let removals else { return }
+        guard let (removals, outcome) = result else { return .written }
         for continuation in removals.resume { continuation.resume(returning: .success(())) }
         for path in removals.unlinkNow { FileSystem.remove(path) }
         if removals.wakeSyncThread { core.wakeSyncThread.signal() }
+        return outcome
+    }
+
+    /// Writes deliveries whose mark could not be written before (cheap when there are none: one atomic load).
+    /// The engine calls it on its flush ticks, so a mark waits at most one tick once space is back.
+    @discardableResult
+    public func retryUnwrittenMarks() -> SpoolMarkOutcome {
+        guard core.marksPending.load(ordering: .relaxed) else { return .written }
+        return markDelivered([])
     }
 
     /// Bytes of segment files, including those about to be deleted.
@@ -243,12 +395,24 @@ public final class Spool: Sendable {
 
     public var undeliveredChunks: Int { core.state.withLock { $0.undeliveredCount } }
 
+    /// Sizes, the reserve and failure counts, for `/metrics`.
+    public var statistics: SpoolStatistics {
+        core.state.withLock { state in
+            SpoolStatistics(
+                fileBytes: state.totalBytes, liveBytes: state.liveBytes, undeliveredChunks: state.undeliveredCount,
+                reserveBytes: state.reserve.size, reserveTarget: state.reserve.target,
+                unwrittenMarks: state.unwrittenMarkChunks, counters: state.counters)
+        }
+    }
+
     /// How many fdatasync calls the sync thread made (for tests of group commit).
     var fsyncCount: Int { core.state.withLock { $0.fsyncCount } }
 
     /// Syncs what was written, stops the sync thread and closes the files and the directory lock.
     /// Blocks until that is done. Idempotent; waiters not yet satisfied get `.closed`.
     public func close() {
+        // Deliveries whose mark is still in memory get a last chance before the files are closed.
+        retryUnwrittenMarks()
         let (first, signal) = core.state.withLock { state -> (Bool, Bool) in
             guard !state.closed else { return (false, false) }
             state.closed = true
@@ -261,6 +425,7 @@ public final class Spool: Sendable {
         core.syncThreadExited.wait()
         core.state.withLock { state in
             for index in state.segments.indices { state.segments[index].file = nil }
+            state.reserve.closeFile()
             state.lockFile = nil
         }
     }

@@ -22,9 +22,9 @@ struct SegmentState {
     var syncFailure: SpoolError?
     /// A new file is durable only once its directory entry is too.
     var needsDirectorySync: Bool
-    /// Chunks in this segment not yet delivered. Memory is proportional to undelivered chunks,
-    /// which are buffered (and so in memory) anyway.
-    var undelivered: Set<UInt64> = []
+    /// Chunks in this segment not yet delivered, with their record sizes (what `spool.max_size` counts).
+    /// Memory is proportional to undelivered chunks, which are buffered (and so in memory) anyway.
+    var undelivered: [UInt64: Int] = [:]
     /// The span of chunk ids written to this segment, delivered or not.
     var firstID: UInt64?
     var lastID: UInt64?
@@ -47,7 +47,7 @@ struct SegmentState {
 
     var deliveredSpan: [ClosedRange<UInt64>] {
         guard let firstID, let lastID else { return [] }
-        return IDRanges.complement(of: undelivered, in: firstID...lastID)
+        return IDRanges.complement(of: undelivered.keys, in: firstID...lastID)
     }
 }
 
@@ -65,9 +65,20 @@ struct SpoolState {
     /// Sorted by number; the last one is the active segment, where appends go.
     var segments: [SegmentState]
     var nextChunkID: UInt64
-    /// Live segments plus files waiting to be unlinked: what `spool.max_size` bounds.
+    /// Live segments plus files waiting to be unlinked: the spool's size on disk.
     var totalBytes: Int
+    /// Record bytes of undelivered chunks: what `spool.max_size` bounds. Delivered data still in a file does
+    /// not count, so the limit clears as soon as ClickHouse has the rows.
+    var liveBytes: Int
     var undeliveredCount: Int
+    var reserve: SpoolReserve
+    /// Chunks delivered whose `delivered` record is not on disk yet (a write failed even with the reserve);
+    /// ``planRemovals()`` writes them again on every later call.
+    var unwrittenMarkChunks = 0
+    /// An append found the disk full (or the reserve short) since the last rollover: a fully delivered active
+    /// segment then rolls over whatever its size, to give its space back.
+    var diskWasFull = false
+    var counters = SpoolStatistics.Counters()
     var pendingRemovals: [PendingRemoval] = []
     var rotateBeforeNextAppend = false
     var closed = false
@@ -75,6 +86,8 @@ struct SpoolState {
     var syncThreadBusy = false
     var fsyncCount = 0
     var lockFile: OpenFile?
+    /// The errno of the last failed bookkeeping write, for the caller's log.
+    var lastMarkFailure: Int32?
 
     var activeIndex: Int { segments.count - 1 }
 
@@ -106,8 +119,8 @@ struct SpoolState {
                 high = middle
             }
         }
-        if low > 0 && segments[low - 1].undelivered.contains(id) { return low - 1 }
-        return segments.firstIndex { $0.undelivered.contains(id) }
+        if low > 0 && segments[low - 1].undelivered[id] != nil { return low - 1 }
+        return segments.firstIndex { $0.undelivered[id] != nil }
     }
 
     /// Appends a record to the active segment. On a failed write the partial record is cut off;
@@ -126,6 +139,23 @@ struct SpoolState {
         return nil
     }
 
+    /// Writes a record that must fit even on a full disk (delivered marks, carried marks): when the disk is
+    /// full, a step of the reserve is freed and the write tried again.
+    mutating func writeBookkeeping(_ record: UnsafeRawBufferPointer) -> Int32? {
+        while true {
+            guard let failure = writeToActive(record) else { return nil }
+            guard FileSystem.isNoSpace(failure), releaseReserve() else { return failure }
+        }
+    }
+
+    /// Frees a step of the reserve for a write that must fit. False when it is used up.
+    mutating func releaseReserve() -> Bool {
+        let before = reserve.size
+        guard reserve.release() else { return false }
+        counters.reserveReleasedBytes += before - reserve.size
+        return true
+    }
+
     // MARK: Delivery and segment removal
 
     /// Files to unlink now and waiters to resume, once the lock is released.
@@ -142,9 +172,9 @@ struct SpoolState {
     mutating func planRemovals() -> Removals {
         var result = Removals()
         let active = activeIndex
-        guard active > 0 else { return result }
         let removable = segments[..<active].indices.filter { segments[$0].undelivered.isEmpty }
-        guard !removable.isEmpty || segments.contains(where: \.markersUnwritten) else { return result }
+        // Unwritten marks are retried here too, the active segment's own included.
+        guard !removable.isEmpty || unwrittenMarkChunks > 0 else { return result }
         let removedNumbers = Set(removable.map { segments[$0].number })
 
         let carried = segments.indices.filter { index in
@@ -155,9 +185,13 @@ struct SpoolState {
         var carriedTo: (segment: UInt64, size: Int)?
         if !ranges.isEmpty {
             let record = RecordFormat.deliveredRecord(ranges)
-            let failure = record.withUnsafeBytes { writeToActive($0) }
+            let failure = record.withUnsafeBytes { writeBookkeeping($0) }
             // Without the carried record, removing the files would forget deliveries: try again later.
-            guard failure == nil else { return result }
+            if let failure {
+                counters.markFailures += 1
+                lastMarkFailure = failure
+                return result
+            }
             // A segment whose sync already failed cannot be made durable: do not wait for it.
             if segments[active].syncFailure == nil {
                 carriedTo = (segments[active].number, segments[active].size)
@@ -167,6 +201,8 @@ struct SpoolState {
             segments[index].markerSegments = [segments[active].number]
             segments[index].markersUnwritten = false
         }
+        // Every segment's marks are now on disk (or its file goes below, and with it the need for them).
+        unwrittenMarkChunks = 0
 
         for index in removable.reversed() {
             let segment = segments.remove(at: index)

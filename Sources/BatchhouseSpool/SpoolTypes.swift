@@ -58,7 +58,10 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible {
     public enum Code: Sendable {
         /// `spool.max_size` would be exceeded: answer 503 and let the client retry.
         case full
-        /// A system call failed (disk full, I/O error, permissions); `message` says which and why.
+        /// The filesystem is full (ENOSPC, EDQUOT), or the reserve kept for delivered marks is in use: answer
+        /// 503 and let the client retry; space comes back as delivered segments are reclaimed.
+        case noSpace
+        /// A system call failed (I/O error, permissions); `message` says which and why.
         case io
         /// The spool was closed.
         case closed
@@ -75,6 +78,7 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch code {
         case .full: "spool full: \(message)"
+        case .noSpace: "spool disk full: \(message)"
         case .io: "spool I/O error: \(message)"
         case .closed: "spool closed: \(message)"
         }
@@ -98,4 +102,44 @@ public struct SpoolRecovery: Sendable {
         self.segments = segments
         self.bytes = bytes
     }
+}
+
+/// The spool's figures for `/metrics`, read at scrape time (``Spool/statistics``).
+public struct SpoolStatistics: Sendable, Hashable {
+    /// Counts since the spool was opened.
+    public struct Counters: Sendable, Hashable {
+        /// Appends refused because `spool.max_size` would be passed.
+        public var refusedMaxSize = 0
+        /// Appends refused because the disk is full (ENOSPC, EDQUOT) or the reserve is in use.
+        public var refusedNoSpace = 0
+        /// Appends that failed for another reason (I/O error, permissions).
+        public var failedIO = 0
+        /// `delivered` records that could not be written even with the reserve (they are retried).
+        public var markFailures = 0
+        /// Bytes of the reserve given up so that marks or a rollover fit on a full disk.
+        public var reserveReleasedBytes = 0
+    }
+
+    /// Bytes of segment files on disk (delivered data included until its file is reclaimed).
+    public var fileBytes: Int
+    /// Record bytes of undelivered chunks: what `spool.max_size` bounds.
+    public var liveBytes: Int
+    public var undeliveredChunks: Int
+    /// Bytes held in the reserve now, and its target.
+    public var reserveBytes: Int
+    public var reserveTarget: Int
+    /// Delivered chunks whose `delivered` record is not written yet (it is being retried).
+    public var unwrittenMarks: Int
+    public var counters: Counters
+}
+
+/// What ``Spool/markDelivered(_:)`` achieved.
+public struct SpoolMarkOutcome: Sendable, Hashable {
+    /// Delivered chunks whose mark is still not on disk (0: every delivery is recorded). The spool retries them
+    /// on every later mark and at ``Spool/retryUnwrittenMarks()``; a restart before that replays them.
+    public var unwrittenChunks: Int
+    /// Why the last write failed, when `unwrittenChunks` is not 0.
+    public var failure: String?
+
+    public static let written = SpoolMarkOutcome(unwrittenChunks: 0, failure: nil)
 }

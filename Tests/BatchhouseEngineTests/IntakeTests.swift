@@ -141,6 +141,25 @@ import Testing
         #expect(refusal?.status == 503)
         #expect(fixture.engine.buffering.memoryInUse == 0, "the reservation was given back")
         #expect(fixture.engine.buffering.bufferedRows == 0)
+        // Counted by reason once per refusal, however often /metrics is scraped.
+        for _ in 0..<2 {
+            let text = String(decoding: fixture.engine.prometheusText(), as: UTF8.self)
+            #expect(text.contains("batchhouse_spool_write_failures_total{reason=\"max_size\"} 1\n"), "\(text)")
+            #expect(text.contains("batchhouse_spool_live_bytes 0.0\n"))
+        }
+    }
+
+    @Test func aFullSpoolDiskIsNotEnoughSpaceNotAnInternalError() {
+        let noSpace = ClickHouseError.spoolRefused(
+            SpoolError(code: .noSpace, message: "cannot append to /s/segment-1.wal: No space left on device (errno 28)"))
+        #expect(noSpace.status == 503)
+        #expect(noSpace.code == 243)
+        #expect(noSpace.name == "NOT_ENOUGH_SPACE")
+        #expect(noSpace.retryAfterSeconds == 1)
+        #expect(noSpace.body.hasPrefix("Code: 243. DB::Exception: Batchhouse: no space left on the spool's disk"))
+        let io = ClickHouseError.spoolRefused(SpoolError(code: .io, message: "Input/output error"))
+        #expect(io.status == 500)
+        #expect(io.code == 1001)
     }
 
     @Test func spooledRowsLeaveTheSpoolOnceTheyLanded() async throws {
