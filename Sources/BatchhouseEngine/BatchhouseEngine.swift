@@ -40,7 +40,12 @@ package final class BatchhouseEngine: Sendable {
         acks = PendingAcks()
         gateway = UpstreamGateway(transport: transport, upstream: configuration.upstream, clock: clock)
         self.identityTags = identityTags
-        verifier = verifiesCredentials ? CredentialVerifier(tags: identityTags, gateway: gateway, clock: clock) : nil
+        verifier =
+            verifiesCredentials
+            ? CredentialVerifier(
+                tags: identityTags, gateway: gateway, clock: clock,
+                file: configuration.spool.map { VerifiedIdentityFile(directory: $0.dir) })
+            : nil
         buffering = Buffering(clock: clock, maxBufferMemory: configuration.limits.maxBufferMemory)
         settlement = Settlement(
             buffering: buffering, spool: spool, acks: acks, metrics: metrics,

@@ -45,13 +45,52 @@ package final class CredentialVerifier: Sendable {
 
     package let tags: IdentityTags
     private let gateway: UpstreamGateway
-    private let clock: any NowProvider
+    private let clock: any EngineClock
     private let entries = Mutex<[IdentityDigest: Entry]>([:])
+    /// With a spool: the accepted identities survive a restart (`VerifiedIdentityFile`).
+    private let file: VerifiedIdentityFile?
+    /// What the file holds (Unix seconds of the acceptance written), and the lock that orders its writes.
+    private let persisted = Mutex<[IdentityDigest: Double]>([:])
+    /// An acceptance is written again only when the one on file is older than this.
+    package static let persistEvery: Double = 300
 
-    package init(tags: IdentityTags, gateway: UpstreamGateway, clock: any NowProvider) {
+    package init(tags: IdentityTags, gateway: UpstreamGateway, clock: any EngineClock, file: VerifiedIdentityFile? = nil) {
         self.tags = tags
         self.gateway = gateway
         self.clock = clock
+        self.file = file
+        guard let file else { return }
+        // Acceptances from before a restart, made relative to this process's clock: they count while ClickHouse is
+        // unreachable, and the first request still asks it when it can be asked.
+        let wall = clock.wallClockSeconds()
+        let now = clock.now()
+        let window = Self.trustedWhileUnreachableFor.seconds
+        let recent = file.load().filter { wall - $0.value < window && $0.value <= wall }
+        persisted.withLock { $0 = recent }
+        entries.withLock { entries in
+            for (digest, at) in recent {
+                let age = Int64((wall - at) * 1e9)
+                entries[digest] = Entry(verifiedAt: Instant(nanoseconds: now.nanoseconds - age), trustedUntil: nil, waiters: nil)
+            }
+        }
+    }
+
+    /// Records an acceptance (or, with `at` nil, a refusal) in the file, if there is one.
+    private func persist(_ digest: IdentityDigest, acceptedAt at: Double?) {
+        guard let file else { return }
+        persisted.withLock { persisted in
+            if let at {
+                if let known = persisted[digest], at - known < Self.persistEvery { return }
+                persisted[digest] = at
+            } else if persisted.removeValue(forKey: digest) == nil {
+                return
+            }
+            let window = Self.trustedWhileUnreachableFor.seconds
+            let wall = clock.wallClockSeconds()
+            persisted = persisted.filter { wall - $0.value < window }
+            // A failed write only loses the restart convenience: identities are asked again.
+            try? file.save(persisted)
+        }
     }
 
     /// The hot path: whether `identity` may be taken now without asking ClickHouse.
@@ -96,6 +135,7 @@ package final class CredentialVerifier: Sendable {
     /// A batch of this identity was refused for its credentials: ask again before the next acknowledgement.
     package func forget(_ identity: ClientIdentity) {
         let digest = tags.digest(of: identity)
+        defer { persist(digest, acceptedAt: nil) }
         entries.withLock { entries in
             guard var entry = entries[digest] else { return }
             entry.verifiedAt = nil
@@ -137,6 +177,11 @@ package final class CredentialVerifier: Sendable {
             }
             entries[digest] = entry.verifiedAt == nil ? nil : entry
             return (waiters, outcome)
+        }
+        switch answer {
+        case .accepted: persist(digest, acceptedAt: clock.wallClockSeconds())
+        case .refused: persist(digest, acceptedAt: nil)
+        case .unreachable: break
         }
         for waiter in waiters { waiter(outcome) }
     }

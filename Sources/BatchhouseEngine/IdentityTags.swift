@@ -116,6 +116,13 @@ package struct IdentityDigest: Hashable, Sendable {
         self.words = words
     }
 
+    package init(words: (UInt64, UInt64, UInt64, UInt64)) {
+        self.words = words
+    }
+
+    /// The four words, in order (for the verified-identities file).
+    package var wordList: [UInt64] { [words.0, words.1, words.2, words.3] }
+
     package static func == (lhs: IdentityDigest, rhs: IdentityDigest) -> Bool {
         lhs.words.0 == rhs.words.0 && lhs.words.1 == rhs.words.1 && lhs.words.2 == rhs.words.2
             && lhs.words.3 == rhs.words.3
