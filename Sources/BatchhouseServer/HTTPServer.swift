@@ -40,23 +40,71 @@ final class HTTPServer: Service, Sendable {
         return boundPort.withLock { $0 }
     }
 
+    /// One connection's pipeline, set up in one synchronous step: the raw-bytes watcher, NIO's HTTP/1.1 codec with
+    /// pipelining assistance and error handling, then the request handler.
+    static func configure(_ channel: any Channel, dependencies: RequestHandler.Dependencies) throws {
+        let clientBytes = ClientBytesHandler()
+        try channel.pipeline.syncOperations.addHandler(clientBytes)
+        // No outbound header validator: the proxy's own headers are constants, and the headers it relays from
+        // ClickHouse are checked by `HeaderPolicy.areValidToSend` (the validator cost ~5% of the CPU of a batched
+        // INSERT).
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withPipeliningAssistance: true, withErrorHandling: true, withOutboundHeaderValidation: false)
+        try channel.pipeline.syncOperations.addHandler(RequestHandler(dependencies, clientBytes: clientBytes))
+    }
+
+    /// How long accepting pauses after accept(2) failed (EMFILE, ENFILE, ...). Without a pause the listening
+    /// socket stays readable and the event loop retries accept(2) at once, forever: NIO's future-based
+    /// `ServerBootstrap.bind` adds no `AcceptBackoffHandler` of its own.
+    static let acceptBackoff: TimeAmount = .milliseconds(200)
+
     func run() async throws {
         let dependencies = handlerDependencies
+        let metrics = dependencies.metrics
+        let configuration = dependencies.configuration
+        let logger = self.logger
+        if let (before, after) = FileDescriptorLimit.raiseSoftLimit(), after != before {
+            logger.notice("raised the open file limit", metadata: ["from": "\(before)", "to": "\(after)"])
+        }
+        let ceiling = FileDescriptorLimit.connectionCeiling()
+        let configured = configuration.snapshot.value.limits.maxConnections
+        if configured > ceiling {
+            logger.warning(
+                "limits.max_connections is above what the open file limit allows; capped",
+                metadata: ["max_connections": "\(configured)", "capped_to": "\(ceiling)"])
+        }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let log = AcceptErrorLog(logger: logger)
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { error in
+                            metrics.acceptFailed()
+                            log.failed(error)
+                            return Self.acceptBackoff
+                        })
+                }
+            }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { [weak self] channel in
+                let open = metrics.connectionOpened()
+                channel.closeFuture.whenComplete { _ in metrics.connectionClosed() }
+                let limit = min(configuration.snapshot.value.limits.maxConnections, ceiling)
+                if open > limit {
+                    metrics.connectionRefused()
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ConnectionRefusalHandler(
+                                response: RequestHandler.rawResponse(.tooManyConnections(limit: limit))))
+                    }
+                }
                 self?.track(channel)
                 return channel.eventLoop.makeCompletedFuture {
-                    // No outbound header validator: the proxy's own headers are constants, and the headers it
-                    // relays from ClickHouse are checked by `HeaderPolicy.areValidToSend` (the validator cost
-                    // ~5% of the CPU of a batched INSERT).
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withPipeliningAssistance: true, withErrorHandling: true, withOutboundHeaderValidation: false)
-                    try channel.pipeline.syncOperations.addHandler(RequestHandler(dependencies))
+                    try Self.configure(channel, dependencies: dependencies)
                 }
             }
         let channel: any Channel
@@ -103,5 +151,35 @@ final class HTTPServer: Service, Sendable {
         let stuck = connections.withLock { Array($0.values) }
         logger.warning("closing connections still busy after the drain timeout", metadata: ["count": "\(stuck.count)"])
         for channel in stuck { channel.close(promise: nil) }
+    }
+}
+
+/// At most one log line per `interval` about failed accepts, with how many failed since the last one. Used on the
+/// listening socket's event loop only.
+final class AcceptErrorLog {
+    private let logger: Logger
+    private let interval: TimeAmount
+    private var lastLogged: NIODeadline?
+    private var suppressed = 0
+
+    init(logger: Logger, interval: TimeAmount = .seconds(10)) {
+        self.logger = logger
+        self.interval = interval
+    }
+
+    func failed(_ error: IOError) {
+        let now = NIODeadline.now()
+        if let lastLogged, now - lastLogged < interval {
+            suppressed += 1
+            return
+        }
+        logger.error(
+            "cannot accept connections; pausing accept",
+            metadata: [
+                "error": "\(error)", "pause_ms": "\(HTTPServer.acceptBackoff.nanoseconds / 1_000_000)",
+                "failures_since_last_log": "\(suppressed)",
+            ])
+        lastLogged = now
+        suppressed = 0
     }
 }
