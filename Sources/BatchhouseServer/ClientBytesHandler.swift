@@ -27,12 +27,13 @@ final class ClientBytesHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
-    /// Writes `bytes` straight to the socket, then closes the connection.
+    /// Writes `bytes` straight to the socket, then closes its write side (what the client still sends is dropped
+    /// until it closes or the request handler's timer closes the connection).
     func writeAndClose(_ bytes: [UInt8]) {
         guard let context else { return }
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenComplete { _ in
-            channel.close(promise: nil)
+            channel.close(mode: .output, promise: nil)
         }
     }
 }

@@ -162,8 +162,12 @@ extension RequestHandler {
         /// its first byte).
         mutating func bytesArrived(at now: NIODeadline) {
             switch state {
-            case .buffering, .local, .discarding:
+            case .buffering, .local:
                 bodyProgressAt = now
+            case .discarding:
+                // What arrives after an error is dropped, for at most body_timeout after the body's last byte
+                // before it: a client that keeps sending does not hold the connection.
+                break
             case .passthrough(_, requestEnded: false):
                 break
             case .idle, .intaking, .awaitingAck, .passthrough(_, requestEnded: true):
@@ -205,6 +209,8 @@ extension RequestHandler {
             case .idle:
                 state = .discarding
                 if kind == .idle { return (.close, kind) }
+                // The raw answer closes the write side; the rest of the head is drained for body_timeout.
+                bodyProgressAt = now
                 return (
                     .respondRawError(
                         .requestTimeout(
@@ -367,6 +373,12 @@ extension RequestHandler {
             guard case .passthrough(let head, let requestEnded) = state else { return nil }
             state = requestEnded ? .idle : .discarding
             return (head, requestEnded)
+        }
+
+        /// An error was answered while the request's body still arrives.
+        var isDiscarding: Bool {
+            if case .discarding = state { return true }
+            return false
         }
 
         var isPassthrough: Bool {

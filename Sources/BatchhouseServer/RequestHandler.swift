@@ -79,6 +79,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let (action, kind) = machine.timerFired(at: context.eventLoop.now) {
                 dependencies.metrics.timedOut(kind.rawValue)
                 perform(action, context: context)
+                // Bounds the drain of what a timed-out client still sends.
+                if self.context != nil { armTimer(context: context) }
                 return
             }
             // A reload may have changed the timeouts; an idle connection picks them up here.
@@ -385,7 +387,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if close {
             let channel = context.channel
-            done.whenComplete { _ in channel.close(promise: nil) }
+            // A body still arriving is drained rather than reset, so the client reads the answer: only the
+            // write side closes now; the client's close (or the body timeout) ends the connection.
+            let mode: CloseMode = machine.isDiscarding ? .output : .all
+            done.whenComplete { _ in channel.close(mode: mode, promise: nil) }
         }
         machine.answered(at: context.eventLoop.now)
     }
