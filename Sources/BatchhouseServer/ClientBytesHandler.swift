@@ -40,7 +40,7 @@ final class ClientBytesHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 /// The whole pipeline of a connection beyond `limits.max_connections`: a 503 written at once (no request is read),
 /// then the write side is shut and whatever the client still sends is dropped until it closes or `linger` passes,
-/// so the answer is not lost to a reset.
+/// so the answer is not lost to a reset. With no `linger` the connection closes as soon as the 503 is written.
 final class ConnectionRefusalHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -48,6 +48,7 @@ final class ConnectionRefusalHandler: ChannelInboundHandler {
     private let response: [UInt8]
     private let linger: TimeAmount
     private var lingerTimer: Scheduled<Void>?
+    private var refused = false
 
     init(response: [UInt8], linger: TimeAmount = .seconds(1)) {
         self.response = response
@@ -76,11 +77,14 @@ final class ConnectionRefusalHandler: ChannelInboundHandler {
     }
 
     private func refuse(context: ChannelHandlerContext) {
-        guard lingerTimer == nil else { return }
+        guard !refused else { return }
+        refused = true
         let channel = context.channel
+        let linger = self.linger
         context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(bytes: response))).whenComplete { _ in
-            channel.close(mode: .output, promise: nil)
+            channel.close(mode: linger == .zero ? .all : .output, promise: nil)
         }
+        guard linger > .zero else { return }
         lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: linger) {
             channel.close(promise: nil)
         }

@@ -66,7 +66,7 @@ final class HTTPServer: Service, Sendable {
         if let (before, after) = FileDescriptorLimit.raiseSoftLimit(), after != before {
             logger.notice("raised the open file limit", metadata: ["from": "\(before)", "to": "\(after)"])
         }
-        let ceiling = FileDescriptorLimit.connectionCeiling()
+        let (ceiling, lingeringRefusals) = FileDescriptorLimit.connectionBudget()
         let configured = configuration.snapshot.value.limits.maxConnections
         if configured > ceiling {
             logger.warning(
@@ -95,10 +95,13 @@ final class HTTPServer: Service, Sendable {
                 let limit = min(configuration.snapshot.value.limits.maxConnections, ceiling)
                 if open > limit {
                     metrics.connectionRefused()
+                    // Refused connections linger (so the 503 is read, not reset) only while few do; beyond that
+                    // they close at once, keeping the process's descriptors below its limit.
+                    let linger: TimeAmount = open <= limit + lingeringRefusals ? .seconds(1) : .zero
                     return channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(
                             ConnectionRefusalHandler(
-                                response: RequestHandler.rawResponse(.tooManyConnections(limit: limit))))
+                                response: RequestHandler.rawResponse(.tooManyConnections(limit: limit)), linger: linger))
                     }
                 }
                 self?.track(channel)

@@ -269,14 +269,14 @@ struct AdversarialConnectionTests {
         defer { Task { await db.drop() } }
         try await db.clickHouse.sql("CREATE TABLE \(db.name).t (id UInt64) ENGINE = MergeTree ORDER BY id")
         let proxy = try ProcessIntegrationTests.RunningProxy(
-            config: "defaults: { strategy: hybrid, max_delay: 100ms }\nlimits: { idle_timeout: 30s }", fileLimit: 128)
+            config: "defaults: { strategy: hybrid, max_delay: 100ms }\nlimits: { idle_timeout: 30s }", fileLimit: 256)
         defer { Task { _ = await proxy.terminateAndWait() } }
         try await proxy.waitUntilReady()
         #expect(proxy.log.contains("capped"), "the log says max_connections was capped: \(proxy.log)")
-        // Far more connections than 128 descriptors: the first ones are served, the rest refused or left in the
+        // Far more connections than 256 descriptors: the first ones are served, the rest refused or left in the
         // backlog while accepting pauses.
         var clients: [RawClient] = []
-        for _ in 0..<250 {
+        for _ in 0..<500 {
             if let client = try? RawClient(port: proxy.port) { clients.append(client) }
         }
         let cpuBefore = proxy.cpuSeconds
@@ -288,6 +288,7 @@ struct AdversarialConnectionTests {
             opened.filter { $0.readUntilClosed(timeout: .milliseconds(20)).text.contains(" 503 ") }.count
         }
         #expect(refused > 0)
+        #expect(proxy.process.isRunning, "the proxy survived: \(proxy.log.suffix(2000))")
         for client in clients { client.close() }
         let id = UInt64.random(in: 1...UInt64.max / 2)
         var status = 0
@@ -297,7 +298,7 @@ struct AdversarialConnectionTests {
         }
         #expect(status == 200)
         #expect(try await db.waitForCount("t", 1) == 1)
-        print("fd limit 128: \(clients.count) connections opened, \(refused) answered 503, proxy CPU \(cpu) s in 2 s")
+        print("fd limit 256: \(clients.count) connections opened, \(refused) answered 503, proxy CPU \(cpu) s in 2 s")
     }
 
     // MARK: Helpers
