@@ -301,7 +301,7 @@ extension RequestHandler {
                         state = .buffering(request)
                         return .none
                     }
-                    return decode(request)
+                    return decode(&request)
                 }
                 if request.body.readableBytes == 0 {
                     request.body = part
@@ -331,7 +331,8 @@ extension RequestHandler {
                     state = .buffering(request)
                     return .none
                 }
-                return decode(request)
+                state = .idle  // keep `request` uniquely referenced while it grows
+                return decode(&request)
             case .passthrough(let head, _):
                 state = .passthrough(head, requestEnded: true)
                 return .finishPassthroughBody
@@ -399,7 +400,7 @@ extension RequestHandler {
             guard case .buffering(var request) = state, request.decodePending else { return .none }
             request.decodePending = false
             state = .idle
-            return decode(request)
+            return decode(&request)
         }
 
         /// Stamps the time an answer went out: the connection is idle from then on.
@@ -410,8 +411,9 @@ extension RequestHandler {
         // MARK: Body
 
         /// One slice of decoding, then the same checks as a plain body; at the end of the body, the intake.
-        private mutating func decode(_ request: BufferedRequest) -> Action {
-            var request = request
+        /// `request` is the caller's only copy (the state is not holding it meanwhile): a second reference to its
+        /// body would make every slice copy the whole body.
+        private mutating func decode(_ request: inout BufferedRequest) -> Action {
             guard let inflater = request.inflater else { return finishBody(request) }
             let progress: StreamingInflater.Progress
             do throws(ZlibError) {
