@@ -1,3 +1,4 @@
+import BatchhouseEngine
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -80,18 +81,23 @@ final class HTTPServer: Service, Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let log = AcceptErrorLog(logger: logger)
                     try channel.pipeline.syncOperations.addHandler(
-                        AcceptPauseHandler(pause: Self.acceptBackoff) { error in
-                            metrics.acceptFailed()
-                            log.failed(error)
-                        })
+                        AcceptPauseHandler(
+                            pause: Self.acceptBackoff, metrics: metrics,
+                            ceiling: {
+                                min(configuration.snapshot.value.limits.maxConnections, ceiling) + lingeringRefusals
+                            },
+                            failed: { error in
+                                metrics.acceptFailed()
+                                log.failed(error)
+                            }))
                 }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { [weak self] channel in
-                let open = metrics.connectionOpened()
-                channel.closeFuture.whenComplete { _ in metrics.connectionClosed() }
+                // Counted when accepted, by `AcceptPauseHandler`.
+                let open = metrics.connectionsOpenCount
                 let limit = min(configuration.snapshot.value.limits.maxConnections, ceiling)
                 if open > limit {
                     metrics.connectionRefused()
@@ -160,17 +166,38 @@ final class HTTPServer: Service, Sendable {
 /// `pause`, which takes the socket out of epoll, then on again. NIO's own `AcceptBackoffHandler` delays the next
 /// `read()` instead, but when the very first accept of a round fails NIO never asks for one (the read it asked for
 /// is still pending), so the socket stays registered as readable and accept(2) is retried in a busy loop.
+///
+/// It also counts connections as they are accepted (on the listening socket's loop, before the child is handed to
+/// its own loop, so a burst of accepts cannot outrun the count) and pauses accepting the same way while `ceiling()`
+/// connections are open: `max_connections` plus the refusals allowed to linger. Beyond that the kernel's backlog
+/// holds them.
 final class AcceptPauseHandler: ChannelInboundHandler {
     typealias InboundIn = any Channel
     typealias InboundOut = any Channel
 
     private let pause: TimeAmount
+    private let metrics: BatchhouseMetrics
+    private let ceiling: () -> Int
     private let failed: (IOError) -> Void
     private var resume: Scheduled<Void>?
 
-    init(pause: TimeAmount, failed: @escaping (IOError) -> Void) {
+    init(
+        pause: TimeAmount, metrics: BatchhouseMetrics, ceiling: @escaping () -> Int,
+        failed: @escaping (IOError) -> Void
+    ) {
         self.pause = pause
+        self.metrics = metrics
+        self.ceiling = ceiling
         self.failed = failed
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let child = unwrapInboundIn(data)
+        let metrics = self.metrics
+        let open = metrics.connectionOpened()
+        child.closeFuture.whenComplete { _ in metrics.connectionClosed() }
+        context.fireChannelRead(data)
+        if open >= ceiling() { pauseAccepting(context: context) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -179,12 +206,20 @@ final class AcceptPauseHandler: ChannelInboundHandler {
             return
         }
         failed(error)
+        pauseAccepting(context: context)
+    }
+
+    private func pauseAccepting(context: ChannelHandlerContext) {
         guard resume == nil, let options = context.channel.syncOptions else { return }
         try? options.setOption(.autoRead, value: false)
         let channel = context.channel
         resume = context.eventLoop.assumeIsolated().scheduleTask(in: pause) { [self] in
             resume = nil
-            try? channel.syncOptions?.setOption(.autoRead, value: true)
+            if metrics.connectionsOpenCount >= ceiling() {
+                pauseAccepting(context: context)
+            } else {
+                try? channel.syncOptions?.setOption(.autoRead, value: true)
+            }
         }
     }
 
