@@ -84,7 +84,8 @@ final class HTTPServer: Service, Sendable {
                         AcceptPauseHandler(
                             pause: Self.acceptBackoff, metrics: metrics,
                             ceiling: {
-                                min(configuration.snapshot.value.limits.maxConnections, ceiling) + lingeringRefusals
+                                // Past the lingering refusals, as many again are refused and closed at once.
+                                min(configuration.snapshot.value.limits.maxConnections, ceiling) + 2 * lingeringRefusals
                             },
                             failed: { error in
                                 metrics.acceptFailed()
@@ -169,8 +170,8 @@ final class HTTPServer: Service, Sendable {
 ///
 /// It also counts connections as they are accepted (on the listening socket's loop, before the child is handed to
 /// its own loop, so a burst of accepts cannot outrun the count) and pauses accepting the same way while `ceiling()`
-/// connections are open: `max_connections` plus the refusals allowed to linger. Beyond that the kernel's backlog
-/// holds them.
+/// connections are open: `max_connections`, the refusals allowed to linger, and as many refused and closed at once.
+/// Beyond that the kernel's backlog holds them, retried every 10 ms.
 final class AcceptPauseHandler: ChannelInboundHandler {
     typealias InboundIn = any Channel
     typealias InboundOut = any Channel
@@ -197,7 +198,7 @@ final class AcceptPauseHandler: ChannelInboundHandler {
         let open = metrics.connectionOpened()
         child.closeFuture.whenComplete { _ in metrics.connectionClosed() }
         context.fireChannelRead(data)
-        if open >= ceiling() { pauseAccepting(context: context) }
+        if open >= ceiling() { pauseAccepting(for: Self.fullPause, context: context) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -206,17 +207,21 @@ final class AcceptPauseHandler: ChannelInboundHandler {
             return
         }
         failed(error)
-        pauseAccepting(context: context)
+        pauseAccepting(for: pause, context: context)
     }
 
-    private func pauseAccepting(context: ChannelHandlerContext) {
+    /// How often accepting is retried while the connections are at the ceiling: refused ones close within
+    /// milliseconds, and the backlog should drain at that pace.
+    static let fullPause: TimeAmount = .milliseconds(10)
+
+    private func pauseAccepting(for duration: TimeAmount, context: ChannelHandlerContext) {
         guard resume == nil, let options = context.channel.syncOptions else { return }
         try? options.setOption(.autoRead, value: false)
         let channel = context.channel
-        resume = context.eventLoop.assumeIsolated().scheduleTask(in: pause) { [self] in
+        resume = context.eventLoop.assumeIsolated().scheduleTask(in: duration) { [self] in
             resume = nil
             if metrics.connectionsOpenCount >= ceiling() {
-                pauseAccepting(context: context)
+                pauseAccepting(for: Self.fullPause, context: context)
             } else {
                 try? channel.syncOptions?.setOption(.autoRead, value: true)
             }
