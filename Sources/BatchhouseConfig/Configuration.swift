@@ -45,7 +45,10 @@ public struct BatchhouseConfiguration: Sendable, Equatable, CustomStringConverti
         var lines = [
             "listen: \(listen)",
             "upstream: \(upstream)",
-            "limits: max_buffer_memory=\(ValueFormat.size(limits.maxBufferMemory)) max_request_body=\(ValueFormat.size(limits.maxRequestBody))",
+            "limits: max_buffer_memory=\(ValueFormat.size(limits.maxBufferMemory)) max_request_body=\(ValueFormat.size(limits.maxRequestBody))"
+                + " header_timeout=\(ValueFormat.duration(limits.headerTimeout)) body_timeout=\(ValueFormat.duration(limits.bodyTimeout))"
+                + " request_timeout=\(ValueFormat.duration(limits.requestTimeout)) idle_timeout=\(ValueFormat.duration(limits.idleTimeout))"
+                + " max_connections=\(limits.maxConnections)",
         ]
         if let spool {
             lines.append("spool: dir=\(spool.dir) max_size=\(ValueFormat.size(spool.maxSize))")
@@ -197,16 +200,37 @@ public struct UpstreamConfiguration: Sendable, Hashable, CustomStringConvertible
     }
 }
 
-/// `limits:`
+/// `limits:`: every client-held resource has a bound (docs/architecture.md, "Bounds on clients").
 public struct Limits: Sendable, Hashable {
-    /// `max_buffer_memory`: all buffered rows together; beyond it inserts get 503 + Retry-After.
+    /// `max_buffer_memory`: all buffered rows together, and the bodies still arriving; beyond it inserts get
+    /// 503 + Retry-After.
     public var maxBufferMemory: Int
     /// `max_request_body`: one client request body, decoded.
     public var maxRequestBody: Int
+    /// `header_timeout`: from the first byte of a request head until the head is complete; then 408.
+    public var headerTimeout: Duration
+    /// `body_timeout`: the longest pause between two pieces of a buffered request body; then 408.
+    public var bodyTimeout: Duration
+    /// `request_timeout`: from the head to the end of a buffered request body, however it trickles; then 408.
+    public var requestTimeout: Duration
+    /// `idle_timeout`: a keep-alive connection with no request in progress is closed after this.
+    public var idleTimeout: Duration
+    /// `max_connections`: open client connections; the ones beyond get 503 + Retry-After and are closed.
+    /// Capped at start below the process's file descriptor limit.
+    public var maxConnections: Int
 
-    public init(maxBufferMemory: Int = 512 << 20, maxRequestBody: Int = 256 << 20) {
+    public init(
+        maxBufferMemory: Int = 512 << 20, maxRequestBody: Int = 256 << 20, headerTimeout: Duration = .seconds(10),
+        bodyTimeout: Duration = .seconds(30), requestTimeout: Duration = .seconds(300),
+        idleTimeout: Duration = .seconds(60), maxConnections: Int = 4096
+    ) {
         self.maxBufferMemory = maxBufferMemory
         self.maxRequestBody = maxRequestBody
+        self.headerTimeout = headerTimeout
+        self.bodyTimeout = bodyTimeout
+        self.requestTimeout = requestTimeout
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
     }
 }
 

@@ -130,7 +130,10 @@ private struct ConfigurationReader {
         "strategy", "max_rows", "max_bytes", "max_delay", "priority", "retries", "retry_backoff", "ack", "sample",
         "passthrough",
     ]
-    static let limitsKeys = ["max_buffer_memory", "max_request_body"]
+    static let limitsKeys = [
+        "max_buffer_memory", "max_request_body", "header_timeout", "body_timeout", "request_timeout", "idle_timeout",
+        "max_connections",
+    ]
     static let spoolKeys = ["dir", "max_size"]
 
     /// A key of a mapping with its value, after `${VAR}` substitution of the key and merge-key expansion.
@@ -313,6 +316,21 @@ private struct ConfigurationReader {
         }
         if let field = fields["max_request_body"] {
             limits.maxRequestBody = try size(field)
+        }
+        if let field = fields["header_timeout"] {
+            limits.headerTimeout = try duration(field, allowZero: false)
+        }
+        if let field = fields["body_timeout"] {
+            limits.bodyTimeout = try duration(field, allowZero: false)
+        }
+        if let field = fields["request_timeout"] {
+            limits.requestTimeout = try duration(field, allowZero: false)
+        }
+        if let field = fields["idle_timeout"] {
+            limits.idleTimeout = try duration(field, allowZero: false)
+        }
+        if let field = fields["max_connections"] {
+            limits.maxConnections = try integer(field, in: 1...1_000_000)
         }
         return limits
     }

@@ -172,6 +172,7 @@ package final class BatchhouseEngine: Sendable {
     /// Prometheus text, with the gauges that are read at scrape time brought up to date.
     package func prometheusText() -> [UInt8] {
         metrics.setQueueBytes(buffering.sealedBytes)
+        metrics.setReceivingBytes(buffering.incomingBytes)
         metrics.updateBuffered(buffering.bufferedByTable())
         metrics.updateAdaptiveTargets(buffering.adaptiveTargets())
         if let spool { metrics.updateSpool(spool.statistics) }

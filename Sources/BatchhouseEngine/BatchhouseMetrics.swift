@@ -30,6 +30,13 @@ package final class BatchhouseMetrics: Sendable {
     private let queueBytes: Gauge
     private let configReloads: Counter
     private let configReloadFailures: Counter
+    private let connectionsOpen: Gauge
+    private let connectionsRefused: Counter
+    private let acceptErrors: Counter
+    private let timeouts: [String: Counter]
+    private let receivingBytes: Gauge
+    /// Open client connections, for `limits.max_connections` (the gauge follows it).
+    private let openConnections = Atomic<Int>(0)
     private let perTable = Mutex<[String: TableCounters]>([:])
     private let bufferedTables = Mutex<Set<String>>([])
     private let totals = Mutex(Totals())
@@ -48,6 +55,9 @@ package final class BatchhouseMetrics: Sendable {
         var rowsDeadLettered: Counter
         var rowsSampledOut: Counter
     }
+
+    /// The `kind` labels of `batchhouse_timeouts_total`.
+    package static let timeoutKinds = ["header", "body", "request", "idle"]
 
     package init() {
         var requests: [RequestKind: Counter] = [:]
@@ -85,7 +95,57 @@ package final class BatchhouseMetrics: Sendable {
             descriptor: .init(
                 namespace: "batchhouse", metricName: "config_reload_failures", unitName: "total",
                 helpText: "Configuration reloads rejected because the new file was invalid"))
+        connectionsOpen = registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "connections_open", unitName: "",
+                helpText: "Open client connections (limits.max_connections)"))
+        connectionsRefused = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "connections_refused", unitName: "total",
+                helpText: "Client connections answered 503 and closed because limits.max_connections were open"))
+        acceptErrors = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "accept_errors", unitName: "total",
+                helpText: "Failed accepts (EMFILE, ENFILE, ...), each followed by a pause in accepting"))
+        var timeouts: [String: Counter] = [:]
+        for kind in Self.timeoutKinds {
+            timeouts[kind] = registry.makeCounter(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "timeouts", unitName: "total",
+                    helpText: "Client connections closed for a timeout: header, body, request (408) or idle"),
+                labels: [("kind", kind)])
+        }
+        self.timeouts = timeouts
+        receivingBytes = registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "receiving", unitName: "bytes",
+                helpText: "Bytes of request bodies still arriving, held against limits.max_buffer_memory"))
     }
+
+    // MARK: Connections
+
+    /// A connection was accepted; returns how many are open now, this one included.
+    package func connectionOpened() -> Int {
+        let open = openConnections.add(1, ordering: .relaxed).newValue
+        connectionsOpen.increment()
+        return open
+    }
+
+    package func connectionClosed() {
+        openConnections.subtract(1, ordering: .relaxed)
+        connectionsOpen.decrement()
+    }
+
+    package var connectionsOpenCount: Int { openConnections.load(ordering: .relaxed) }
+
+    package func connectionRefused() { connectionsRefused.increment() }
+
+    package func acceptFailed() { acceptErrors.increment() }
+
+    /// `kind`: one of `timeoutKinds`.
+    package func timedOut(_ kind: String) { timeouts[kind]?.increment() }
+
+    package func setReceivingBytes(_ bytes: Int) { receivingBytes.set(Double(bytes)) }
 
     package func request(_ kind: RequestKind) {
         requests[kind]?.increment()

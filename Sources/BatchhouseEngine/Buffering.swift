@@ -2,9 +2,9 @@ import BatchhouseCore
 import Synchronization
 
 /// The open batches (the core's `BatchStore`, behind one lock) and the one owner of the memory budget
-/// (`limits.max_buffer_memory`): bytes in open batches, bytes reserved by requests on their way in (between
-/// admission and the append, while their spool record is written), and bytes of sealed batches until their
-/// outcome is settled (queued or in an upstream request). Sealed batches are returned to the caller, never sent
+/// (`limits.max_buffer_memory`): bytes in open batches, bytes of request bodies still arriving, bytes reserved by
+/// requests on their way in (between admission and the append, while their spool record is written), and bytes of
+/// sealed batches until their outcome is settled (queued or in an upstream request). Sealed batches are returned to the caller, never sent
 /// from here (docs/architecture.md, "Buffering").
 package final class Buffering: Sendable {
     /// Bytes admitted for one request, held until its rows are appended or it is refused.
@@ -25,6 +25,10 @@ package final class Buffering: Sendable {
     private struct State {
         var store = BatchStore()
         var reserved = 0
+        /// Held by connections for bodies that have not ended yet (`reserveIncoming`).
+        var incoming = 0
+
+        var inUse: Int { store.bufferedBytes + reserved + incoming }
     }
 
     private let state = Mutex(State())
@@ -43,8 +47,10 @@ package final class Buffering: Sendable {
 
     package var limit: Int { maxBufferMemory.load(ordering: .relaxed) }
 
-    /// Everything the budget counts: open, reserved and sealed-but-unsettled bytes.
-    package var memoryInUse: Int { state.withLock { $0.store.bufferedBytes + $0.reserved } + sealedBytes }
+    /// Everything the budget counts: open, arriving, reserved and sealed-but-unsettled bytes.
+    package var memoryInUse: Int { state.withLock { $0.inUse } + sealedBytes }
+    /// Bytes held for request bodies that are still arriving.
+    package var incomingBytes: Int { state.withLock { $0.incoming } }
     package var sealedBytes: Int { sealed.load(ordering: .relaxed) }
     package var bufferedRows: Int { state.withLock { $0.store.bufferedRows } }
     package var bufferedBytes: Int { state.withLock { $0.store.bufferedBytes } }
@@ -56,7 +62,7 @@ package final class Buffering: Sendable {
     package func reserve(bytes: Int, priority: Int) -> Admission {
         let limit = self.limit
         return state.withLock { state in
-            let inUse = state.store.bufferedBytes + state.reserved + sealedBytes
+            let inUse = state.inUse + sealedBytes
             guard AdmissionControl.admits(priority: priority, inUse: inUse, incoming: bytes, limit: limit) else {
                 return .refused(inUse: inUse)
             }
@@ -70,6 +76,25 @@ package final class Buffering: Sendable {
         state.withLock { $0.reserved -= reservation.bytes }
     }
 
+    /// Admits `bytes` more of a request body that is still arriving (its table and priority may not be known yet).
+    /// It is shed like the lowest priority: a body that has not ended is the cheapest thing to refuse, and the
+    /// share above it stays free for finished requests. Returns the bytes in use when refused. The connection gives
+    /// the bytes back with `releaseIncoming` when the body ends, fails or its connection closes.
+    package func reserveIncoming(bytes: Int) -> Int? {
+        let limit = self.limit
+        return state.withLock { state in
+            let inUse = state.inUse + sealedBytes
+            guard AdmissionControl.admits(priority: 5, inUse: inUse, incoming: bytes, limit: limit) else { return inUse }
+            state.incoming += bytes
+            return nil
+        }
+    }
+
+    package func releaseIncoming(bytes: Int) {
+        guard bytes > 0 else { return }
+        state.withLock { $0.incoming -= bytes }
+    }
+
     // MARK: Appending
 
     /// Admission and append in one step (no spool write between them). Nil when refused.
@@ -80,7 +105,7 @@ package final class Buffering: Sendable {
         let limit = self.limit
         let now = clock.now()
         return state.withLock { state in
-            let inUse = state.store.bufferedBytes + state.reserved + sealedBytes
+            let inUse = state.inUse + sealedBytes
             guard AdmissionControl.admits(priority: rule.priority, inUse: inUse, incoming: chunk.count, limit: limit)
             else { return .failure(AdmissionRefusal(inUse: inUse)) }
             return .success(

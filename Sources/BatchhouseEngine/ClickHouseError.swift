@@ -90,6 +90,21 @@ package struct ClickHouseError: Error, Sendable, Hashable {
             status: 503, retryAfterSeconds: 1)
     }
 
+    /// A client too slow with its request (`limits.header_timeout`, `body_timeout`, `request_timeout`).
+    /// ClickHouse has no code for this on the HTTP side; 209 SOCKET_TIMEOUT is what it says when a socket read
+    /// times out, and 408 is HTTP's status for it (docs/architecture.md, "Bounds on clients").
+    package static func requestTimeout(_ message: String) -> ClickHouseError {
+        ClickHouseError(code: 209, name: "SOCKET_TIMEOUT", message: message, status: 408)
+    }
+
+    /// A connection beyond `limits.max_connections`: answered at once, then closed.
+    package static func tooManyConnections(limit: Int) -> ClickHouseError {
+        ClickHouseError(
+            code: 202, name: "TOO_MANY_SIMULTANEOUS_QUERIES",
+            message: "Batchhouse: too many open connections (limits.max_connections \(limit)); retry later",
+            status: 503, retryAfterSeconds: 1)
+    }
+
     package static let shuttingDown = ClickHouseError(
         code: 202, name: "TOO_MANY_SIMULTANEOUS_QUERIES", message: "Batchhouse is shutting down",
         status: 503, retryAfterSeconds: 1)

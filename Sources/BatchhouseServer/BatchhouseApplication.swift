@@ -60,7 +60,8 @@ public final class BatchhouseApplication: Sendable {
             host: configuration.listen.host, port: configuration.listen.port, group: eventLoopGroup,
             handler: RequestHandler.Dependencies(
                 intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway, client: client,
-                metrics: engine.metrics, endpoints: LocalEndpoints(engine: engine, serving: serving)),
+                metrics: engine.metrics, endpoints: LocalEndpoints(engine: engine, serving: serving),
+                buffering: engine.buffering),
             serving: serving, logger: logger)
         flushService = FlushService(engine: engine, logger: logger)
         healthService = HealthService(gateway: engine.gateway, logger: logger)

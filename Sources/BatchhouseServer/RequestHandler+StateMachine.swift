@@ -1,8 +1,66 @@
+import BatchhouseConfig
 import BatchhouseCore
 import BatchhouseEngine
 import BatchhouseUpstream
 import NIOCore
 import NIOHTTP1
+
+/// Where a connection holds bytes of a request body that has not ended: `Buffering`'s memory budget in the server,
+/// a fake in tests.
+protocol IncomingBodyBudget {
+    /// False when the budget cannot take `bytes` more.
+    func reserve(_ bytes: Int) -> Bool
+    func release(_ bytes: Int)
+}
+
+extension Buffering: IncomingBodyBudget {
+    func reserve(_ bytes: Int) -> Bool { reserveIncoming(bytes: bytes) == nil }
+    func release(_ bytes: Int) { releaseIncoming(bytes: bytes) }
+}
+
+/// No budget (handler tests without an engine).
+struct UnlimitedBodyBudget: IncomingBodyBudget {
+    func reserve(_ bytes: Int) -> Bool { true }
+    func release(_ bytes: Int) {}
+}
+
+/// How long a client may take: `limits.header_timeout`, `body_timeout`, `request_timeout`, `idle_timeout`.
+struct ConnectionTimeouts: Equatable {
+    var header: TimeAmount
+    var body: TimeAmount
+    var request: TimeAmount
+    var idle: TimeAmount
+
+    init(header: TimeAmount, body: TimeAmount, request: TimeAmount, idle: TimeAmount) {
+        self.header = header
+        self.body = body
+        self.request = request
+        self.idle = idle
+    }
+
+    init(_ limits: Limits) {
+        self.init(
+            header: Self.amount(limits.headerTimeout), body: Self.amount(limits.bodyTimeout),
+            request: Self.amount(limits.requestTimeout), idle: Self.amount(limits.idleTimeout))
+    }
+
+    /// The shortest of them: the connection's timer never sleeps longer, so a phase that starts between two
+    /// checks is never checked late and no event on the hot path has to move the timer.
+    var shortest: TimeAmount { min(header, body, request, idle) }
+
+    static func amount(_ duration: Duration) -> TimeAmount {
+        let (seconds, attoseconds) = duration.components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+/// Which bound a connection ran into (the `kind` label of `batchhouse_timeouts_total`).
+enum ConnectionTimeoutKind: String, CaseIterable, Sendable {
+    case header
+    case body
+    case request
+    case idle
+}
 
 extension RequestHandler {
     /// What one connection is doing with its current request, as a plain value: each event from the channel goes
@@ -17,6 +75,15 @@ extension RequestHandler {
             var coding: ContentCoding?
             var statement: InsertStatement?
             var classificationDone = false
+            /// A gzip/deflate body is decoded as it arrives into `body`.
+            var inflater: StreamingInflater?
+            /// The encoded body as received, kept until the statement is classified (a request that is not an
+            /// INSERT goes upstream as it came).
+            var encoded: ByteBuffer?
+            /// The end arrived while decoded output was still pending.
+            var ended = false
+            /// Decoding stopped at an output slice; `continueDecoding` goes on.
+            var decodePending = false
         }
 
         enum State {
@@ -49,19 +116,143 @@ extension RequestHandler {
             case finishPassthroughBody
             case cancelPassthrough
             case intake(InsertRequest)
+            /// A decoded slice filled up: stop reading the client and call `continueDecoding` on a later turn of
+            /// the event loop, so a body that inflates to a lot never holds the loop for long.
+            case decodeMore
+            /// An error for a request whose head never completed: written as raw HTTP/1.1, then the connection
+            /// closes.
+            case respondRawError(ClickHouseError)
             case close
         }
 
         private(set) var state: State = .idle
         private var classifier = StatementClassifier()
+        private let budget: any IncomingBodyBudget
+        var timeouts: ConnectionTimeouts
+        /// Bytes of the buffered body held against the budget.
+        private(set) var reservedBytes = 0
+        /// The first byte of a request head that has not completed yet.
+        private var headStartedAt: NIODeadline?
+        /// When the connection last had nothing to do (no request in progress).
+        private var idleSince: NIODeadline
+        /// The current request's head and its body's last bytes.
+        private var requestStartedAt: NIODeadline
+        private var bodyProgressAt: NIODeadline
 
-        init() {}
+        /// Bytes of a buffered body held without asking the budget: a single-row INSERT never touches it.
+        static let unreservedBodyBytes = 16 * 1024
+        /// Reservations grow in steps of this size.
+        static let reservationStep = 1 << 20
+        /// Decoded bytes produced per turn of the event loop.
+        static let decodeSlice = 1 << 20
+
+        init(
+            budget: any IncomingBodyBudget = UnlimitedBodyBudget(),
+            timeouts: ConnectionTimeouts = ConnectionTimeouts(Limits()), now: NIODeadline = .uptimeNanoseconds(0)
+        ) {
+            self.budget = budget
+            self.timeouts = timeouts
+            idleSince = now
+            requestStartedAt = now
+            bodyProgressAt = now
+        }
+
+        // MARK: Time
+
+        /// Bytes came from the client (seen before the HTTP decoder, so a head trickled byte by byte counts from
+        /// its first byte).
+        mutating func bytesArrived(at now: NIODeadline) {
+            switch state {
+            case .buffering, .local:
+                bodyProgressAt = now
+            case .discarding:
+                // What arrives after an error is dropped, for at most body_timeout after the body's last byte
+                // before it: a client that keeps sending does not hold the connection.
+                break
+            case .passthrough(_, requestEnded: false):
+                break
+            case .idle, .intaking, .awaitingAck, .passthrough(_, requestEnded: true):
+                // The next request's head (pipelined, or after the answer).
+                if headStartedAt == nil { headStartedAt = now }
+            }
+        }
+
+        /// The bound that applies now, if any. Passthrough requests and INSERTs waiting for their ack have none
+        /// here: ClickHouse's and the upstream timeouts bound them.
+        func deadline() -> (at: NIODeadline, kind: ConnectionTimeoutKind)? {
+            switch state {
+            case .idle:
+                if let headStartedAt { return (headStartedAt + timeouts.header, .header) }
+                return (idleSince + timeouts.idle, .idle)
+            case .buffering:
+                let body = bodyProgressAt + timeouts.body
+                let request = requestStartedAt + timeouts.request
+                return request < body ? (request, .request) : (body, .body)
+            case .local, .discarding:
+                return (bodyProgressAt + timeouts.body, .body)
+            case .intaking, .awaitingAck, .passthrough:
+                return nil
+            }
+        }
+
+        /// When the connection's timer should look again: the deadline, but never later than the shortest
+        /// timeout from now.
+        func nextCheck(now: NIODeadline) -> NIODeadline {
+            let latest = now + timeouts.shortest
+            guard let deadline = deadline() else { return latest }
+            return min(deadline.at, latest)
+        }
+
+        /// The timer fired: the action for a bound that has passed, and which one.
+        mutating func timerFired(at now: NIODeadline) -> (action: Action, kind: ConnectionTimeoutKind)? {
+            guard let (deadline, kind) = deadline(), deadline <= now else { return nil }
+            switch state {
+            case .idle:
+                state = .discarding
+                if kind == .idle { return (.close, kind) }
+                // The raw answer closes the write side; the rest of the head is drained for body_timeout.
+                bodyProgressAt = now
+                return (
+                    .respondRawError(
+                        .requestTimeout(
+                            "Batchhouse: the request head did not arrive within limits.header_timeout (\(timeouts.header.milliseconds) ms)"
+                        )), kind
+                )
+            case .buffering(let request):
+                releaseReservation()
+                state = .discarding
+                let message =
+                    kind == .request
+                    ? "Batchhouse: the request body did not end within limits.request_timeout (\(timeouts.request.milliseconds) ms)"
+                    : "Batchhouse: no byte of the request body for limits.body_timeout (\(timeouts.body.milliseconds) ms)"
+                return (.respondError(.requestTimeout(message), request.head, close: true), kind)
+            case .local(_, let head):
+                state = .discarding
+                return (
+                    .respondError(
+                        .requestTimeout(
+                            "Batchhouse: no byte of the request body for limits.body_timeout (\(timeouts.body.milliseconds) ms)"),
+                        head, close: true), kind
+                )
+            case .discarding:
+                // The error was answered; the client keeps sending slowly.
+                return (.close, kind)
+            case .intaking, .awaitingAck, .passthrough:
+                return nil
+            }
+        }
 
         // MARK: Request parts
 
         /// `maxRequestBody`: `limits.max_request_body` as it is now.
-        mutating func receivedHead(_ head: HTTPRequestHead, maxRequestBody: Int) -> Action {
+        mutating func receivedHead(
+            _ head: HTTPRequestHead, maxRequestBody: Int, now: NIODeadline = .uptimeNanoseconds(0)
+        ) -> Action {
             self.maxRequestBody = maxRequestBody
+            headStartedAt = nil
+            requestStartedAt = now
+            bodyProgressAt = now
+            releaseReservation()
             let (path, query) = HeaderPolicy.split(uri: head.uri)
             if let endpoint = LocalEndpoint(path: path) {
                 state = .local(endpoint, head)
@@ -85,7 +276,12 @@ extension RequestHandler {
             if parameters.decompress || HeaderPolicy.isMultipart(head.headers.first(name: "content-type")) {
                 return startPassthrough(head, initialBody: nil, bodyComplete: false)
             }
-            state = .buffering(BufferedRequest(head: head, parameters: parameters, body: ByteBuffer(), coding: coding))
+            var request = BufferedRequest(head: head, parameters: parameters, body: ByteBuffer(), coding: coding)
+            if let coding {
+                request.inflater = StreamingInflater(coding: coding, limit: maxRequestBody)
+                request.encoded = ByteBuffer()
+            }
+            state = .buffering(request)
             if head.headers.first(name: "expect")?.lowercased() == "100-continue" { return .sendContinue(head) }
             return .none
         }
@@ -96,33 +292,25 @@ extension RequestHandler {
             switch state {
             case .buffering(var request):
                 state = .idle  // keep `request` uniquely referenced while it grows
+                if let inflater = request.inflater {
+                    if !request.classificationDone {
+                        var copy = part
+                        request.encoded?.writeBuffer(&copy)
+                    }
+                    inflater.append(part)
+                    if request.decodePending {
+                        state = .buffering(request)
+                        return .none
+                    }
+                    return decode(&request)
+                }
                 if request.body.readableBytes == 0 {
                     request.body = part
                 } else {
                     var part = part
                     request.body.writeBuffer(&part)
                 }
-                if request.coding == nil && !request.classificationDone {
-                    switch classifier.classify(query: request.parameters.query, body: request.body, isComplete: false) {
-                    case .insert(let statement):
-                        request.statement = statement
-                        request.classificationDone = true
-                    case .passthrough:
-                        return startPassthrough(request.head, initialBody: request.body, bodyComplete: false)
-                    case .needMoreData:
-                        if request.body.readableBytes > StatementClassifier.limit {
-                            return startPassthrough(request.head, initialBody: request.body, bodyComplete: false)
-                        }
-                    }
-                }
-                if request.body.readableBytes > maxRequestBody {
-                    if request.statement != nil {
-                        state = .discarding
-                        return .respondError(.bodyTooLarge(limit: maxRequestBody), request.head, close: true)
-                    }
-                    // Too large to batch: ClickHouse gets it as it came.
-                    return startPassthrough(request.head, initialBody: request.body, bodyComplete: false)
-                }
+                if let action = grew(&request) { return action }
                 state = .buffering(request)
                 return .none
             case .passthrough:
@@ -137,12 +325,15 @@ extension RequestHandler {
             case .local(let endpoint, let head):
                 state = .idle
                 return .respondLocal(endpoint, head)
-            case .buffering(let request):
-                state = .intaking(request.head, body: request.body)
-                return .intake(
-                    InsertRequest(
-                        parameters: request.parameters, body: request.body, coding: request.coding,
-                        statement: request.statement))
+            case .buffering(var request):
+                guard request.inflater != nil else { return finishBody(request) }
+                request.ended = true
+                if request.decodePending {
+                    state = .buffering(request)
+                    return .none
+                }
+                state = .idle  // keep `request` uniquely referenced while it grows
+                return decode(&request)
             case .passthrough(let head, _):
                 state = .passthrough(head, requestEnded: true)
                 return .finishPassthroughBody
@@ -186,6 +377,12 @@ extension RequestHandler {
             return (head, requestEnded)
         }
 
+        /// An error was answered while the request's body still arrives.
+        var isDiscarding: Bool {
+            if case .discarding = state { return true }
+            return false
+        }
+
         var isPassthrough: Bool {
             if case .passthrough = state { return true }
             return false
@@ -194,16 +391,144 @@ extension RequestHandler {
         /// The connection closed or failed.
         mutating func channelClosed() -> Action {
             let wasPassthrough = isPassthrough
+            releaseReservation()
             state = .idle
             return wasPassthrough ? .cancelPassthrough : .none
+        }
+
+        /// Goes on decoding a body whose last slice filled up (`decodeMore`).
+        mutating func continueDecoding() -> Action {
+            guard case .buffering(var request) = state, request.decodePending else { return .none }
+            request.decodePending = false
+            state = .idle
+            return decode(&request)
+        }
+
+        /// Stamps the time an answer went out: the connection is idle from then on.
+        mutating func answered(at now: NIODeadline) {
+            if case .idle = state { idleSince = now }
+        }
+
+        // MARK: Body
+
+        /// One slice of decoding, then the same checks as a plain body; at the end of the body, the intake.
+        /// `request` is the caller's only copy (the state is not holding it meanwhile): a second reference to its
+        /// body would make every slice copy the whole body.
+        private mutating func decode(_ request: inout BufferedRequest) -> Action {
+            guard let inflater = request.inflater else { return finishBody(request) }
+            let progress: StreamingInflater.Progress
+            do throws(ZlibError) {
+                progress = try inflater.inflate(into: &request.body, maxOutput: Self.decodeSlice)
+                if progress == .needInput && request.ended { try inflater.finish() }
+            } catch {
+                if error.code == .outputLimitExceeded && !request.classificationDone {
+                    // Too large to batch and not known to be an INSERT: ClickHouse gets it as it came.
+                    return startPassthrough(
+                        request.head, initialBody: request.encoded ?? ByteBuffer(), bodyComplete: request.ended)
+                }
+                releaseReservation()
+                state = .discarding
+                if error.code == .outputLimitExceeded {
+                    return .respondError(.bodyTooLarge(limit: maxRequestBody), request.head, close: true)
+                }
+                let coding = request.coding?.rawValue ?? "encoded"
+                return .respondError(
+                    .cannotDecompress("Batchhouse: cannot decode the \(coding) request body: \(error.message)"),
+                    request.head, close: true)
+            }
+            if let action = grew(&request) { return action }
+            if progress == .outputPending {
+                request.decodePending = true
+                state = .buffering(request)
+                return .decodeMore
+            }
+            if request.ended { return finishBody(request) }
+            state = .buffering(request)
+            return .none
+        }
+
+        /// After the (decoded) body grew: classify it, bound it, hold it against the budget. Nil to go on
+        /// buffering, else the action that ends buffering (the state is then set).
+        private mutating func grew(_ request: inout BufferedRequest) -> Action? {
+            if !request.classificationDone {
+                switch classifier.classify(query: request.parameters.query, body: request.body, isComplete: false) {
+                case .insert(let statement):
+                    request.statement = statement
+                    request.classificationDone = true
+                    request.encoded = nil
+                case .passthrough:
+                    return startPassthrough(
+                        request.head, initialBody: request.encoded ?? request.body, bodyComplete: request.ended)
+                case .needMoreData:
+                    if request.body.readableBytes > StatementClassifier.limit {
+                        return startPassthrough(
+                            request.head, initialBody: request.encoded ?? request.body, bodyComplete: request.ended)
+                    }
+                }
+            }
+            if request.body.readableBytes > maxRequestBody {
+                if request.statement != nil {
+                    releaseReservation()
+                    state = .discarding
+                    return .respondError(.bodyTooLarge(limit: maxRequestBody), request.head, close: true)
+                }
+                // Too large to batch: ClickHouse gets it as it came.
+                return startPassthrough(
+                    request.head, initialBody: request.encoded ?? request.body, bodyComplete: request.ended)
+            }
+            let held =
+                request.body.readableBytes + (request.encoded?.readableBytes ?? 0)
+                + (request.inflater?.pendingInput ?? 0)
+            if held > reservedBytes + Self.unreservedBodyBytes {
+                let needed = held - Self.unreservedBodyBytes - reservedBytes
+                let step = (needed + Self.reservationStep - 1) / Self.reservationStep * Self.reservationStep
+                guard budget.reserve(step) else {
+                    releaseReservation()
+                    state = .discarding
+                    return .respondError(
+                        .memoryLimit(
+                            "Batchhouse: buffers are full (limits.max_buffer_memory), and this request's body is still arriving; retry later"
+                        ), request.head, close: true)
+                }
+                reservedBytes += step
+            }
+            return nil
+        }
+
+        /// The whole body is here: the intake takes it (decoded) and its reservation ends, as the intake admits
+        /// the rows against the budget itself.
+        private mutating func finishBody(_ request: BufferedRequest) -> Action {
+            releaseReservation()
+            var head = request.head
+            if request.coding != nil {
+                // Should the intake pass it through after all, it goes upstream decoded.
+                head.headers.remove(name: "content-encoding")
+                head.headers.remove(name: "transfer-encoding")
+                head.headers.replaceOrAdd(name: "content-length", value: String(request.body.readableBytes))
+            }
+            state = .intaking(head, body: request.body)
+            return .intake(
+                InsertRequest(
+                    parameters: request.parameters, body: request.body, coding: nil, statement: request.statement))
+        }
+
+        private mutating func releaseReservation() {
+            guard reservedBytes > 0 else { return }
+            budget.release(reservedBytes)
+            reservedBytes = 0
         }
 
         private mutating func startPassthrough(_ head: HTTPRequestHead, initialBody: ByteBuffer?, bodyComplete: Bool)
             -> Action
         {
             let hasBody = head.method != .GET && head.method != .HEAD
+            releaseReservation()
             state = .passthrough(head, requestEnded: bodyComplete || !hasBody)
             return .startPassthrough(head, initialBody: initialBody, bodyComplete: bodyComplete)
         }
     }
+}
+
+extension TimeAmount {
+    fileprivate var milliseconds: Int64 { nanoseconds / 1_000_000 }
 }

@@ -1,3 +1,4 @@
+import BatchhouseConfig
 import BatchhouseCore
 import BatchhouseEngine
 import BatchhouseUpstream
@@ -22,27 +23,72 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var client: CurlClient
         var metrics: BatchhouseMetrics
         var endpoints: LocalEndpoints
+        /// The memory budget that bodies still arriving are held against.
+        var buffering: Buffering
     }
 
     private let dependencies: Dependencies
     private var machine = StateMachine()
     private var bridge: PassthroughBridge?
     private var readPaused = false
+    /// Reading stops while a decoded slice is pending (`decodeMore`).
+    private var decodePaused = false
     private var readPending = false
     private var context: ChannelHandlerContext?
+    /// Sees the raw bytes before the HTTP decoder; writes the answers to requests whose head never completed.
+    private let clientBytes: ClientBytesHandler?
+    /// The connection's one timer (header, body, request and idle timeouts); see `StateMachine.nextCheck`.
+    private var timer: Scheduled<Void>?
     /// The last `X-ClickHouse-Summary` value: clients sending rows of the same shape get the same one.
     private var lastSummary: (rows: Int, bytes: Int, text: String)?
 
-    init(_ dependencies: Dependencies) {
+    init(_ dependencies: Dependencies, clientBytes: ClientBytesHandler? = nil) {
         self.dependencies = dependencies
+        self.clientBytes = clientBytes
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        machine = StateMachine(
+            budget: dependencies.buffering,
+            timeouts: ConnectionTimeouts(dependencies.configuration.snapshot.value.limits), now: context.eventLoop.now)
+        clientBytes?.requestHandler = self
+        armTimer(context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
         self.context = nil
+    }
+
+    // MARK: Timeouts
+
+    /// Raw bytes arrived from the client (called by `ClientBytesHandler`, on this event loop).
+    func bytesArrived() {
+        guard let context else { return }
+        machine.bytesArrived(at: context.eventLoop.now)
+    }
+
+    private func armTimer(context: ChannelHandlerContext) {
+        guard timer == nil else { return }
+        let next = machine.nextCheck(now: context.eventLoop.now)
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: next) { [self] in
+            timer = nil
+            guard let context = self.context else { return }
+            if let (action, kind) = machine.timerFired(at: context.eventLoop.now) {
+                dependencies.metrics.timedOut(kind.rawValue)
+                perform(action, context: context)
+                // Bounds the drain of what a timed-out client still sends.
+                if self.context != nil { armTimer(context: context) }
+                return
+            }
+            // A reload may have changed the timeouts; an idle connection picks them up here.
+            if case .idle = machine.state {
+                machine.timeouts = ConnectionTimeouts(dependencies.configuration.snapshot.value.limits)
+            }
+            armTimer(context: context)
+        }
     }
 
     // MARK: Inbound
@@ -51,8 +97,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let action: StateMachine.Action
         switch unwrapInboundIn(data) {
         case .head(let head):
-            action = machine.receivedHead(
-                head, maxRequestBody: dependencies.configuration.snapshot.value.limits.maxRequestBody)
+            let limits = dependencies.configuration.snapshot.value.limits
+            machine.timeouts = ConnectionTimeouts(limits)
+            action = machine.receivedHead(head, maxRequestBody: limits.maxRequestBody, now: context.eventLoop.now)
         case .body(let part):
             action = machine.receivedBody(part)
         case .end:
@@ -62,6 +109,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
         perform(machine.channelClosed(), context: context)
         context.fireChannelInactive()
     }
@@ -107,9 +156,41 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .intake(let request):
             let decision = dependencies.intake.accept(request) { self.completion(context: context) }
             perform(machine.intakeDecided(decision), context: context)
+        case .decodeMore:
+            decodePaused = true
+            // A scheduled task, not `execute`: NIO runs tasks queued by tasks in the same tick, so a chain of
+            // `execute`s would decode a whole bomb before the loop looks at any other socket (measured: 1-row
+            // INSERTs waited 400 ms next to 1 GiB bombs). The pause ends the tick.
+            context.eventLoop.assumeIsolated().scheduleTask(in: Self.decodeYield) { [self] in
+                guard let context = self.context else { return }
+                let next = machine.continueDecoding()
+                if case .decodeMore = next {} else { resumeAfterDecoding() }
+                perform(next, context: context)
+            }
+        case .respondRawError(let error):
+            dependencies.metrics.request(.rejected)
+            if let clientBytes {
+                clientBytes.writeAndClose(Self.rawResponse(error))
+            } else {
+                context.close(promise: nil)
+            }
         case .close:
             context.close(promise: nil)
         }
+    }
+
+    /// How long a connection whose decoded slice filled up lets the event loop serve others.
+    static let decodeYield: TimeAmount = .milliseconds(1)
+
+    /// A whole HTTP/1.1 error response as bytes, for a request whose head never completed (so NIO's HTTP
+    /// encoder has no request to answer).
+    static func rawResponse(_ error: ClickHouseError) -> [UInt8] {
+        let status = HTTPResponseStatus(statusCode: error.status)
+        let body = Array(error.body.utf8)
+        var text = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n"
+        for (name, value) in error.headers { text += "\(name): \(value)\r\n" }
+        text += "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+        return Array(text.utf8) + body
     }
 
     /// How a waiting INSERT's answer gets back onto this connection's event loop.
@@ -127,7 +208,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Outbound read control (backpressure towards the client)
 
     func read(context: ChannelHandlerContext) {
-        if readPaused {
+        if readPaused || decodePaused {
             readPending = true
         } else {
             context.read()
@@ -141,7 +222,16 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func resumeReading() {
         guard readPaused else { return }
         readPaused = false
-        if readPending, let context {
+        if readPending, !decodePaused, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    private func resumeAfterDecoding() {
+        guard decodePaused else { return }
+        decodePaused = false
+        if readPending, !readPaused, let context {
             readPending = false
             context.read()
         }
@@ -224,6 +314,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if close { channel.close(promise: nil) }
         }
+        machine.answered(at: context.eventLoop.now)
     }
 
     // MARK: Responses
@@ -273,6 +364,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
+        machine.answered(at: context.eventLoop.now)
     }
 
     private func respondError(_ error: ClickHouseError, head: HTTPRequestHead, close: Bool, context: ChannelHandlerContext) {
@@ -301,7 +393,11 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if close {
             let channel = context.channel
-            done.whenComplete { _ in channel.close(promise: nil) }
+            // A body still arriving is drained rather than reset, so the client reads the answer: only the
+            // write side closes now; the client's close (or the body timeout) ends the connection.
+            let mode: CloseMode = machine.isDiscarding ? .output : .all
+            done.whenComplete { _ in channel.close(mode: mode, promise: nil) }
         }
+        machine.answered(at: context.eventLoop.now)
     }
 }

@@ -196,6 +196,25 @@ struct ConfigurationLoaderTests {
         #expect(config.deadLetterDir == "./batchhouse-dead-letter")
     }
 
+    @Test func clientBoundsAreParsedAndDefaultedLikeNginx() throws {
+        let defaults = BatchhouseConfiguration().limits
+        #expect(defaults.headerTimeout == .seconds(10))
+        #expect(defaults.bodyTimeout == .seconds(30))
+        #expect(defaults.requestTimeout == .seconds(300))
+        #expect(defaults.idleTimeout == .seconds(60))
+        #expect(defaults.maxConnections == 4096)
+        let config = try parse(
+            "limits:\n  header_timeout: 250ms\n  body_timeout: 2s\n  request_timeout: 1m\n  idle_timeout: 5s\n  max_connections: 12\n")
+        #expect(config.limits.headerTimeout == .milliseconds(250))
+        #expect(config.limits.bodyTimeout == .seconds(2))
+        #expect(config.limits.requestTimeout == .seconds(60))
+        #expect(config.limits.idleTimeout == .seconds(5))
+        #expect(config.limits.maxConnections == 12)
+        #expect(config.limits.maxBufferMemory == defaults.maxBufferMemory)
+        #expect(config.description.contains("header_timeout=250ms"))
+        #expect(config.description.contains("max_connections=12"))
+    }
+
     @Test func emptySectionsAreDefaults() throws {
         let config = try parse("upstream:\ndefaults:\ntables:\nlimits:\nspool:\n")
         #expect(config == BatchhouseConfiguration())

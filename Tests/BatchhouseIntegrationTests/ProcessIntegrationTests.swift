@@ -18,7 +18,8 @@ struct ProcessIntegrationTests {
         let logFile: String
         let workDir: String
 
-        init(config: String) throws {
+        /// `fileLimit`: the open-file limit (soft and hard) the proxy runs under, set by a shell's `ulimit -n`.
+        init(config: String, fileLimit: Int? = nil) throws {
             workDir = NSTemporaryDirectory() + "bh-proc-\(UInt32.random(in: 0...UInt32.max))"
             try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
             let configPath = workDir + "/batchhouse.yaml"
@@ -26,10 +27,17 @@ struct ProcessIntegrationTests {
                 toFile: configPath, atomically: true, encoding: .utf8)
             logFile = workDir + "/batchhouse.log"
             _ = FileManager.default.createFile(atPath: logFile, contents: nil)
-            process.executableURL = URL(fileURLWithPath: ProcessIntegrationTests.repo + "/.build/debug/batchhouse")
-            process.arguments = [
+            let executable = ProcessIntegrationTests.repo + "/.build/debug/batchhouse"
+            let arguments = [
                 "--config", configPath, "--listen", "127.0.0.1:0", "--upstream", TestEnvironment.clickHouseURL!,
             ]
+            if let fileLimit {
+                process.executableURL = URL(fileURLWithPath: "/bin/sh")
+                process.arguments = ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", executable] + arguments
+            } else {
+                process.executableURL = URL(fileURLWithPath: executable)
+                process.arguments = arguments
+            }
             let log = FileHandle(forWritingAtPath: logFile)
             process.standardOutput = log
             process.standardError = log

@@ -34,14 +34,12 @@ import Testing
             engine = BatchhouseEngine(
                 configuration: configuration, transport: UnreachableUpstream(), spool: nil, logger: logger,
                 verifiesCredentials: false)
-            try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                withPipeliningAssistance: true, withErrorHandling: true)
-            try channel.pipeline.syncOperations.addHandler(
-                RequestHandler(
-                    RequestHandler.Dependencies(
-                        intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway,
-                        client: client, metrics: engine.metrics,
-                        endpoints: LocalEndpoints(engine: engine, serving: ServingState()))))
+            try HTTPServer.configure(
+                channel,
+                dependencies: RequestHandler.Dependencies(
+                    intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway,
+                    client: client, metrics: engine.metrics,
+                    endpoints: LocalEndpoints(engine: engine, serving: ServingState()), buffering: engine.buffering))
         }
 
         deinit {
