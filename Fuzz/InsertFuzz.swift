@@ -40,7 +40,7 @@ public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
                 check(range.lowerBound >= last && range.upperBound <= rows.count, "row ranges overlap or overrun")
                 last = range.upperBound
             }
-            var generator = SplitMix(seed: UInt64(count))
+            var generator = SplitMix64(seed: UInt64(count))  // deterministic: a crash reproduces from its input
             if let kept = RowSampler.sample(rows, format: format, fraction: 0.5, using: &generator) {
                 check(kept.rows >= 0 && kept.rows <= ranges.count, "sampled more rows than there are")
             }
@@ -51,17 +51,4 @@ public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
 
 private func check(_ condition: Bool, _ message: StaticString) {
     if !condition { fatalError("invariant broken: \(message)") }
-}
-
-/// A deterministic generator, so a crash reproduces from its input alone.
-private struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

@@ -109,23 +109,36 @@ package final class CredentialVerifier: Sendable {
         _ identity: ClientIdentity, digest: IdentityDigest, then: @escaping @Sendable (Outcome) -> Void
     ) {
         let now = clock.now()
-        let first = entries.withLock { entries -> Bool in
+        enum Role { case joined, first, uncached }
+        let role = entries.withLock { entries -> Role in
             if var entry = entries[digest] {
                 if entry.waiters != nil {
                     entry.waiters!.append(then)
                     entries[digest] = entry
-                    return false
+                    return .joined
                 }
                 entry.waiters = [then]
                 entries[digest] = entry
-                return true
+                return .first
             }
             if entries.count >= Self.maxEntries { Self.prune(&entries, now: now) }
+            // Still full of fresh or pending identities: this one is checked without being remembered.
+            if entries.count >= Self.maxEntries { return .uncached }
             entries[digest] = Entry(waiters: [then])
-            return true
+            return .first
         }
-        guard first else { return }
         let gateway = self.gateway
+        if role == .uncached {
+            Task {
+                switch await gateway.verify(identity) {
+                case .accepted: then(.verified)
+                case .refused(let response): then(.refused(response))
+                case .unreachable(let message): then(.unavailable(message))
+                }
+            }
+            return
+        }
+        guard role == .first else { return }
         Task {
             let answer = await gateway.verify(identity)
             self.settle(digest, answer)
@@ -186,9 +199,13 @@ package final class CredentialVerifier: Sendable {
         for waiter in waiters { waiter(outcome) }
     }
 
+    /// Drops what is neither pending, fresh, nor within the trusted-while-unreachable window; if that is not
+    /// enough, the entries only kept for that window go too.
     private static func prune(_ entries: inout [IdentityDigest: Entry], now: Instant) {
+        func fresh(_ entry: Entry) -> Bool { entry.waiters != nil || (entry.trustedUntil.map { now < $0 } ?? false) }
         entries = entries.filter { _, entry in
-            entry.waiters != nil || (entry.trustedUntil.map { now < $0 } ?? false)
+            fresh(entry) || (entry.verifiedAt.map { now - $0 < trustedWhileUnreachableFor } ?? false)
         }
+        if entries.count >= maxEntries { entries = entries.filter { fresh($0.value) } }
     }
 }

@@ -90,7 +90,7 @@ package struct DeadLetterWriter: Sendable {
             requests: batch.contributions.count, clientsToldFailed: failure.clientsToldFailed)
         do {
             try Self.makeDirectory(directory)
-            try Self.writePrivate(Data(batch.data), to: base + ".data")
+            try Self.writePrivate(Data(batch.data), to: base + ".data", syncFolder: false)
             try Self.writePrivate(Self.encoder().encode(record), to: base + ".json")
             return base + ".data"
         } catch {
@@ -109,10 +109,16 @@ package struct DeadLetterWriter: Sendable {
     }
 
     /// Writes `data` to `path` readable by its owner only (0600), replacing what is there.
-    package static func writePrivate(_ data: Data, to path: String) throws {
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard descriptor >= 0 else { throw DeadLetterFileError(path: path, errno: errno) }
-        defer { close(descriptor) }
+    /// `syncFolder`: also sync the folder, so the new name is on disk (once for files written together).
+    package static func writePrivate(_ data: Data, to path: String, syncFolder: Bool = true) throws {
+        // Written aside, synced, then renamed and the folder synced: the spool marks these rows delivered right
+        // after, so the file must be whole and on disk first (and a rewrite by the replayer never leaves half a
+        // record).
+        let temporary = path + ".tmp"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard descriptor >= 0 else { throw DeadLetterFileError(path: temporary, errno: errno) }
+        var closed = false
+        defer { if !closed { close(descriptor) } }
         // O_CREAT's mode applies to new files only; an existing one is tightened too.
         fchmod(descriptor, 0o600)
         var offset = 0
@@ -127,7 +133,24 @@ package struct DeadLetterWriter: Sendable {
             }
             return false
         }
-        if failed { throw DeadLetterFileError(path: path, errno: errno) }
+        if failed || fsync(descriptor) != 0 {
+            let error = errno
+            unlink(temporary)
+            throw DeadLetterFileError(path: path, errno: error)
+        }
+        closed = true
+        close(descriptor)
+        guard rename(temporary, path) == 0 else {
+            let error = errno
+            unlink(temporary)
+            throw DeadLetterFileError(path: path, errno: error)
+        }
+        guard syncFolder else { return }
+        let folder = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
+        if folder >= 0 {
+            defer { close(folder) }
+            if fsync(folder) != 0 { throw DeadLetterFileError(path: path, errno: errno) }
+        }
     }
 }
 

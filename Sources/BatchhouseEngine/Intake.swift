@@ -132,8 +132,16 @@ package final class Intake: Sendable {
         let settings = request.parameters.settings
         if !serviceAccount, let verifier, case .mustVerify(let digest) = verifier.check(identity) {
             // ClickHouse authenticates before it reads a query, so the credentials are checked before the rows.
+            // The body waiting for the answer holds its bytes in the memory budget, shed first like a body still
+            // arriving (priority 5).
+            let held: Buffering.Reservation
+            switch buffering.reserve(bytes: data.readableBytes, priority: 5) {
+            case .admitted(let admitted): held = admitted
+            case .refused(let inUse): return overMemory(inUse, rule: rule, limit: memoryLimit)
+            }
             let completion = completion()
             verifier.verify(identity, digest: digest) { [self] outcome in
+                buffering.cancel(held)
                 switch outcome {
                 case .verified:
                     let decision = scanAndStore(

@@ -171,9 +171,17 @@ package final class UpstreamGateway: Sendable {
             request.tls = upstream.upstreamTLS
             do {
                 let response = try await transport.execute(request)
-                if response.status < 500 {
-                    let kind = RefusalKind(status: response.status, code: clickHouseErrorCode(in: response.body))
-                    return response.status >= 300 && kind == .authentication ? .refused(response) : .accepted
+                // The code decides, whatever the status: an authentication code is a refusal, any other answer
+                // from ClickHouse (an error with a code, or a success) means it took the credentials; only
+                // unavailability (5xx without a code, overload, network codes) says nothing.
+                let code = (200..<300).contains(response.status) ? nil : response.exceptionCode
+                if let code, RefusalKind.authenticationCodes.contains(code) { return .refused(response) }
+                let answer = UpstreamAnswer.response(status: response.status, exceptionCode: code)
+                if !DeliveryPolicy.countsAgainstServer(answer) {
+                    if code == nil && response.status >= 300 && RefusalKind(status: response.status, code: nil) == .authentication {
+                        return .refused(response)
+                    }
+                    return .accepted
                 }
                 last = "HTTP \(response.status) from \(redacted(server))"
             } catch {

@@ -248,6 +248,9 @@ extension RequestHandler {
         mutating func receivedHead(
             _ head: HTTPRequestHead, maxRequestBody: Int, now: NIODeadline = .uptimeNanoseconds(0)
         ) -> Action {
+            // An error was answered and the connection closes once the rest is drained: a head that completes
+            // meanwhile (a slow head answered 408, a pipelined request) is not served. The client was told.
+            if case .discarding = state { return .none }
             self.maxRequestBody = maxRequestBody
             headStartedAt = nil
             requestStartedAt = now
@@ -265,11 +268,12 @@ extension RequestHandler {
                 return .respondError(.lengthRequired, head, close: true)
             }
             let parameters = RequestParameters(uriQuery: query) { name in head.headers.first(name: name) }
-            let encoding = head.headers.first(name: "content-encoding")?.lowercased().trimmingCharacters(in: .whitespaces)
+            // Exactly what ClickHouse decodes itself (18.16 refuses `identity`, `x-gzip` or `GZIP` with Code 89):
+            // anything else goes to it as received, so it answers.
             let coding: ContentCoding?
-            switch encoding {
-            case nil, "", "identity": coding = nil
-            case "gzip", "x-gzip": coding = .gzip
+            switch head.headers.first(name: "content-encoding") {
+            case nil, "": coding = nil
+            case "gzip": coding = .gzip
             case "deflate": coding = .deflate
             default: return startPassthrough(head, initialBody: nil, bodyComplete: false)
             }

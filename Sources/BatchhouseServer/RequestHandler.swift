@@ -76,8 +76,11 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: next) { [self] in
             timer = nil
             guard let context = self.context else { return }
+            var draining = false
+            if case .discarding = machine.state { draining = true }
             if let (action, kind) = machine.timerFired(at: context.eventLoop.now) {
-                dependencies.metrics.timedOut(kind.rawValue)
+                // The end of a drain after an error already answered is not another timeout.
+                if !draining { dependencies.metrics.timedOut(kind.rawValue) }
                 perform(action, context: context)
                 // Bounds the drain of what a timed-out client still sends.
                 if self.context != nil { armTimer(context: context) }

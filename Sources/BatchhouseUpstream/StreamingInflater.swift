@@ -5,8 +5,9 @@ import NIOCore
 /// piece and asks for at most `maxOutput` decoded bytes at a time, so one piece that inflates to a lot (a zip
 /// bomb) never costs more than a slice of work and memory per call. Working memory is zlib's state (about 40 KiB)
 /// plus the compressed bytes not yet inflated, which the caller bounds by not reading while output is pending.
-/// The decoded total stops at `limit` (`.outputLimitExceeded`). Accepts what `Zlib.decompress` accepts: gzip with
-/// several members, and for `.deflate` zlib-wrapped or raw data (docs/architecture.md, "Bounds on clients").
+/// The decoded total stops at `limit` (`.outputLimitExceeded`). Accepts gzip with
+/// several members, and for `.deflate` zlib-wrapped data only, as ClickHouse does (docs/architecture.md, "Bounds on
+/// clients").
 public final class StreamingInflater {
     public enum Progress: Sendable, Equatable {
         /// Every byte appended so far is decoded; append more (or `finish`).
@@ -40,7 +41,8 @@ public final class StreamingInflater {
     public init(coding: ContentCoding, limit: Int) {
         self.coding = coding
         self.limit = limit
-        mode = coding == .gzip ? .gzip : .undecided
+        // `deflate` is zlib-wrapped only, as ClickHouse reads it (it refuses raw deflate with Code 354).
+        mode = coding == .gzip ? .gzip : .zlib
     }
 
     /// Compressed bytes not inflated yet.

@@ -153,3 +153,40 @@ final class Counter: Sendable {
 
     var value: Int { count.load(ordering: .relaxed) }
 }
+
+@Suite struct CredentialCheckReadingTests {
+    static func gateway(_ reply: Reply) throws -> UpstreamGateway {
+        UpstreamGateway(
+            transport: ScriptedTransport { _, _ in reply },
+            upstream: try ConfigurationLoader.parse(
+                yaml: "upstream: { servers: [\"http://upstream.test:8123\"] }", environment: [:]
+            ).upstream,
+            clock: TestClock())
+    }
+
+    /// The check of a new identity reads the code as delivery does: an authentication code is a refusal whatever
+    /// the status, another ClickHouse answer means the credentials were taken, and only unavailability is
+    /// "cannot ask".
+    @Test func theCodeDecidesWhatACheckSays() async throws {
+        let identity = ClientIdentity(user: "alice", password: "x")
+        for (reply, expected) in [
+            (Reply.error(status: 500, code: 193, message: "Wrong password"), "refused"),
+            (.error(status: 401, code: 516, message: "Authentication failed"), "refused"),
+            (.status(401, body: "Unauthorized"), "refused"),
+            (.error(status: 500, code: 62, message: "Syntax error"), "accepted"),
+            (.ok, "accepted"),
+            (.status(503, body: "Service Unavailable"), "unreachable"),
+            (.error(status: 500, code: 210, message: "Network error"), "unreachable"),
+            (.failure(.connect), "unreachable"),
+        ] {
+            let answer = await (try Self.gateway(reply)).verify(identity)
+            let said: String
+            switch answer {
+            case .accepted: said = "accepted"
+            case .refused: said = "refused"
+            case .unreachable: said = "unreachable"
+            }
+            #expect(said == expected, "\(reply)")
+        }
+    }
+}

@@ -89,6 +89,20 @@ import Testing
         #expect(fixture.transport.verifications.count == 1)
     }
 
+    /// A body waiting for its identity's check holds its bytes in the memory budget (shed first, as priority 5),
+    /// and gives them back once the check is answered.
+    @Test func aBodyWaitingForItsCheckIsCountedInTheBudget() async throws {
+        let fixture = try Self.fixture("limits: { max_buffer_memory: 1000 }", upstream: Upstream(slowCheck: true))
+        let answers = Answers()
+        let row = "INSERT INTO t VALUES ('" + String(repeating: "x", count: 500) + "')"
+        #expect(fixture.insert(row, identity: Self.alice, answers: answers).waitsForVerification)
+        #expect(fixture.engine.buffering.memoryInUse >= 500, "held while ClickHouse is asked")
+        let refused = fixture.insert(row, identity: Self.alice).refusal
+        #expect(refused?.code == 241, "a second waiting body is over the budget's priority-5 share")
+        #expect(await answers.wait(for: 1).first?.acceptedAck == .enqueued)
+        #expect(fixture.engine.buffering.memoryInUse < 600, "the waiting reservation was given back")
+    }
+
     @Test func aNewIdentityIsRefusedWhileClickHouseCannotBeAskedAKnownOneIsTaken() async throws {
         let upstream = Upstream()
         let fixture = try Self.fixture(upstream: upstream)

@@ -106,8 +106,10 @@ struct AdversarialDeliveryTests {
         }
         let health = try await Self.healthJSON(proxy)
         try await proxy.stop()
-        #expect(firstDelay < .seconds(2), "the good row waited \(firstDelay)")
-        #expect(secondDelay < .seconds(2), "after 200 garbage requests the good row waited \(secondDelay)")
+        // Its flush is due after 200 ms; the delivery workers are shared with the isolation of the garbage, so
+        // allow for a loaded machine (before: the breaker opened and the row had not landed after 10 s).
+        #expect(firstDelay < .seconds(5), "the good row waited \(firstDelay)")
+        #expect(secondDelay < .seconds(5), "after 200 garbage requests the good row waited \(secondDelay)")
         #expect(health.contains("\"status\":\"healthy\""), "\(health)")
         #expect(health.contains("\"breaker\":\"closed\""), "\(health)")
         #expect(try await db.count("a") == 0)

@@ -182,7 +182,11 @@ import Testing
         #expect(budget.held == 2 << 20)
         _ = machine.timerFired(at: Self.at(10_000))
         #expect(budget.held == 0)
+        // Answered 408 and draining: a head that completes now is not served (the client was told).
+        #expect(machine.receivedHead(Self.insertHead([("Content-Length", "1")]), maxRequestBody: 64 << 20).isNone)
+        guard case .discarding = machine.state else { Issue.record("still draining"); return }
 
+        machine = Machine(budget: budget, timeouts: Self.timeouts, now: Self.start)
         _ = machine.receivedHead(Self.insertHead([("Content-Length", "\(4 << 20)")]), maxRequestBody: 64 << 20)
         _ = machine.receivedBody(ByteBuffer(bytes: [UInt8](repeating: 0x31, count: 2 << 20)))
         #expect(budget.held == 2 << 20)
@@ -317,5 +321,12 @@ import Testing
         #expect(fixture.engine.buffering.incomingBytes == 0)
         #expect(fixture.batcher.bufferedRows == 0)
         #expect(!fixture.channel.isActive)
+    }
+}
+
+extension RequestHandler.StateMachine.Action {
+    var isNone: Bool {
+        if case .none = self { return true }
+        return false
     }
 }
