@@ -44,6 +44,7 @@ package final class Settlement: Sendable {
     /// it can be; halves are marked when the whole batch settles, since their chunks may be partly elsewhere.
     package func landed(_ part: SealedBatch, whole: Bool, attempts: Int, elapsed: Duration) {
         if whole, let spool {
+            CrashPoint.afterCommit.reach()
             let chunks = part.contributions.compactMap(\.spoolChunk)
             if !chunks.isEmpty { check(spool.markDelivered(chunks), batch: part) }
         }

@@ -54,6 +54,9 @@ public final class BatchhouseApplication: Sendable {
         client = CurlClient(maxConnections: max(64, configuration.upstream.maxConcurrentFlushes * 4))
         engine = BatchhouseEngine(
             configuration: configuration, transport: client, spool: spool, logger: logger, identityTags: identityTags)
+        if let armed = CrashPoints.description {
+            logger.warning("test hook armed: the process will kill itself", metadata: ["crash_at": "\(armed)"])
+        }
         if let recovery { engine.restore(recovery) }
         let serving = ServingState()
         server = HTTPServer(

@@ -1,6 +1,7 @@
 import BatchhouseConfig
 import BatchhouseCore
 import BatchhouseEngine
+import BatchhouseSpool
 import BatchhouseUpstream
 import NIOCore
 import NIOHTTP1
@@ -343,6 +344,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The answer to a batched INSERT: 200, no body (the hot path: headers built in one go, no future).
     private func respondAccepted(head: HTTPRequestHead, rows: Int, bytes: Int, ack: String, context: ChannelHandlerContext) {
+        CrashPoint.beforeAck.reach()
         let summary: String
         if let last = lastSummary, last.rows == rows, last.bytes == bytes {
             summary = last.text

@@ -43,6 +43,7 @@ final class SpoolCore: Sendable {
                     return
                 case .sync(let targets):
                     let results = targets.map { target in (target: target, failure: sync(target)) }
+                    if results.contains(where: { $0.failure == nil }) { CrashPoint.afterFsync.reach() }
                     let completion = state.withLock { $0.finishSync(results) }
                     for (continuation, result) in completion.resume { continuation.resume(returning: result) }
                     for path in completion.unlink { FileSystem.remove(path) }

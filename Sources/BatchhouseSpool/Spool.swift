@@ -211,6 +211,7 @@ public final class Spool: Sendable {
             if state.segments[index].firstID == nil { state.segments[index].firstID = id }
             state.segments[index].lastID = id
             let position = SpoolPosition(chunkID: id, segment: state.segments[index].number, offset: state.segments[index].size)
+            CrashPoint.afterSpoolWrite.reach()
             return (position, wake)
         }
         if wake { core.wakeSyncThread.signal() }
