@@ -31,6 +31,29 @@ public struct SealedBatch: Sendable {
     public var sealedAt: Instant
     /// The requests whose rows are in this batch, in order.
     public var contributions: [Contribution]
+    /// With a spool, a sealed batch's rows leave memory: `data` is empty and every contribution's spool chunk
+    /// holds its rows, until delivery reads them back (docs/spool-and-acks.md, "The spool as backlog").
+    public var bodyInSpool = false
+    /// The bytes `data` held when its body went to the spool (what it will hold again once read back).
+    public var spooledBytes = 0
+    /// The query id it is sent under, kept across retries and, through the spool, across restarts; nil until
+    /// delivery gives it one.
+    public var queryID: String?
+
+    /// Bytes of row data, in memory or in the spool.
+    public var bodyBytes: Int { bodyInSpool ? spooledBytes : data.count }
+
+    /// Leaves only the bookkeeping in memory; the rows are in the spool chunks of `contributions`.
+    public mutating func moveBodyToSpool() {
+        spooledBytes = data.count
+        data = []
+        bodyInSpool = true
+    }
+
+    /// Every contribution has its rows in a spool chunk: the body may leave memory.
+    public var isWhollySpooled: Bool {
+        !contributions.isEmpty && contributions.allSatisfy { $0.spoolChunk != nil }
+    }
 
     public init(
         id: UInt64, key: BatchKey, rule: TableRule, data: [UInt8], rows: Int, requests: Int,
@@ -165,6 +188,12 @@ public struct BatchStore: Sendable {
     }
 
     public var openBatchCount: Int { open.count }
+
+    /// A number for a batch made outside the store (rows read back from the spool), from the same sequence.
+    public mutating func takeBatchID() -> UInt64 {
+        defer { nextID += 1 }
+        return nextID
+    }
 
     /// Appends a request's rows to the open batch of `key`, opening one if needed.
     /// Returns the batches that must go upstream now: at most one sealed before the append (the chunk would

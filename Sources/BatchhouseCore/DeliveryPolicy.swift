@@ -65,8 +65,9 @@ public struct DeliveryPolicy: Sendable, Hashable {
     }
 
     /// ClickHouse error codes that mean "too much at once", not "wrong data": retried, and counted against the
-    /// server's breaker.
-    public static let overloadCodes: Set<Int> = [252, 202, 159, 209, 241]
+    /// server's breaker. 216 (a query with the same id is still running): a batch sent again while its first
+    /// attempt still runs upstream waits for it to finish (docs/spool-and-acks.md, "Exactly once").
+    public static let overloadCodes: Set<Int> = [252, 202, 159, 209, 241, 216]
 
     /// ClickHouse error codes that say the data itself is wrong: retrying the same bytes cannot help, but
     /// splitting the batch finds the rows at fault.

@@ -12,6 +12,8 @@ public enum FlushTrigger: String, Sendable, Hashable, CaseIterable {
     case shutdown
     /// A new configuration changed the table's rule so the batch had to close.
     case reload
+    /// Rows read back from the spool at start (accepted before a restart).
+    case recovery
 }
 
 /// The strategies' flush decisions, as pure functions of a rule and a batch's size and age.

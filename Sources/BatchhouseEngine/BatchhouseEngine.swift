@@ -3,6 +3,7 @@ import BatchhouseCore
 import BatchhouseSpool
 import BatchhouseUpstream
 import Logging
+import Synchronization
 
 /// The parts an INSERT passes through, built once from a configuration and wired in one direction:
 /// `Intake` → `Buffering` → `Delivery` → `UpstreamGateway`, and every outcome into `Settlement`
@@ -46,14 +47,15 @@ package final class BatchhouseEngine: Sendable {
                 tags: identityTags, gateway: gateway, clock: clock,
                 file: configuration.spool.map { VerifiedIdentityFile(directory: $0.dir) })
             : nil
-        buffering = Buffering(clock: clock, maxBufferMemory: configuration.limits.maxBufferMemory)
+        buffering = Buffering(
+            clock: clock, maxBufferMemory: configuration.limits.maxBufferMemory, spoolBacked: spool != nil)
         settlement = Settlement(
             buffering: buffering, spool: spool, acks: acks, metrics: metrics,
             deadLetters: DeadLetterWriter(directory: configuration.deadLetterDir, logger: logger), clock: clock,
             logger: logger, tags: identityTags, verifier: verifier)
         delivery = Delivery(
             gateway: gateway, settlement: settlement, clock: clock,
-            concurrency: configuration.upstream.maxConcurrentFlushes, retryUntilDelivered: spool != nil,
+            concurrency: configuration.upstream.maxConcurrentFlushes, retryUntilDelivered: spool != nil, spool: spool,
             jitter: jitter)
         intake = Intake(
             configuration: self.configuration, buffering: buffering, delivery: delivery, spool: spool, acks: acks,
@@ -62,31 +64,159 @@ package final class BatchhouseEngine: Sendable {
 
     // MARK: Start
 
-    /// Puts every row the spool holds that ClickHouse does not have yet back into batches, so they are sent
-    /// before or alongside new rows (docs/spool-and-acks.md, "Replay").
+    /// Batches found in doubt at start, waiting for `settleInDoubt()`, with their chunks.
+    private let inDoubt = Mutex<[(batch: InDoubtBatch, chunks: [SpooledChunk])]>([])
+
+    /// Puts every row the spool holds that ClickHouse does not have yet back on the delivery queue, as batches
+    /// whose rows stay on disk until their turn (docs/spool-and-acks.md, "Replay"). Batches that were being sent
+    /// when the process stopped are held back for `settleInDoubt()`.
     package func restore(_ recovery: SpoolRecovery) {
         for corruption in recovery.corruptions {
             logger.error("spool corruption skipped", metadata: ["where": "\(corruption)"])
         }
         metrics.spoolCorruptions(recovery.corruptions.count)
-        let rules = configuration.value.rules
-        var rows = 0
-        for chunk in recovery.chunks {
-            let rule = rules.rule(database: chunk.key.database ?? "default", table: chunk.key.table)
-            rows += chunk.rows
-            let sealed = chunk.data.withUnsafeBytes {
-                buffering.append(
-                    key: chunk.key, rule: rule, chunk: $0, rows: chunk.rows, endsWithNewline: chunk.endsWithNewline,
-                    token: 0, spoolChunk: chunk.id, reservation: .alreadyAccepted)
+        // Chunks are sorted by id: the chunks of each batch in doubt are found by binary search.
+        func chunk(_ id: UInt64) -> SpooledChunk? {
+            var low = 0
+            var high = recovery.chunks.count
+            while low < high {
+                let middle = (low + high) / 2
+                if recovery.chunks[middle].id < id { low = middle + 1 } else { high = middle }
             }
-            delivery.submit(sealed)
+            return low < recovery.chunks.count && recovery.chunks[low].id == id ? recovery.chunks[low] : nil
         }
+        var held = Set<UInt64>()
+        var doubts: [(batch: InDoubtBatch, chunks: [SpooledChunk])] = []
+        for doubt in recovery.inDoubt {
+            let chunks = doubt.chunks.compactMap(chunk).filter { !held.contains($0.id) }
+            guard !chunks.isEmpty else { continue }
+            held.formUnion(chunks.map(\.id))
+            doubts.append((doubt, chunks))
+        }
+        inDoubt.withLock { $0 = doubts }
+        let batches = backlogBatches(recovery.chunks.lazy.filter { !held.contains($0.id) })
+        buffering.countBacklog(batches)
+        delivery.submit(batches)
         logger.notice(
             "spool recovered",
             metadata: [
                 "segments": "\(recovery.segments)", "bytes": "\(recovery.bytes)", "chunks": "\(recovery.chunks.count)",
-                "rows": "\(rows)", "corruptions": "\(recovery.corruptions.count)",
+                "rows": "\(recovery.chunks.reduce(0) { $0 + $1.rows })", "batches": "\(batches.count)",
+                "in_doubt": "\(doubts.count)", "corruptions": "\(recovery.corruptions.count)",
             ])
+    }
+
+    /// Spooled chunks grouped into batches by key, in id order, within each table's `max_rows` and `max_bytes`;
+    /// their rows stay in the spool (`bodyInSpool`).
+    private func backlogBatches<S: Sequence>(_ chunks: S, queryID: String? = nil) -> [SealedBatch]
+    where S.Element == SpooledChunk {
+        let rules = configuration.value.rules
+        let now = clock.now()
+        var open: [BatchKey: SealedBatch] = [:]
+        var sealed: [SealedBatch] = []
+        for chunk in chunks {
+            let bytes = chunk.dataLength + 1
+            if let batch = open[chunk.key], queryID == nil,
+                batch.rows + chunk.rows > batch.rule.maxRows || batch.spooledBytes + bytes > batch.rule.maxBytes
+            {
+                sealed.append(batch)
+                open[chunk.key] = nil
+            }
+            if open[chunk.key] == nil {
+                var batch = SealedBatch(
+                    id: buffering.takeBatchID(), key: chunk.key,
+                    rule: rules.rule(database: chunk.key.database ?? "default", table: chunk.key.table), data: [],
+                    rows: 0, requests: 0, trigger: .recovery, firstRowAt: now, sealedAt: now)
+                batch.bodyInSpool = true
+                batch.queryID = queryID
+                open[chunk.key] = batch
+            }
+            open[chunk.key]!.rows += chunk.rows
+            open[chunk.key]!.requests += 1
+            open[chunk.key]!.spooledBytes += bytes
+            open[chunk.key]!.contributions.append(
+                Contribution(token: 0, spoolChunk: chunk.id, range: 0..<0, rows: chunk.rows))
+        }
+        return (sealed + open.values).sorted { $0.id < $1.id }
+    }
+
+    /// Settles every batch found in doubt at start: asks ClickHouse whether its query finished, and either marks
+    /// its rows delivered or sends them again under the same query id (docs/spool-and-acks.md, "Exactly once").
+    /// Waits while no server answers; returns when all are settled or delivery is closing.
+    package func settleInDoubt() async {
+        let doubts = inDoubt.withLock { doubts in
+            defer { doubts = [] }
+            return doubts
+        }
+        guard let spool, !doubts.isEmpty else { return }
+        for (doubt, chunks) in doubts {
+            let identity = chunks[0].key.identity
+            var outcome = SettledOutcome.atLeastOnce
+            var note = "\(chunks.count) chunk\(chunks.count == 1 ? "" : "s"), \(chunks.reduce(0) { $0 + $1.rows }) rows"
+            if doubt.settledLanded {
+                outcome = .landed
+            } else {
+                var wait = Duration.seconds(1)
+                asking: while true {
+                    switch await gateway.queryOutcome(queryID: doubt.queryID, identity: identity) {
+                    case .finished:
+                        outcome = .landed
+                        break asking
+                    case .failed, .absent:
+                        outcome = .resent
+                        break asking
+                    case .unknown(let reason):
+                        outcome = .atLeastOnce
+                        note += "; \(reason.prefix(200))"
+                        logger.warning(
+                            "cannot tell whether a batch sent before the restart landed; sending it again (at least once)",
+                            metadata: ["query_id": "\(doubt.queryID)", "reason": "\(reason.prefix(300))"])
+                        break asking
+                    case .running:
+                        await clock.sleep(for: .seconds(1))
+                    case .unreachable(let reason):
+                        if delivery.isClosed {
+                            // Still in the spool, still in doubt: the next start asks again.
+                            inDoubt.withLock { $0.append((doubt, chunks)) }
+                            return
+                        }
+                        logger.info(
+                            "waiting for ClickHouse to settle a batch sent before the restart",
+                            metadata: ["query_id": "\(doubt.queryID)", "reason": "\(reason.prefix(200))"])
+                        await clock.sleep(for: wait)
+                        wait = min(wait * 2, .seconds(5))
+                    }
+                }
+            }
+            if !doubt.complete && outcome != .landed { note += "; partly delivered before, the rest sent as a new batch" }
+            spool.recordSettled(queryID: doubt.queryID, outcome: outcome, note: note)
+            metrics.inDoubtSettled(
+                outcome == .landed ? "landed" : outcome == .resent ? "resent" : "at_least_once")
+            logger.notice(
+                "batch in doubt settled",
+                metadata: [
+                    "query_id": "\(doubt.queryID)", "outcome": "\(outcome)", "chunks": "\(chunks.count)",
+                    "table": "\(chunks[0].key.qualifiedTable)",
+                ])
+            if outcome == .landed {
+                check(spool.markDelivered(chunks.map(\.id)))
+                spool.finishSending(queryID: doubt.queryID)
+                continue
+            }
+            // The same rows under the same query id (and so the same deduplication token), or, when some were
+            // delivered since, the rest as an ordinary batch.
+            let batches = backlogBatches(chunks, queryID: doubt.complete ? doubt.queryID : nil)
+            if !doubt.complete { spool.finishSending(queryID: doubt.queryID) }
+            buffering.countBacklog(batches)
+            delivery.submit(batches)
+        }
+    }
+
+    private func check(_ outcome: SpoolMarkOutcome) {
+        guard outcome.unwrittenChunks > 0 else { return }
+        logger.error(
+            "spool delivered mark not written; kept in memory and retried",
+            metadata: ["unwritten_chunks": "\(outcome.unwrittenChunks)", "error": "\(outcome.failure ?? "unknown")"])
     }
 
     // MARK: Flushing
@@ -152,8 +282,10 @@ package final class BatchhouseEngine: Sendable {
         package var bufferedRows: Int
         /// Bytes in open batches.
         package var bufferedBytes: Int
-        /// Bytes of sealed batches waiting for delivery or in flight.
+        /// Bytes of sealed batches in memory: waiting for delivery (no spool) or in flight.
         package var queuedBytes: Int
+        /// Bytes of sealed batches waiting in the spool.
+        package var backlogBytes: Int
         package var memoryInUse: Int
         package var spoolBytes: Int
         package var uptime: Duration
@@ -164,7 +296,7 @@ package final class BatchhouseEngine: Sendable {
         Status(
             upstreams: gateway.serverStates(), hasCheckedHealth: gateway.hasCheckedHealth,
             bufferedRows: buffering.bufferedRows, bufferedBytes: buffering.bufferedBytes,
-            queuedBytes: buffering.sealedBytes,
+            queuedBytes: buffering.sealedBytes, backlogBytes: buffering.backlogBytes,
             memoryInUse: buffering.memoryInUse, spoolBytes: spool?.sizeBytes ?? 0, uptime: clock.now() - startedAt,
             totals: metrics.snapshot)
     }
@@ -172,6 +304,7 @@ package final class BatchhouseEngine: Sendable {
     /// Prometheus text, with the gauges that are read at scrape time brought up to date.
     package func prometheusText() -> [UInt8] {
         metrics.setQueueBytes(buffering.sealedBytes)
+        metrics.setBacklog(bytes: buffering.backlogBytes, batches: delivery.queuedBatches)
         metrics.setReceivingBytes(buffering.incomingBytes)
         metrics.updateBuffered(buffering.bufferedByTable())
         metrics.updateAdaptiveTargets(buffering.adaptiveTargets())

@@ -297,8 +297,46 @@ package final class BatchhouseMetrics: Sendable {
         registry.makeCounter(
             descriptor: .init(
                 namespace: "batchhouse", metricName: "spool_corruptions", unitName: "total",
-                helpText: "Corrupt or torn spool records found and skipped at start")
+                helpText: "Corrupt or torn spool records found and skipped at start, or unreadable when read back")
         ).increment(by: Int64(count))
+    }
+
+    /// Sealed batches waiting in the spool (their rows on disk, not in memory), set at scrape time.
+    package func setBacklog(bytes: Int, batches: Int) {
+        registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "backlog", unitName: "bytes",
+                helpText: "Bytes of sealed batches waiting for delivery in the spool, not in memory")
+        ).set(Double(bytes))
+        registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "delivery_queue_batches", unitName: "",
+                helpText: "Sealed batches waiting for a delivery worker")
+        ).set(Double(batches))
+    }
+
+    /// A batch found in doubt at start (sent before a crash, outcome unknown) was settled: `landed` (found finished
+    /// in system.query_log, not sent again), `resent` (not finished: sent again under its query id), `at_least_once`
+    /// (could not be told: sent again).
+    package func inDoubtSettled(_ outcome: String) {
+        registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "in_doubt_batches", unitName: "total",
+                helpText: "Batches found in doubt at start, by how they were settled: landed, resent, at_least_once"),
+            labels: [("outcome", outcome)]
+        ).increment()
+    }
+
+    /// An attempt without an answer was followed by a question to system.query_log: `found` when the query had
+    /// finished (the batch was not sent again), else it was unknown (sent again, at least once).
+    package func queryOutcomeChecked(found: Bool) {
+        registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "unanswered_attempts_settled", unitName: "total",
+                helpText:
+                    "Attempts without an answer settled by asking system.query_log: landed (not sent again) or unknown (sent again)"),
+            labels: [("outcome", found ? "landed" : "unknown")]
+        ).increment()
     }
 
     /// The adaptive controllers' current flush points, per table.

@@ -35,12 +35,18 @@ package final class Buffering: Sendable {
     /// Sealed, not yet settled. Added to under the store's lock; an atomic so that the flush-queue gauge is read and
     /// settlement subtracts without that lock.
     private let sealed = Atomic<Int>(0)
+    /// Bytes of sealed batches whose rows wait in the spool, not in memory (docs/spool-and-acks.md, "The spool as
+    /// backlog"): outside the budget, bounded by `spool.max_size`.
+    private let backlog = Atomic<Int>(0)
     private let clock: any NowProvider
     private let maxBufferMemory: Atomic<Int>
+    /// With a spool: sealed batches whose rows are all in it leave memory at once.
+    private let spoolBacked: Bool
 
-    package init(clock: any NowProvider, maxBufferMemory: Int) {
+    package init(clock: any NowProvider, maxBufferMemory: Int, spoolBacked: Bool = false) {
         self.clock = clock
         self.maxBufferMemory = Atomic(maxBufferMemory)
+        self.spoolBacked = spoolBacked
     }
 
     package func setMaxBufferMemory(_ bytes: Int) { maxBufferMemory.store(bytes, ordering: .relaxed) }
@@ -51,7 +57,10 @@ package final class Buffering: Sendable {
     package var memoryInUse: Int { state.withLock { $0.inUse } + sealedBytes }
     /// Bytes held for request bodies that are still arriving.
     package var incomingBytes: Int { state.withLock { $0.incoming } }
+    /// Sealed bytes in memory: queued without a spool, or read back and in flight.
     package var sealedBytes: Int { sealed.load(ordering: .relaxed) }
+    /// Sealed bytes waiting in the spool.
+    package var backlogBytes: Int { backlog.load(ordering: .relaxed) }
     package var bufferedRows: Int { state.withLock { $0.store.bufferedRows } }
     package var bufferedBytes: Int { state.withLock { $0.store.bufferedBytes } }
 
@@ -166,15 +175,53 @@ package final class Buffering: Sendable {
         return state.withLock { counted($0.store.updateRules(now: now, ruleFor)) }
     }
 
-    /// A sealed batch's outcome is settled: its bytes leave the budget.
+    /// A sealed batch's outcome is settled: its bytes leave the budget (or the backlog, if it never left the spool).
     package func release(_ batch: SealedBatch) {
-        sealed.subtract(batch.data.count, ordering: .relaxed)
+        if batch.bodyInSpool {
+            backlog.subtract(batch.spooledBytes, ordering: .relaxed)
+        } else {
+            sealed.subtract(batch.data.count, ordering: .relaxed)
+        }
     }
 
+    /// A batch from the backlog was read back (`readBack`, its rows now in `data`): its bytes move from the backlog
+    /// into the budget until it is settled. They are not admitted but taken: at most one batch per delivery worker
+    /// is read back at a time.
+    package func readBack(_ original: SealedBatch, as loaded: SealedBatch) {
+        backlog.subtract(original.spooledBytes, ordering: .relaxed)
+        sealed.add(loaded.data.count, ordering: .relaxed)
+    }
+
+    /// Batches made from spooled chunks (at start), counted in the backlog.
+    package func countBacklog(_ batches: [SealedBatch]) {
+        backlog.add(batches.reduce(0) { $0 + $1.spooledBytes }, ordering: .relaxed)
+    }
+
+    /// A number for a batch made outside the store.
+    package func takeBatchID() -> UInt64 { state.withLock { $0.store.takeBatchID() } }
+
     /// Adds freshly sealed batches to the sealed share of the budget, under the store's lock (so admission, which
-    /// reads it under the same lock, never sees bytes leave the store before they arrive here).
+    /// reads it under the same lock, never sees bytes leave the store before they arrive here). With a spool, a
+    /// batch whose rows are all in it leaves memory here and counts in the backlog instead.
     private func counted(_ batches: [SealedBatch]) -> [SealedBatch] {
-        if !batches.isEmpty { sealed.add(batches.reduce(0) { $0 + $1.data.count }, ordering: .relaxed) }
+        guard !batches.isEmpty else { return batches }
+        guard spoolBacked else {
+            sealed.add(batches.reduce(0) { $0 + $1.data.count }, ordering: .relaxed)
+            return batches
+        }
+        var batches = batches
+        var inMemory = 0
+        var spooled = 0
+        for index in batches.indices {
+            if batches[index].isWhollySpooled {
+                batches[index].moveBodyToSpool()
+                spooled += batches[index].spooledBytes
+            } else {
+                inMemory += batches[index].data.count
+            }
+        }
+        if inMemory > 0 { sealed.add(inMemory, ordering: .relaxed) }
+        if spooled > 0 { backlog.add(spooled, ordering: .relaxed) }
         return batches
     }
 

@@ -1,4 +1,5 @@
 import BatchhouseCore
+import BatchhouseSpool
 import BatchhouseUpstream
 import Foundation
 import Synchronization
@@ -17,6 +18,11 @@ package final class Delivery: Sendable {
     private let state = Mutex(State())
     private let gateway: UpstreamGateway
     private let settlement: Settlement
+    /// With a spool: batches in the backlog are read back from it, each batch is recorded as being sent before
+    /// it goes, and is sent with `log_queries=1` so its outcome can be asked for (docs/spool-and-acks.md).
+    private let spool: Spool?
+    /// Makes query ids unique to this process: batch ids restart at 1 with every start.
+    package let instance: String
     private let clock: any EngineClock
     /// A value in 0...1 for each backoff's jitter.
     private let jitter: @Sendable () -> Double
@@ -29,10 +35,14 @@ package final class Delivery: Sendable {
 
     package init(
         gateway: UpstreamGateway, settlement: Settlement, clock: any EngineClock, concurrency: Int,
-        retryUntilDelivered: Bool, jitter: @escaping @Sendable () -> Double = { Double.random(in: 0...1) }
+        retryUntilDelivered: Bool, spool: Spool? = nil,
+        instance: String = String(UInt64.random(in: 0...UInt64.max), radix: 36),
+        jitter: @escaping @Sendable () -> Double = { Double.random(in: 0...1) }
     ) {
         self.gateway = gateway
         self.settlement = settlement
+        self.spool = spool
+        self.instance = instance
         self.clock = clock
         self.concurrency = max(1, concurrency)
         self.retryUntilDelivered = retryUntilDelivered
@@ -57,7 +67,7 @@ package final class Delivery: Sendable {
     /// Batches waiting for a worker.
     package var queuedBatches: Int { state.withLock { $0.queue.count } }
 
-    private var isClosed: Bool { state.withLock { $0.closed } }
+    package var isClosed: Bool { state.withLock { $0.closed } }
 
     /// Runs the workers until `close()` was called and the queue is empty.
     package func run() async {
@@ -93,8 +103,67 @@ package final class Delivery: Sendable {
 
     private func work() async {
         while let batch = await next() {
-            settlement.settle(await deliver(batch))
+            settlement.settle(await deliverQueued(batch))
         }
+    }
+
+    /// The query id of batch `id`, made unique to this process.
+    package func queryID(for id: UInt64) -> String { "batchhouse-\(instance)-\(id)" }
+
+    /// A batch from the queue: its rows read back from the spool first if they are there.
+    package func deliverQueued(_ queued: SealedBatch) async -> FlushReport {
+        var batch = queued
+        if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
+        guard batch.bodyInSpool, let spool else { return await deliver(batch) }
+        // Shutting down with the upstream unwell: the rows wait in the spool for the next start, unread.
+        if isClosed && gateway.isDegraded {
+            settlement.deferred(batch, mayHaveLanded: false)
+            return FlushReport(batch: batch, failures: [.init(part: batch, reason: .deferred(nil))])
+        }
+        let (loaded, lost) = Self.readBack(batch, from: spool)
+        settlement.readBack(batch, as: loaded, lost: lost)
+        var report = loaded.rows > 0 || lost == nil ? await deliver(loaded) : FlushReport(batch: loaded)
+        if let lost { report.failures.append(lost) }
+        return report
+    }
+
+    /// `batch`'s rows from its spool chunks, joined as they were when it was sealed. Chunks whose record cannot be
+    /// read back (damaged on disk since) are left out and returned as a failed part of their own.
+    package static func readBack(_ batch: SealedBatch, from spool: Spool) -> (SealedBatch, FlushReport.Failure?) {
+        let chunks = batch.contributions.compactMap(\.spoolChunk)
+        let read = spool.readChunks(chunks)
+        var buffer = BatchBuffer(format: batch.key.format, header: batch.key.header, reservingCapacity: batch.spooledBytes)
+        var lostContributions: [Contribution] = []
+        var reasons: [String] = []
+        for contribution in batch.contributions {
+            guard let chunk = contribution.spoolChunk, let body = read.bodies[chunk] else {
+                lostContributions.append(contribution)
+                if let chunk = contribution.spoolChunk, let reason = read.unreadable[chunk] { reasons.append(reason) }
+                continue
+            }
+            body.data.withUnsafeBytes {
+                buffer.append(
+                    $0, rows: contribution.rows, endsWithNewline: body.endsWithNewline, token: contribution.token,
+                    spoolChunk: chunk)
+            }
+        }
+        var loaded = batch
+        loaded.bodyInSpool = false
+        loaded.spooledBytes = 0
+        loaded.data = buffer.data
+        loaded.rows = buffer.rows
+        loaded.requests = buffer.requests
+        loaded.contributions = buffer.contributions
+        guard !lostContributions.isEmpty else { return (loaded, nil) }
+        var lost = batch
+        lost.bodyInSpool = false
+        lost.spooledBytes = 0
+        lost.data = []
+        lost.contributions = lostContributions
+        lost.rows = lostContributions.reduce(0) { $0 + $1.rows }
+        lost.requests = lostContributions.count
+        let reason = "\(lostContributions.count) spool record(s) unreadable: " + reasons.prefix(3).joined(separator: "; ")
+        return (loaded, .init(part: lost, reason: .unreadable(reason)))
     }
 
     // MARK: One batch
@@ -102,7 +171,15 @@ package final class Delivery: Sendable {
     /// One batch, with retries and bad-row isolation: a batch ClickHouse refuses for its data is split in
     /// halves until the rows it objects to are alone; the rest lands, those go to the dead-letter folder.
     package func deliver(_ batch: SealedBatch) async -> FlushReport {
+        var batch = batch
+        if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
         var report = FlushReport(batch: batch)
+        if let spool, let queryID = batch.queryID, batch.id < Self.firstPartID {
+            let chunks = batch.contributions.compactMap(\.spoolChunk)
+            if !chunks.isEmpty && !spool.recordSending(queryID: queryID, batch: batch.id, chunks: chunks) {
+                settlement.sendingNotRecorded(batch)
+            }
+        }
         await isolate(batch, original: batch, into: &report)
         return report
     }
@@ -129,15 +206,18 @@ package final class Delivery: Sendable {
             let written = settlement.deadLetter(
                 part, of: original, attempts: attempts, error: "\(error.kind): \(error.message)", status: nil)
             report.failures.append(.init(part: part, reason: .failed(error), keptInSpool: !written))
-        case .deferred(let error):
-            settlement.deferred(part)
+        case .deferred(let error, let mayHaveLanded):
+            settlement.deferred(part, mayHaveLanded: mayHaveLanded)
             report.failures.append(.init(part: part, reason: .deferred(error)))
         }
     }
 
     private func halves(of part: SealedBatch) -> (SealedBatch, SealedBatch)? {
         let first = nextPartID.add(2, ordering: .relaxed).oldValue
-        return BatchSplitter.halves(of: part, firstID: first, secondID: first + 1)
+        guard var (one, two) = BatchSplitter.halves(of: part, firstID: first, secondID: first + 1) else { return nil }
+        one.queryID = queryID(for: one.id)
+        two.queryID = queryID(for: two.id)
+        return (one, two)
     }
 
     private enum AttemptOutcome {
@@ -147,7 +227,8 @@ package final class Delivery: Sendable {
         /// Refused for good, or retries ran out with an error answer.
         case rejected(UpstreamResponse, attempts: Int)
         case failed(UpstreamError, attempts: Int)
-        case deferred(UpstreamError?)
+        /// `mayHaveLanded`: an attempt got no answer, so the next start must ask before sending it again.
+        case deferred(UpstreamError?, mayHaveLanded: Bool)
     }
 
     private static func text(_ response: UpstreamResponse) -> String {
@@ -158,12 +239,31 @@ package final class Delivery: Sendable {
     /// Sends `part` until the policy says it landed, must be split, dead-lettered or deferred.
     private func attempt(_ part: SealedBatch) async -> AttemptOutcome {
         let policy = DeliveryPolicy(rule: part.rule, retryUntilDelivered: retryUntilDelivered)
-        let request = BatchRequest(part)
+        let request = BatchRequest(part, logQueries: spool != nil)
         let started = clock.now()
         var attempt = 0
         var lastServer: Int?
         var lastError: UpstreamError?
+        // The last attempt may have reached ClickHouse without an answer coming back (a timeout, a reset): before
+        // sending the rows again, ask whether that query finished (docs/spool-and-acks.md, "Exactly once").
+        var unsure = false
         while true {
+            if unsure, let queryID = part.queryID {
+                switch await settledUpstream(queryID: queryID, part: part) {
+                case .finished:
+                    settlement.landed(
+                        part, whole: part.id < Self.firstPartID, attempts: attempt, elapsed: clock.now() - started)
+                    return .landed
+                case .send:
+                    unsure = false
+                case .unreachable:
+                    // Sending now could land the rows a second time: wait until the question can be answered.
+                    if isClosed { return .deferred(lastError, mayHaveLanded: true) }
+                    await pause(for: DeliveryPolicy.backoff(base: part.rule.retryBackoff, attempt: attempt, jitter: jitter()))
+                    attempt += 1
+                    continue
+                }
+            }
             let result: Result<UpstreamResponse, UpstreamError>
             let attemptStarted = clock.now()
             do {
@@ -176,6 +276,9 @@ package final class Delivery: Sendable {
             let answer = result.answer
             settlement.attempted(part, latency: clock.now() - attemptStarted, answer: answer)
             if case .failure(let error) = result, error.kind != .cancelled { lastError = error }
+            if spool != nil, case .failure(let error) = result, error.kind == .timeout || error.kind == .transport {
+                unsure = true
+            }
             let decision = policy.decide(answer, attempt: attempt, closing: isClosed, jitter: jitter())
             switch (decision, result) {
             case (.landed, _):
@@ -192,9 +295,9 @@ package final class Delivery: Sendable {
                 if error.kind != .cancelled { settlement.failed(part, elapsed: clock.now() - started) }
                 return .failed(error, attempts: attempt + 1)
             case (.deferToSpool, .failure(let error)) where error.kind == .cancelled:
-                return .deferred(error)
+                return .deferred(error, mayHaveLanded: true)
             case (.deferToSpool, _):
-                return .deferred(lastError)
+                return .deferred(lastError, mayHaveLanded: unsure)
             case (.retry(let backoff), _):
                 let failure: String
                 switch result {
@@ -213,6 +316,36 @@ package final class Delivery: Sendable {
 }
 
 extension Delivery {
+    fileprivate enum UpstreamKnowledge {
+        /// The query finished: the rows are in.
+        case finished
+        /// It did not finish (or it cannot be told): send the rows.
+        case send
+        /// No server answered: ask again before the next attempt.
+        case unreachable
+    }
+
+    /// Whether the query sent for `part` finished upstream; waits while it still runs.
+    fileprivate func settledUpstream(queryID: String, part: SealedBatch) async -> UpstreamKnowledge {
+        while true {
+            switch await gateway.queryOutcome(queryID: queryID, identity: part.key.identity) {
+            case .finished:
+                settlement.foundFinished(part, queryID: queryID)
+                return .finished
+            case .failed, .absent:
+                return .send
+            case .unknown(let reason):
+                settlement.outcomeUnknown(part, queryID: queryID, reason: reason)
+                return .send
+            case .unreachable:
+                return .unreachable
+            case .running:
+                if isClosed { return .unreachable }
+                await clock.sleep(for: .seconds(1))
+            }
+        }
+    }
+
     /// A retry's backoff, cut short when a server that was down answers `/ping` again.
     fileprivate func pause(for backoff: Duration) async {
         let clock = self.clock

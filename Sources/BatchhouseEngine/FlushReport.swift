@@ -9,6 +9,9 @@ package enum FailureReason: Sendable {
     case failed(UpstreamError)
     /// Not delivered before shutdown; it stays in the spool and is sent after the next start.
     case deferred(UpstreamError?)
+    /// Its spool records could not be read back (damaged on disk after they were written): the rows are lost,
+    /// counted as spool corruptions, and their chunks leave the spool.
+    case unreadable(String)
 }
 
 /// What became of one sealed batch: how many rows landed, and which parts did not. Delivery makes one per
@@ -52,6 +55,12 @@ package struct FlushReport: Sendable {
             if case .deferred = failure.reason { stays = true }
             if stays { kept.formUnion(failure.part.contributions.compactMap(\.spoolChunk)) }
         }
-        return batch.contributions.compactMap(\.spoolChunk).filter { !kept.contains($0) }
+        // Parts with no rows of the batch's own (unreadable ones) are settled too.
+        let extra = failures.flatMap { failure in
+            failure.part.contributions.compactMap(\.spoolChunk).filter { id in
+                !batch.contributions.contains { $0.spoolChunk == id }
+            }
+        }
+        return (batch.contributions.compactMap(\.spoolChunk) + extra).filter { !kept.contains($0) }
     }
 }

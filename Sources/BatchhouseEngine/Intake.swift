@@ -302,6 +302,8 @@ package final class Intake: Sendable {
         case .failed(let error):
             return .refused(
                 .upstreamUnavailable("Batchhouse: ClickHouse did not take the rows: \(error.message)"), close: false)
+        case .unreadable(let reason):
+            return .refused(.spoolFailed("Batchhouse: the rows were lost in the spool: \(reason)"), close: false)
         case .deferred:
             return .refused(
                 spooled

@@ -44,7 +44,7 @@ package final class Settlement: Sendable {
     /// it can be; halves are marked when the whole batch settles, since their chunks may be partly elsewhere.
     package func landed(_ part: SealedBatch, whole: Bool, attempts: Int, elapsed: Duration) {
         if whole, let spool {
-            CrashPoint.afterCommit.reach()
+            if part.trigger == .recovery { CrashPoint.duringRecovery.reach() } else { CrashPoint.afterCommit.reach() }
             let chunks = part.contributions.compactMap(\.spoolChunk)
             if !chunks.isEmpty { check(spool.markDelivered(chunks), batch: part) }
         }
@@ -120,8 +120,52 @@ package final class Settlement: Sendable {
         return path != nil
     }
 
-    /// `part` was not delivered before shutdown; its rows stay in the spool.
-    package func deferred(_ part: SealedBatch) {
+    /// A batch from the backlog was read back from the spool; chunks that could not be read are reported.
+    package func readBack(_ batch: SealedBatch, as loaded: SealedBatch, lost: FlushReport.Failure?) {
+        buffering.readBack(batch, as: loaded)
+        guard let lost, case .unreadable(let reason) = lost.reason else { return }
+        metrics.spoolCorruptions(lost.part.contributions.count)
+        logger.error(
+            "rows lost: their spool records could not be read back",
+            metadata: [
+                "table": "\(batch.key.qualifiedTable)", "batch": "\(batch.id)", "rows": "\(lost.part.rows)",
+                "chunks": "\(lost.part.contributions.count)", "error": "\(reason.prefix(500))",
+            ])
+    }
+
+    /// The spool could not record that `batch` is being sent (a full disk): a crash before its outcome is known
+    /// would send it again.
+    package func sendingNotRecorded(_ batch: SealedBatch) {
+        logger.warning(
+            "spool could not record a batch as being sent; if the proxy dies before ClickHouse answers, it is sent again",
+            metadata: ["table": "\(batch.key.qualifiedTable)", "batch": "\(batch.id)", "rows": "\(batch.rows)"])
+    }
+
+    /// An attempt got no answer, and `system.query_log` says its query finished: it is not sent again.
+    package func foundFinished(_ part: SealedBatch, queryID: String) {
+        metrics.queryOutcomeChecked(found: true)
+        logger.notice(
+            "batch found landed after an attempt without an answer; not sent again",
+            metadata: ["table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "query_id": "\(queryID)"])
+    }
+
+    /// An attempt got no answer, and whether its query finished cannot be told: it is sent again (at least once).
+    package func outcomeUnknown(_ part: SealedBatch, queryID: String, reason: String) {
+        metrics.queryOutcomeChecked(found: false)
+        logger.warning(
+            "cannot tell whether a batch without an answer landed; sending it again (at least once)",
+            metadata: [
+                "table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "query_id": "\(queryID)",
+                "reason": "\(reason.prefix(300))",
+            ])
+    }
+
+    /// `part` was not delivered before shutdown; its rows stay in the spool. Unless an attempt went unanswered
+    /// (`mayHaveLanded`), the spool is told it was not sent, so the next start replays it without asking.
+    package func deferred(_ part: SealedBatch, mayHaveLanded: Bool) {
+        if let spool, !mayHaveLanded, let queryID = part.queryID, spool.isSending(queryID: queryID) {
+            spool.recordSettled(queryID: queryID, outcome: .notSent, note: "")
+        }
         logger.warning(
             "batch not delivered before shutdown; it stays in the spool for the next start",
             metadata: ["table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "rows": "\(part.rows)"])
@@ -137,6 +181,9 @@ package final class Settlement: Sendable {
         if let spool {
             let done = report.settledSpoolChunks
             if !done.isEmpty { check(spool.markDelivered(done), batch: report.batch) }
+            // A deferred batch keeps its `sending` record: the next start asks whether its last attempt landed.
+            let deferred = report.failures.contains { if case .deferred = $0.reason { true } else { false } }
+            if let queryID = report.batch.queryID, !deferred { spool.finishSending(queryID: queryID) }
         }
     }
 

@@ -15,19 +15,29 @@ package struct BatchRequest: Sendable {
     package var identity: ClientIdentity
     /// The sealed batch's id, kept across retries: the deduplication token is made from it. Nil for none.
     package var batchID: UInt64?
+    /// Sent as `query_id`, and as the deduplication token where the server takes one; kept across retries and
+    /// restarts (docs/spool-and-acks.md, "Exactly once").
+    package var queryID: String?
+    /// `log_queries=1`, so `system.query_log` can tell later whether the query finished.
+    package var logQueries = false
 
-    package init(statement: String, settings: [Setting], data: [UInt8], identity: ClientIdentity, batchID: UInt64?) {
+    package init(
+        statement: String, settings: [Setting], data: [UInt8], identity: ClientIdentity, batchID: UInt64?,
+        queryID: String? = nil, logQueries: Bool = false
+    ) {
         self.statement = statement
         self.settings = settings
         self.data = data
         self.identity = identity
         self.batchID = batchID
+        self.queryID = queryID
+        self.logQueries = logQueries
     }
 
-    package init(_ batch: SealedBatch) {
+    package init(_ batch: SealedBatch, logQueries: Bool = false) {
         self.init(
             statement: batch.key.insertStatement, settings: batch.key.settings, data: batch.data,
-            identity: batch.key.identity, batchID: batch.id)
+            identity: batch.key.identity, batchID: batch.id, queryID: batch.queryID, logQueries: logQueries)
     }
 }
 
@@ -106,10 +116,15 @@ package final class UpstreamGateway: Sendable {
         var url = Self.trimmed(server) + "/?query=" + QueryString.encode(batch.statement)
         var seen = Set<String>()
         var settings = batch.settings + upstream.settings
-        if let id = batch.batchID, capabilities?.supportsDeduplicationToken == true {
-            // One token per batch, kept across its retries: a retry after a timeout whose insert did land is
-            // dropped by ClickHouse instead of inserted twice (replicated tables, or a deduplication window).
-            settings.append(Setting(name: "insert_deduplication_token", value: "batchhouse-\(instance)-\(id)"))
+        if let queryID = batch.queryID { settings.append(Setting(name: "query_id", value: queryID)) }
+        if batch.logQueries { settings.append(Setting(name: "log_queries", value: "1")) }
+        if let token = batch.queryID ?? batch.batchID.map({ "batchhouse-\(instance)-\($0)" }),
+            capabilities?.supportsDeduplicationToken == true
+        {
+            // One token per batch, kept across its retries and (through the spool) restarts: a batch sent again
+            // after it did land is dropped by ClickHouse instead of inserted twice (replicated tables, or a
+            // MergeTree with `non_replicated_deduplication_window`).
+            settings.append(Setting(name: "insert_deduplication_token", value: token))
         }
         for setting in settings where seen.insert(setting.name).inserted {
             url += "&" + QueryString.encode(setting.name) + "=" + QueryString.encode(setting.value)
@@ -189,6 +204,96 @@ package final class UpstreamGateway: Sendable {
             }
         }
         return .unreachable(last)
+    }
+
+    /// What ClickHouse knows of a query sent earlier under `queryID` (with `log_queries=1`).
+    package enum QueryOutcome: Sendable, Equatable {
+        /// `system.query_log` has its QueryFinish: the rows are in.
+        case finished
+        /// Logged as failed (ExceptionBeforeStart / ExceptionWhileProcessing): nothing of it landed.
+        case failed
+        /// Still in `system.processes`: wait for it.
+        case running
+        /// Neither logged nor running: it never arrived, or its server stopped before finishing it.
+        case absent
+        /// It cannot be told: no `system.query_log`, or this identity may not read it.
+        case unknown(String)
+        /// No server answered.
+        case unreachable(String)
+    }
+
+    /// Asks every server (a batch may have gone to any of them) whether the query `queryID` finished: `SYSTEM FLUSH
+    /// LOGS` first (or, where the identity may not run it, a wait of 8 s for the log's own 7.5 s flush), then
+    /// `system.query_log`, then `system.processes` (docs/spool-and-acks.md, "Exactly once").
+    package func queryOutcome(queryID: String, identity: ClientIdentity) async -> QueryOutcome {
+        let upstream = self.upstream
+        let servers = pool.withLock { $0.servers.map(\.url) }
+        let quoted = "'" + queryID.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+        var answers: [QueryOutcome] = []
+        for server in servers {
+            func run(_ query: String, post: Bool = false) async -> Result<(status: Int, code: Int?, text: String), UpstreamError> {
+                var request = UpstreamRequest(
+                    method: post ? "POST" : "GET",
+                    url: Self.trimmed(server) + "/?query=" + QueryString.encode(query), headers: [],
+                    body: post ? ByteBuffer() : nil, basicAuth: Self.auth(for: identity, upstream),
+                    connectTimeout: upstream.connectTimeout, timeout: .seconds(30))
+                request.tls = upstream.upstreamTLS
+                do {
+                    let response = try await transport.execute(request)
+                    let text = String(decoding: response.body.readableBytesView, as: UTF8.self)
+                    return .success((response.status, (200..<300).contains(response.status) ? nil : response.exceptionCode, text))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            switch await run("SYSTEM FLUSH LOGS", post: true) {
+            case .failure(let error):
+                answers.append(.unreachable("\(error.kind) at \(redacted(server)): \(error.message)"))
+                continue
+            case .success(let answer) where answer.code != nil || answer.status >= 300:
+                if answer.status >= 500 && answer.code == nil {
+                    answers.append(.unreachable("HTTP \(answer.status) from \(redacted(server))"))
+                    continue
+                }
+                // Not allowed to flush: the log writes itself every 7.5 s by default.
+                try? await Task.sleep(for: .seconds(8))
+            case .success:
+                break
+            }
+            let logged = await run(
+                "SELECT toString(type) FROM system.query_log WHERE query_id = \(quoted) AND event_date >= yesterday() FORMAT TSV")
+            guard case .success(let log) = logged else {
+                if case .failure(let error) = logged { answers.append(.unreachable("\(error.kind): \(error.message)")) }
+                continue
+            }
+            guard log.code == nil, log.status == 200 else {
+                let reason = log.text.prefix(300).trimmingCharacters(in: .whitespacesAndNewlines)
+                answers.append(.unknown("system.query_log cannot be read on \(redacted(server)): \(reason)"))
+                continue
+            }
+            let types = Set(log.text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
+            if types.contains("QueryFinish") || types.contains("2") {
+                return .finished
+            }
+            if types.contains("ExceptionWhileProcessing") || types.contains("ExceptionBeforeStart") || types.contains("3")
+                || types.contains("4")
+            {
+                answers.append(.failed)
+                continue
+            }
+            let running = await run("SELECT count() FROM system.processes WHERE query_id = \(quoted) FORMAT TSV")
+            if case .success(let processes) = running, processes.status == 200, processes.code == nil {
+                answers.append(Int(processes.text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0 ? .running : .absent)
+            } else {
+                answers.append(.unknown("system.processes cannot be read on \(redacted(server))"))
+            }
+        }
+        // Finished anywhere has returned above; then the most cautious answer wins.
+        if answers.contains(.running) { return .running }
+        if let unreachable = answers.first(where: { if case .unreachable = $0 { true } else { false } }) { return unreachable }
+        if let unknown = answers.first(where: { if case .unknown = $0 { true } else { false } }) { return unknown }
+        if answers.contains(.failed) { return .failed }
+        return answers.isEmpty ? .unreachable("no upstream server") : .absent
     }
 
     /// One attempt on the least-loaded server whose breaker lets it through (`avoiding` the one that just

@@ -22,6 +22,8 @@ final class FlushService: Service, Sendable {
         let delivery = engine.delivery
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await delivery.run() }
+            // Batches that were being sent when the process last stopped: asked about before they go again.
+            group.addTask { await self.engine.settleInDoubt() }
             await withGracefulShutdownHandler {
                 await self.tickUntilShutdown()
             } onGracefulShutdown: {}

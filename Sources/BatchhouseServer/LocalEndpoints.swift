@@ -88,9 +88,11 @@ final class LocalEndpoints: Sendable {
                 ]
             },
             "buffered_rows": status.bufferedRows,
-            // Open batches and sealed ones waiting for delivery: everything not yet in ClickHouse.
-            "buffered_bytes": status.bufferedBytes + status.queuedBytes,
-            "queued_bytes": status.queuedBytes,
+            // Open batches and sealed ones waiting for delivery, in memory or in the spool: everything not yet in
+            // ClickHouse.
+            "buffered_bytes": status.bufferedBytes + status.queuedBytes + status.backlogBytes,
+            "queued_bytes": status.queuedBytes + status.backlogBytes,
+            "backlog_bytes": status.backlogBytes,
             "spool_bytes": status.spoolBytes,
             "uptime_seconds": status.uptime.seconds.rounded(),
         ]

@@ -180,6 +180,31 @@ enum FileSystem {
         return bytes
     }
 
+    static func openForReading(_ path: String) throws(SpoolError) -> OpenFile {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw ioError("cannot open", path) }
+        return OpenFile(descriptor: descriptor, path: path)
+    }
+
+    /// `count` bytes at `offset` (fewer at the end of the file), with pread(2).
+    static func readAt(_ descriptor: Int32, offset: Int, count: Int) -> (bytes: [UInt8], failure: Int32?) {
+        var failure: Int32 = 0
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, filled in
+            filled = 0
+            while filled < count {
+                let result = pread(descriptor, buffer.baseAddress! + filled, count - filled, off_t(offset + filled))
+                if result < 0 {
+                    if errno == EINTR { continue }
+                    failure = errno
+                    return
+                }
+                if result == 0 { break }
+                filled += result
+            }
+        }
+        return (bytes, failure == 0 ? nil : failure)
+    }
+
     static func setPrivate(_ path: String) {
         _ = chmod(path, 0o600)
     }

@@ -13,6 +13,8 @@ import CZlib
 ///             columns:(present:u8 [count:u32 str*]) format:str header:optbytes
 ///             settings:(count:u32 (name:str value:str)*) data:bytes
 /// delivered:= count:u32 (first:u64 last:u64)*                           (inclusive id ranges)
+/// sending  := query_id:str batch:u64 count:u32 ids:uleb128*             (first id, then increasing deltas)
+/// settled  := query_id:str outcome:u8 note:str
 /// str      := bytes (UTF-8);  bytes := length:u32 byte*;  opt<T> := present:u8 [T]
 /// ```
 /// Every integer is little-endian. The chunk id comes first in its payload so it can be
@@ -29,6 +31,11 @@ enum RecordFormat {
     enum RecordType: UInt8 {
         case chunk = 1
         case delivered = 2
+        /// A sealed batch is about to be sent under this query id, with these chunks (docs/spool-and-acks.md,
+        /// "Exactly once").
+        case sending = 3
+        /// How a batch found in doubt at start was settled.
+        case settled = 4
     }
 
     static var segmentHeader: [UInt8] { segmentMagic + [version, 0, 0, 0] }
@@ -91,6 +98,16 @@ struct ByteWriter {
     }
 
     mutating func string(_ value: String) { bytes(value.utf8) }
+
+    /// Unsigned LEB128: 7 bits a byte, low bits first.
+    mutating func uleb128(_ value: UInt64) {
+        var value = value
+        while value >= 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: value) | 0x80)
+            value >>= 7
+        }
+        bytes.append(UInt8(value))
+    }
 
     mutating func optionalString(_ value: String?) {
         if let value {
@@ -189,6 +206,28 @@ extension RecordFormat {
         return record(type: .delivered, payload: payload.bytes)
     }
 
+    /// A `sending` record: `chunks` must be in increasing order.
+    static func sendingRecord(queryID: String, batch: UInt64, chunks: [UInt64]) -> [UInt8] {
+        var payload = ByteWriter(capacity: 32 + queryID.utf8.count + chunks.count * 2)
+        payload.string(queryID)
+        payload.u64(batch)
+        payload.u32(UInt32(chunks.count))
+        var previous: UInt64 = 0
+        for id in chunks {
+            payload.uleb128(id &- previous)
+            previous = id
+        }
+        return record(type: .sending, payload: payload.bytes)
+    }
+
+    static func settledRecord(queryID: String, outcome: SettledOutcome, note: String) -> [UInt8] {
+        var payload = ByteWriter(capacity: 16 + queryID.utf8.count + note.utf8.count)
+        payload.string(queryID)
+        payload.u8(outcome.rawValue)
+        payload.string(note)
+        return record(type: .settled, payload: payload.bytes)
+    }
+
     static func record(type: RecordType, payload: [UInt8]) -> [UInt8] {
         var writer = ByteWriter(capacity: recordHeaderSize + payload.count)
         writer.u32(recordMagic)
@@ -240,6 +279,33 @@ struct ByteReader {
         bytes().map { String(decoding: $0, as: UTF8.self) }
     }
 
+    /// Skips a length-prefixed field.
+    mutating func skipBytes() -> Bool {
+        guard let length = u32().map(Int.init), length <= remaining else { return false }
+        offset += length
+        return true
+    }
+
+    mutating func skipOptional() -> Bool {
+        switch u8() {
+        case 0: return true
+        case 1: return skipBytes()
+        default: return false
+        }
+    }
+
+    mutating func uleb128() -> UInt64? {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        while let byte = u8() {
+            guard shift < 64 else { return nil }
+            value |= UInt64(byte & 0x7f) << shift
+            if byte & 0x80 == 0 { return value }
+            shift += 7
+        }
+        return nil
+    }
+
     /// `.some(nil)` for an absent value, nil for malformed input.
     mutating func optional<T>(_ read: (inout ByteReader) -> T?) -> T?? {
         switch u8() {
@@ -273,12 +339,8 @@ extension RecordFormat {
     static func decodeChunk(_ payload: UnsafeRawBufferPointer) throws(RecordDecodingError) -> SpooledChunk {
         let fields = try decodeChunkFields(payload)
         return SpooledChunk(
-            id: fields.id,
-            key: fields.key,
-            rows: fields.rows,
-            endsWithNewline: fields.endsWithNewline,
-            data: Array(fields.data)
-        )
+            id: fields.id, key: fields.key, rows: fields.rows, endsWithNewline: fields.endsWithNewline,
+            dataLength: fields.data.count)
     }
 
     static func decodeChunkFields(_ payload: UnsafeRawBufferPointer) throws(RecordDecodingError) -> ChunkFields {
@@ -332,6 +394,58 @@ extension RecordFormat {
             settings: settings
         )
         return ChunkFields(id: id, key: key, rows: rows, endsWithNewline: flags & 1 != 0, data: data)
+    }
+
+    /// A chunk record's id, rows, flag and data, skipping the key without building it (the read-back of a batch).
+    static func decodeChunkBody(_ payload: UnsafeRawBufferPointer) throws(RecordDecodingError) -> (
+        id: UInt64, rows: Int, endsWithNewline: Bool, data: UnsafeRawBufferPointer
+    ) {
+        var reader = ByteReader(payload)
+        guard let id = reader.u64(), let rows = reader.u64(), let flags = reader.u8(),
+            reader.skipOptional(), reader.skipOptional(), reader.skipOptional(), reader.skipBytes()
+        else { throw .malformed("bad chunk head") }
+        switch reader.u8() {
+        case 0: break
+        case 1:
+            guard let count = reader.count(minimumSize: 4) else { throw .malformed("bad column list") }
+            for _ in 0..<count where !reader.skipBytes() { throw .malformed("bad column") }
+        default: throw .malformed("bad column list")
+        }
+        guard reader.skipBytes(), reader.skipOptional(), let settings = reader.count(minimumSize: 8) else {
+            throw .malformed("bad format or header")
+        }
+        for _ in 0..<(settings * 2) where !reader.skipBytes() { throw .malformed("bad setting") }
+        guard let data = reader.bytes(), reader.remaining == 0 else { throw .malformed("bad data") }
+        return (id, Int(Int64(bitPattern: rows)), flags & 1 != 0, data)
+    }
+
+    static func decodeSending(_ payload: UnsafeRawBufferPointer) throws(RecordDecodingError) -> (
+        queryID: String, batch: UInt64, chunks: [UInt64]
+    ) {
+        var reader = ByteReader(payload)
+        guard let queryID = reader.string(), let batch = reader.u64(), let count = reader.count(minimumSize: 1) else {
+            throw .malformed("bad sending head")
+        }
+        var chunks: [UInt64] = []
+        chunks.reserveCapacity(count)
+        var previous: UInt64 = 0
+        for _ in 0..<count {
+            guard let delta = reader.uleb128() else { throw .malformed("bad chunk id") }
+            previous &+= delta
+            chunks.append(previous)
+        }
+        guard reader.remaining == 0 else { throw .malformed("\(reader.remaining) bytes after the chunk ids") }
+        return (queryID, batch, chunks)
+    }
+
+    static func decodeSettled(_ payload: UnsafeRawBufferPointer) throws(RecordDecodingError) -> (
+        queryID: String, outcome: SettledOutcome, note: String
+    ) {
+        var reader = ByteReader(payload)
+        guard let queryID = reader.string(), let raw = reader.u8(), let outcome = SettledOutcome(rawValue: raw),
+            let note = reader.string(), reader.remaining == 0
+        else { throw .malformed("bad settled record") }
+        return (queryID, outcome, note)
     }
 
     static func decodeDelivered(_ payload: UnsafeRawBufferPointer) throws(RecordDecodingError) -> [ClosedRange<UInt64>] {

@@ -1,14 +1,19 @@
+import BatchhouseCore
+
 /// Reads a spool directory back at start.
 ///
 /// Segments are read newest first: a `delivered` record is always written after its chunk, so in
 /// the chunk's segment or a newer one. By the time a segment is read, every delivery of its chunks
-/// is known, and only undelivered chunks are decoded and kept: memory holds what must be replayed
-/// plus one segment, not the whole spool.
+/// is known, and only undelivered chunks are decoded and kept, without their data: memory holds a few dozen bytes
+/// per chunk to replay plus one segment, not the spool's rows.
 enum Recovery {
     struct Result {
         /// Sorted by number, none of them open.
         var segments: [SegmentState]
         var chunks: [SpooledChunk]
+        var inDoubt: [InDoubtBatch]
+        /// The `sending` records of `inDoubt`, by query id: the segment holding each and its bytes.
+        var sending: [String: SendingEntry]
         var corruptions: [SpoolCorruption]
         var fileCount: Int
         var bytes: Int
@@ -32,6 +37,12 @@ enum Recovery {
         var highest: UInt64 = files.last?.number ?? 0
         var liveBytes = 0
         var newestValidEnd: Int?
+        // Chunks of one key share its storage.
+        var keys: [BatchKey: BatchKey] = [:]
+        // Per query id: the outcome of its newest record if that is a `settled` one, and its newest `sending`
+        // record with the segment holding it. Files are read newest first, and each file's records newest first.
+        var newestRecord: [String: SettledOutcome?] = [:]
+        var newestSending: [String: (segment: UInt64, batch: UInt64, chunks: [UInt64])] = [:]
 
         for (number, name) in files.reversed() {
             let path = directory + "/" + name
@@ -48,6 +59,7 @@ enum Recovery {
             )
             var fileMarkers: [ClosedRange<UInt64>] = []
             var chunkRecords: [(offset: Int, payload: Range<Int>)] = []
+            var batchRecords: [(queryID: String, sending: (batch: UInt64, chunks: [UInt64])?, settled: SettledOutcome?)] = []
             var scanner: SegmentScanner?
             let outcome = bytes.withUnsafeBytes { buffer in
                 var reader = SegmentScanner(bytes: buffer, fileName: name)
@@ -64,6 +76,19 @@ enum Recovery {
                                 SpoolCorruption(segment: name, offset: offset, reason: "malformed delivered record: \(error.reason)")
                             )
                         }
+                    case .sending, .settled:
+                        do throws(RecordDecodingError) {
+                            if type == .sending {
+                                let record = try RecordFormat.decodeSending(payload)
+                                batchRecords.append((record.queryID, (record.batch, record.chunks), nil))
+                            } else {
+                                let record = try RecordFormat.decodeSettled(payload)
+                                batchRecords.append((record.queryID, nil, record.outcome))
+                            }
+                        } catch {
+                            corruptions.append(
+                                SpoolCorruption(segment: name, offset: offset, reason: "malformed \(type) record: \(error.reason)"))
+                        }
                     }
                 }
                 scanner = reader
@@ -74,6 +99,12 @@ enum Recovery {
                     code: .io,
                     message: "\(path) has spool format version \(version); this build reads version \(RecordFormat.version). Move it aside to start."
                 )
+            }
+            for record in batchRecords.reversed() {
+                if newestRecord[record.queryID] == nil { newestRecord[record.queryID] = .some(record.settled) }
+                if let sending = record.sending, newestSending[record.queryID] == nil {
+                    newestSending[record.queryID] = (number, sending.batch, sending.chunks)
+                }
             }
             corruptions += scanner?.corruptions ?? []
             if number == files.last?.number { newestValidEnd = scanner?.validEnd }
@@ -97,14 +128,19 @@ enum Recovery {
                     highest = max(highest, id)
                     if delivered.contains(id) { continue }
                     do throws(RecordDecodingError) {
-                        let chunk = try RecordFormat.decodeChunk(payload)
+                        var chunk = try RecordFormat.decodeChunk(payload)
                         if kept.contains(id) {
                             corruptions.append(SpoolCorruption(segment: name, offset: record.offset, reason: "duplicate chunk id \(id), skipped"))
                             continue
                         }
                         kept.insert(id)
+                        if let shared = keys[chunk.key] {
+                            chunk.key = shared
+                        } else {
+                            keys[chunk.key] = chunk.key
+                        }
                         let bytes = RecordFormat.recordHeaderSize + payload.count
-                        segment.undelivered[id] = bytes
+                        segment.undelivered[id] = ChunkSlot(offset: record.offset, length: bytes)
                         liveBytes += bytes
                         chunks.append(chunk)
                     } catch {
@@ -125,10 +161,30 @@ enum Recovery {
             }
         }
         chunks.sort { $0.id < $1.id }
+
+        // A batch is in doubt while any of its chunks is undelivered, unless a `settled` record says it landed
+        // (the marks that follow it were cut short): then it is settled again without asking.
+        var inDoubt: [InDoubtBatch] = []
+        var sending: [String: SendingEntry] = [:]
+        for (queryID, entry) in newestSending {
+            let (batch, batchChunks) = (entry.batch, entry.chunks)
+            let undelivered = batchChunks.filter { kept.contains($0) }
+            guard !undelivered.isEmpty, newestRecord[queryID] != .some(.notSent) else { continue }
+            inDoubt.append(
+                InDoubtBatch(
+                    queryID: queryID, batch: batch, chunks: batchChunks, complete: undelivered.count == batchChunks.count,
+                    settledLanded: newestRecord[queryID] == .some(.landed)))
+            sending[queryID] = SendingEntry(
+                segment: entry.segment,
+                record: RecordFormat.sendingRecord(queryID: queryID, batch: batch, chunks: batchChunks))
+        }
+        inDoubt.sort { ($0.chunks.first ?? 0, $0.queryID) < ($1.chunks.first ?? 0, $1.queryID) }
         corruptions.sort { ($0.segment, $0.offset) < ($1.segment, $1.offset) }
         return Result(
             segments: segments,
             chunks: chunks,
+            inDoubt: inDoubt,
+            sending: sending,
             corruptions: corruptions,
             fileCount: files.count,
             bytes: bytesTotal,

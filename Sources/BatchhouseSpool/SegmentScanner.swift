@@ -81,12 +81,13 @@ struct SegmentScanner {
         return "; nothing valid in the last \(bytes.count - offset) bytes"
     }
 
-    private enum Check {
+    enum Check {
         case valid(type: UInt8, payload: UnsafeRawBufferPointer)
         case invalid(String)
     }
 
-    private func check(_ offset: Int) -> Check {
+    /// The record at `offset`, verified: magic, length within the bytes, checksum.
+    func check(_ offset: Int) -> Check {
         let remaining = bytes.count - offset
         guard remaining >= RecordFormat.recordHeaderSize else {
             return .invalid("truncated record header (\(remaining) of \(RecordFormat.recordHeaderSize) bytes)")

@@ -107,6 +107,7 @@ public final class Spool: Sendable {
         )
         state.counters.reserveReleasedBytes = released
         state.diskWasFull = state.reserve.isShort
+        state.sending = recovered.sending
         state.lockFile = lockFile
         let spool = Spool(
             state: state, directory: directory, directoryFile: directoryFile, maxSize: maxSize, segmentSize: segmentSize,
@@ -116,6 +117,7 @@ public final class Spool: Sendable {
         spool.markDelivered([])
         let report = SpoolRecovery(
             chunks: recovered.chunks,
+            inDoubt: recovered.inDoubt,
             corruptions: recovered.corruptions,
             segments: recovered.fileCount,
             bytes: recovered.bytes
@@ -207,7 +209,8 @@ public final class Spool: Sendable {
             state.nextChunkID += 1
             state.undeliveredCount += 1
             state.liveBytes += record.recordLength
-            state.segments[index].undelivered[id] = record.recordLength
+            state.segments[index].undelivered[id] = ChunkSlot(
+                offset: state.segments[index].size - record.recordLength, length: record.recordLength)
             if state.segments[index].firstID == nil { state.segments[index].firstID = id }
             state.segments[index].lastID = id
             let position = SpoolPosition(chunkID: id, segment: state.segments[index].number, offset: state.segments[index].size)
@@ -339,7 +342,7 @@ public final class Spool: Sendable {
             var touched = Set<Int>()
             for id in chunkIDs {
                 guard let index = state.index(holdingUndelivered: id),
-                    let bytes = state.segments[index].undelivered.removeValue(forKey: id)
+                    let bytes = state.segments[index].undelivered.removeValue(forKey: id)?.length
                 else { continue }
                 state.undeliveredCount -= 1
                 state.liveBytes -= bytes
@@ -390,6 +393,139 @@ public final class Spool: Sendable {
         guard core.marksPending.load(ordering: .relaxed) else { return .written }
         return markDelivered([])
     }
+
+    // MARK: Reading back
+
+    private struct Wanted {
+        var id: UInt64
+        var slot: ChunkSlot
+    }
+
+    /// Gap between two wanted records below which one read covers both (and the bytes between them).
+    static let readGap = 64 << 10
+    /// The most one read takes at a time, unless a single record is larger: the read-ahead's bound.
+    static let readWindow = 1 << 20
+
+    /// Reads the rows of undelivered chunks back from their segments, for a batch whose turn has come
+    /// (docs/spool-and-acks.md, "The spool as backlog"). Records are read in file order, neighbours in one
+    /// pread(2) of at most ``readWindow`` bytes, and each is verified (magic, checksum, id) before its rows are
+    /// used. Runs outside the spool's lock but for the lookup, so appends go on meanwhile.
+    public func readChunks(_ ids: [UInt64]) -> SpoolReadOutcome {
+        var outcome = SpoolReadOutcome()
+        let groups = core.state.withLock { state -> [(path: String, wanted: [Wanted])] in
+            var bySegment: [UInt64: (path: String, wanted: [Wanted])] = [:]
+            for id in ids {
+                guard let index = state.index(holdingUndelivered: id), let slot = state.segments[index].undelivered[id]
+                else {
+                    outcome.unreadable[id] = "chunk \(id) is not undelivered in the spool"
+                    continue
+                }
+                let segment = state.segments[index]
+                bySegment[segment.number, default: (segment.path, [])].wanted.append(Wanted(id: id, slot: slot))
+            }
+            return bySegment.sorted { $0.key < $1.key }.map(\.value)
+        }
+        for (path, unsorted) in groups {
+            let wanted = unsorted.sorted { $0.slot.offset < $1.slot.offset }
+            let file: OpenFile
+            do throws(SpoolError) {
+                file = try FileSystem.openForReading(path)
+            } catch {
+                for item in wanted { outcome.unreadable[item.id] = error.message }
+                continue
+            }
+            var start = 0
+            while start < wanted.count {
+                // One window: neighbours close enough, up to the read-ahead bound.
+                let windowStart = wanted[start].slot.offset
+                var windowEnd = windowStart + wanted[start].slot.length
+                var end = start + 1
+                while end < wanted.count {
+                    let next = wanted[end].slot
+                    guard next.offset - windowEnd <= Self.readGap, next.offset + next.length - windowStart <= Self.readWindow
+                    else { break }
+                    windowEnd = max(windowEnd, next.offset + next.length)
+                    end += 1
+                }
+                let (bytes, failure) = FileSystem.readAt(file.descriptor, offset: windowStart, count: windowEnd - windowStart)
+                bytes.withUnsafeBytes { buffer in
+                    let scanner = SegmentScanner(bytes: buffer, fileName: path)
+                    for item in wanted[start..<end] {
+                        if let failure {
+                            outcome.unreadable[item.id] = FileSystem.message("cannot read", path, failure)
+                            continue
+                        }
+                        let check = scanner.check(item.slot.offset - windowStart)
+                        guard case .valid(let type, let payload) = check, type == RecordFormat.RecordType.chunk.rawValue else {
+                            if case .invalid(let reason) = check {
+                                outcome.unreadable[item.id] = "\(path) at offset \(item.slot.offset): \(reason)"
+                            } else {
+                                outcome.unreadable[item.id] = "\(path) at offset \(item.slot.offset): not a chunk record"
+                            }
+                            continue
+                        }
+                        do throws(RecordDecodingError) {
+                            let body = try RecordFormat.decodeChunkBody(payload)
+                            guard body.id == item.id else {
+                                outcome.unreadable[item.id] =
+                                    "\(path) at offset \(item.slot.offset): holds chunk \(body.id), not \(item.id)"
+                                continue
+                            }
+                            outcome.bodies[item.id] = SpoolChunkBody(
+                                id: body.id, rows: body.rows, endsWithNewline: body.endsWithNewline, data: Array(body.data))
+                        } catch {
+                            outcome.unreadable[item.id] = "\(path) at offset \(item.slot.offset): \(error.reason)"
+                        }
+                    }
+                }
+                start = end
+            }
+        }
+        return outcome
+    }
+
+    // MARK: Batches being sent
+
+    /// Records that a batch is about to be sent under `queryID` with these chunks (a `sending` record, written
+    /// like a delivered mark: one pwrite, no fsync). After a crash, recovery reports the batch in
+    /// ``SpoolRecovery/inDoubt`` until its chunks are marked delivered, so the next start can ask ClickHouse
+    /// whether that query finished before sending the rows again (docs/spool-and-acks.md, "Exactly once").
+    /// Returns false when the record could not be written (a full disk): that batch is then at least once.
+    @discardableResult
+    public func recordSending(queryID: String, batch: UInt64, chunks: [UInt64]) -> Bool {
+        let record = RecordFormat.sendingRecord(queryID: queryID, batch: batch, chunks: chunks.sorted())
+        let written = core.state.withLock { state -> Bool in
+            guard !state.closed else { return false }
+            // Not from the reserve: that is kept for delivered marks, which matter more on a full disk.
+            guard record.withUnsafeBytes({ state.writeToActive($0) }) == nil else { return false }
+            state.sending[queryID] = SendingEntry(segment: state.segments[state.activeIndex].number, record: record)
+            return true
+        }
+        if written { CrashPoint.afterSendingMark.reach() }
+        return written
+    }
+
+    /// The batch sent under `queryID` is settled (its chunks marked delivered, or left for a replay that will
+    /// record itself again): its `sending` record need not be carried forward any more.
+    public func finishSending(queryID: String) {
+        core.state.withLock { _ = $0.sending.removeValue(forKey: queryID) }
+    }
+
+    /// Records how a batch found in doubt at start was settled, for `batchhouse spool inspect` and for the next
+    /// start (a batch settled as landed is not asked about again).
+    public func recordSettled(queryID: String, outcome: SettledOutcome, note: String) {
+        let record = RecordFormat.settledRecord(queryID: queryID, outcome: outcome, note: note)
+        core.state.withLock { state in
+            guard !state.closed else { return }
+            _ = record.withUnsafeBytes { state.writeToActive($0) }
+        }
+    }
+
+    /// Whether a `sending` record of `queryID` is kept (the batch was recorded as being sent and is not settled).
+    public func isSending(queryID: String) -> Bool { core.state.withLock { $0.sending[queryID] != nil } }
+
+    /// Batches being sent now (their `sending` records are kept).
+    public var sendingBatches: Int { core.state.withLock { $0.sending.count } }
 
     /// Bytes of segment files, including those about to be deleted.
     public var sizeBytes: Int { core.state.withLock { $0.totalBytes } }

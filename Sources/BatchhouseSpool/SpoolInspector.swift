@@ -33,6 +33,10 @@ public enum SpoolInspector {
         var summaries: [SegmentSummary] = []
         var tables: [String: TableSummary] = [:]
         var corruptions: [SpoolCorruption] = []
+        // Batches being sent and how those found in doubt at a start were settled, by query id (newest record).
+        var sendingBatches: [String: (batch: UInt64, chunks: [UInt64])] = [:]
+        var settledBatches: [String: (SettledOutcome, String)] = [:]
+        var newestIsSending: [String: Bool] = [:]
 
         // Newest first, as in recovery: a chunk's deliveries are all known when its segment is read.
         for (_, name) in files.reversed() {
@@ -50,10 +54,23 @@ public enum SpoolInspector {
                 var scanner = SegmentScanner(bytes: buffer, fileName: name)
                 var chunkRecords: [(offset: Int, payload: UnsafeRawBufferPointer)] = []
                 var markers: [ClosedRange<UInt64>] = []
+                var batchRecords: [(queryID: String, batch: UInt64?, chunks: [UInt64]?, settled: (SettledOutcome, String)?)] = []
                 let outcome = scanner.scan { type, payload, offset in
                     switch type {
                     case .chunk:
                         chunkRecords.append((offset, payload))
+                    case .sending:
+                        if let record = try? RecordFormat.decodeSending(payload) {
+                            batchRecords.append((record.queryID, record.batch, record.chunks, nil))
+                        } else {
+                            corruptions.append(SpoolCorruption(segment: name, offset: offset, reason: "malformed sending record"))
+                        }
+                    case .settled:
+                        if let record = try? RecordFormat.decodeSettled(payload) {
+                            batchRecords.append((record.queryID, nil, nil, (record.outcome, record.note)))
+                        } else {
+                            corruptions.append(SpoolCorruption(segment: name, offset: offset, reason: "malformed settled record"))
+                        }
                     case .delivered:
                         summary.deliveredRecords += 1
                         do throws(RecordDecodingError) {
@@ -68,6 +85,15 @@ public enum SpoolInspector {
                     return
                 }
                 corruptions += scanner.corruptions
+                for record in batchRecords.reversed() {
+                    if let settled = record.settled, settledBatches[record.queryID] == nil {
+                        settledBatches[record.queryID] = settled
+                    }
+                    if let chunks = record.chunks, sendingBatches[record.queryID] == nil {
+                        sendingBatches[record.queryID] = (record.batch ?? 0, chunks)
+                    }
+                    if newestIsSending[record.queryID] == nil { newestIsSending[record.queryID] = record.chunks != nil }
+                }
                 delivered = IDRanges(ranges: delivered.ranges + markers)
                 summary.chunkRecords = chunkRecords.count
                 for (offset, payload) in chunkRecords {
@@ -114,11 +140,41 @@ public enum SpoolInspector {
             out += "  \(table): \(summary.chunks) chunk\(summary.chunks == 1 ? "" : "s"), \(summary.rows) row\(summary.rows == 1 ? "" : "s"), "
             out += "\(sizeText(summary.bytes)), oldest chunk \(summary.oldestID)\n"
         }
+        out += batchLines(sending: sendingBatches, settled: settledBatches, newestIsSending: newestIsSending, delivered: delivered)
         corruptions.sort { ($0.segment, $0.offset) < ($1.segment, $1.offset) }
         out += "corruptions: \(corruptions.count)\n"
         for corruption in corruptions {
             out += "  \(corruption)\n"
         }
+        return out
+    }
+
+    /// One line per batch in doubt (sent, not all marked delivered) or settled at a start, oldest first.
+    static func batchLines(
+        sending: [String: (batch: UInt64, chunks: [UInt64])], settled: [String: (SettledOutcome, String)],
+        newestIsSending: [String: Bool], delivered: IDRanges
+    ) -> String {
+        var lines: [(first: UInt64, text: String)] = []
+        for (queryID, batch) in sending {
+            let undelivered = batch.chunks.filter { !delivered.contains($0) }.count
+            let chunkText = "\(batch.chunks.count) chunk\(batch.chunks.count == 1 ? "" : "s"), \(undelivered) undelivered"
+            var text = "  \(queryID) (batch \(batch.batch)): \(chunkText): "
+            if let (outcome, note) = settled[queryID], newestIsSending[queryID] != true || undelivered == 0 {
+                text += "settled: \(outcome)"
+                if !note.isEmpty { text += " (\(note))" }
+            } else if undelivered == 0 {
+                text += "delivered"
+            } else if let (outcome, _) = settled[queryID] {
+                text += "in doubt: being sent again after being settled as '\(outcome)'; settled at the next start"
+            } else {
+                text += "in doubt: sent, no answer recorded; settled at the next start"
+            }
+            // Batches that went through in one piece are not worth a line.
+            guard undelivered > 0 || settled[queryID] != nil else { continue }
+            lines.append((batch.chunks.first ?? 0, text))
+        }
+        var out = "batches in doubt or settled at a start: \(lines.count)\n"
+        for line in lines.sorted(by: { $0.first < $1.first }) { out += line.text + "\n" }
         return out
     }
 

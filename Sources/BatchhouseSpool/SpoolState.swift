@@ -8,6 +8,19 @@ import Darwin
 
 typealias DurabilityContinuation = CheckedContinuation<Result<Void, SpoolError>, Never>
 
+/// Where an undelivered chunk's record is in its segment: what a read-back needs and what `spool.max_size` counts.
+struct ChunkSlot {
+    var offset: Int
+    var length: Int
+}
+
+/// A batch being sent: its `sending` record, kept so it can be written again (carried forward) when the segment
+/// holding it is reclaimed while the batch is still in flight.
+struct SendingEntry {
+    var segment: UInt64
+    var record: [UInt8]
+}
+
 /// What the spool knows about one segment file. Lives under the spool's lock.
 struct SegmentState {
     let number: UInt64
@@ -22,9 +35,9 @@ struct SegmentState {
     var syncFailure: SpoolError?
     /// A new file is durable only once its directory entry is too.
     var needsDirectorySync: Bool
-    /// Chunks in this segment not yet delivered, with their record sizes (what `spool.max_size` counts).
-    /// Memory is proportional to undelivered chunks, which are buffered (and so in memory) anyway.
-    var undelivered: [UInt64: Int] = [:]
+    /// Chunks in this segment not yet delivered, with where their records are. A few dozen bytes per chunk: the
+    /// part of a backlog that stays in memory while its rows wait on disk.
+    var undelivered: [UInt64: ChunkSlot] = [:]
     /// The span of chunk ids written to this segment, delivered or not.
     var firstID: UInt64?
     var lastID: UInt64?
@@ -80,6 +93,8 @@ struct SpoolState {
     var diskWasFull = false
     var counters = SpoolStatistics.Counters()
     var pendingRemovals: [PendingRemoval] = []
+    /// Batches being sent, by query id (``Spool/recordSending(queryID:batch:chunks:)``).
+    var sending: [String: SendingEntry] = [:]
     var rotateBeforeNextAppend = false
     var closed = false
     /// The sync thread is running (or has been signalled to run); see ``Spool`` for the protocol.
@@ -183,6 +198,17 @@ struct SpoolState {
         }
         let ranges = IDRanges(ranges: carried.flatMap { segments[$0].deliveredSpan }).ranges
         var carriedTo: (segment: UInt64, size: Int)?
+        // `sending` records of batches still in flight move to the active segment, or a crash would forget that
+        // they may have landed. One that cannot be written leaves that batch at least once, nothing worse.
+        for (queryID, entry) in sending where removedNumbers.contains(entry.segment) {
+            let failure = entry.record.withUnsafeBytes { writeBookkeeping($0) }
+            if failure == nil {
+                sending[queryID]!.segment = segments[active].number
+                if segments[active].syncFailure == nil {
+                    carriedTo = (segments[active].number, segments[active].size)
+                }
+            }
+        }
         if !ranges.isEmpty {
             let record = RecordFormat.deliveredRecord(ranges)
             let failure = record.withUnsafeBytes { writeBookkeeping($0) }

@@ -1,6 +1,8 @@
 import BatchhouseCore
 
-/// One client request's validated rows for one batch key, as the spool stores and replays them.
+/// One client request's validated rows for one batch key, as recovery finds them: everything but the data,
+/// which stays in its segment until ``Spool/readChunks(_:)`` reads it back (docs/spool-and-acks.md, "The spool
+/// as backlog"). Chunks with the same key share the key's storage.
 ///
 /// `key.identity` holds the client's user and password: replay must send these rows upstream with
 /// the identity they came with, so the spool keeps them (see ``Spool`` for where and how).
@@ -10,15 +12,67 @@ public struct SpooledChunk: Sendable {
     public var key: BatchKey
     public var rows: Int
     public var endsWithNewline: Bool
-    public var data: [UInt8]
+    /// Bytes of row data in the record.
+    public var dataLength: Int
 
-    public init(id: UInt64, key: BatchKey, rows: Int, endsWithNewline: Bool, data: [UInt8]) {
+    public init(id: UInt64, key: BatchKey, rows: Int, endsWithNewline: Bool, dataLength: Int) {
         self.id = id
         self.key = key
         self.rows = rows
         self.endsWithNewline = endsWithNewline
-        self.data = data
+        self.dataLength = dataLength
     }
+}
+
+/// A chunk's rows read back from its segment.
+public struct SpoolChunkBody: Sendable {
+    public var id: UInt64
+    public var rows: Int
+    public var endsWithNewline: Bool
+    public var data: [UInt8]
+}
+
+/// What ``Spool/readChunks(_:)`` found: the bodies by id, and the ids it could not read with why (a record
+/// damaged on disk since it was written, an unreadable file, or an id the spool does not hold undelivered).
+public struct SpoolReadOutcome: Sendable {
+    public var bodies: [UInt64: SpoolChunkBody] = [:]
+    public var unreadable: [UInt64: String] = [:]
+}
+
+/// How a batch found in doubt at start was settled (the `settled` record; `batchhouse spool inspect` shows it).
+public enum SettledOutcome: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// ClickHouse had finished the batch's query: its chunks were marked delivered, nothing was sent again.
+    case landed = 1
+    /// ClickHouse had no finished query under that id: the same rows go again under the same id.
+    case resent = 2
+    /// It could not be told (no `system.query_log`, or the user may not read it): sent again, at least once.
+    case atLeastOnce = 3
+    /// Written by the process that sent it: every attempt failed before reaching ClickHouse or was refused by
+    /// it, so nothing landed; the rows are replayed as usual, without asking.
+    case notSent = 4
+
+    public var description: String {
+        switch self {
+        case .landed: "landed before the crash (found finished in system.query_log): not sent again"
+        case .resent: "not finished upstream: sent again under the same query id"
+        case .atLeastOnce: "could not be told: sent again (at least once)"
+        case .notSent: "not delivered before a stop, and no attempt reached ClickHouse unanswered: replayed as usual"
+        }
+    }
+}
+
+/// A batch whose `sending` record was written but whose chunks were not all marked delivered: the process
+/// stopped between sending it and learning the answer. Settle it before sending its rows again.
+public struct InDoubtBatch: Sendable {
+    public var queryID: String
+    /// The batch's number in the process that sent it.
+    public var batch: UInt64
+    /// Every chunk the batch held, in order.
+    public var chunks: [UInt64]
+    /// Every one of them is still undelivered: the batch can be sent again exactly as it was.
+    public var complete: Bool
+    /// A `settled` record says it landed (the marks did not follow before the next stop).
+    public var settledLanded: Bool
 }
 
 /// Where an appended chunk ended up: what ``Spool/waitDurable(_:)`` waits for.
@@ -90,14 +144,19 @@ public struct SpoolRecovery: Sendable {
     /// Chunks not yet delivered, in id order: replay them, then call ``Spool/markDelivered(_:)``
     /// with their ids once ClickHouse has them.
     public var chunks: [SpooledChunk]
+    /// Batches that were being sent when the process stopped (see ``InDoubtBatch``).
+    public var inDoubt: [InDoubtBatch]
     public var corruptions: [SpoolCorruption]
     /// Segment files found (before any was deleted as fully delivered).
     public var segments: Int
     /// Their total size in bytes.
     public var bytes: Int
 
-    public init(chunks: [SpooledChunk], corruptions: [SpoolCorruption], segments: Int, bytes: Int) {
+    public init(
+        chunks: [SpooledChunk], inDoubt: [InDoubtBatch] = [], corruptions: [SpoolCorruption], segments: Int, bytes: Int
+    ) {
         self.chunks = chunks
+        self.inDoubt = inDoubt
         self.corruptions = corruptions
         self.segments = segments
         self.bytes = bytes

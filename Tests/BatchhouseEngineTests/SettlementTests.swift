@@ -108,13 +108,15 @@ import Testing
         }
         let up = ScriptedTransport()
         let restarted = try EngineFixture(transport: up, spoolDirectory: directory)
-        #expect(restarted.engine.buffering.bufferedRows == 3, "replayed into a batch")
+        #expect(restarted.engine.delivery.queuedBatches == 1, "replayed as one batch")
+        #expect(restarted.engine.buffering.backlogBytes > 0, "whose rows stay in the spool until sent")
+        #expect(restarted.engine.buffering.memoryInUse == 0)
         await restarted.drain()
         #expect(up.inserts.map(\.body) == ["(1),(2),(3)"])
         #expect(restarted.spool?.undeliveredChunks == 0)
         restarted.spool?.close()
         let third = try EngineFixture(transport: ScriptedTransport(), spoolDirectory: directory)
-        #expect(third.engine.buffering.bufferedRows == 0, "delivered rows are not replayed again")
+        #expect(third.engine.delivery.queuedBatches == 0, "delivered rows are not replayed again")
         third.spool?.close()
     }
 

@@ -43,7 +43,7 @@ struct SpoolFullDiskTests {
         let (spool, recovery) = try Spool.open(directory: disk.spool, maxSize: 1 << 30)
         defer { spool.close() }
         #expect(recovery.corruptions.isEmpty, "\(recovery.corruptions)")
-        expectSame(recovery.chunks, appended)
+        expectSame(recovery.chunks, appended, in: spool)
     }
 
     @Test func deliveredMarksAreWrittenOnAFullDiskAndItsSpaceComesBack() throws {
@@ -89,7 +89,7 @@ struct SpoolFullDiskTests {
         let (spool, recovery) = try Spool.open(directory: disk.spool, maxSize: 1 << 30)
         defer { spool.close() }
         #expect(recovery.corruptions.isEmpty)
-        expectSame(recovery.chunks, appended)
+        expectSame(recovery.chunks, appended, in: spool)
         for chunk in recovery.chunks {
             #expect(spool.markDelivered([chunk.id]).unwrittenChunks == 0)
         }
@@ -116,7 +116,7 @@ struct SpoolFullDiskTests {
         disk.fillUp()
         let (spool, recovery) = try Spool.open(directory: disk.spool, maxSize: 1 << 30)
         defer { spool.close() }
-        expectSame(recovery.chunks, appended)
+        expectSame(recovery.chunks, appended, in: spool)
         var unwritten = 0
         for chunk in recovery.chunks {
             unwritten = spool.markDelivered([chunk.id]).unwrittenChunks

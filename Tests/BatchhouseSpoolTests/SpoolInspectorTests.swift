@@ -63,7 +63,10 @@ struct RecordFormatTests {
         let chunk = try bytes.withUnsafeBytes { try RecordFormat.decodeChunk(UnsafeRawBufferPointer(rebasing: $0[13...])) }
         #expect(chunk.id == 0x0102_0304_0506_0708)
         #expect(chunk.key == secretKey)
-        #expect(chunk.data == data)
+        #expect(chunk.dataLength == data.count)
+        let body = try bytes.withUnsafeBytes { try RecordFormat.decodeChunkBody(UnsafeRawBufferPointer(rebasing: $0[13...])) }
+        #expect(body.id == chunk.id && body.rows == 3 && body.endsWithNewline)
+        #expect(Array(body.data) == data)
     }
 
     @Test func truncatedPayloadsFailToDecodeWithoutTrapping() throws {

@@ -26,7 +26,7 @@ struct SpoolRecoveryTests {
 
         do {
             let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30)
-            expectSame(recovery.chunks, Array(appended.prefix(2)))
+            expectSame(recovery.chunks, Array(appended.prefix(2)), in: spool)
             #expect(recovery.corruptions.count == 1)
             let corruption = try #require(recovery.corruptions.first)
             #expect(corruption.segment == RecordFormat.segmentFileName(appended[0].position.segment))
@@ -54,7 +54,7 @@ struct SpoolRecoveryTests {
         try truncateFile(segment, to: appended[0].position.offset + 5)
         let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30)
         defer { spool.close() }
-        expectSame(recovery.chunks, Array(appended.prefix(1)))
+        expectSame(recovery.chunks, Array(appended.prefix(1)), in: spool)
         #expect(recovery.corruptions.map(\.offset) == [appended[0].position.offset])
         #expect(recovery.corruptions.first?.reason.contains("truncated record header") == true)
     }
@@ -69,7 +69,7 @@ struct SpoolRecoveryTests {
 
         let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30)
         defer { spool.close() }
-        expectSame(recovery.chunks, [appended[0], appended[2]])
+        expectSame(recovery.chunks, [appended[0], appended[2]], in: spool)
         #expect(recovery.corruptions.count == 1)
         let corruption = try #require(recovery.corruptions.first)
         #expect(corruption.offset == appended[0].position.offset)
@@ -85,7 +85,7 @@ struct SpoolRecoveryTests {
         try patch(segment, at: RecordFormat.segmentHeaderSize + 5, [0xff, 0xff, 0xff, 0x7f])
         let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30)
         defer { spool.close() }
-        expectSame(recovery.chunks, Array(appended.dropFirst()))
+        expectSame(recovery.chunks, Array(appended.dropFirst()), in: spool)
         #expect(recovery.corruptions.count == 1)
     }
 
@@ -96,7 +96,7 @@ struct SpoolRecoveryTests {
         try patch(segment, at: 0, [0, 0, 0])
         let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30)
         defer { spool.close() }
-        expectSame(recovery.chunks, appended)
+        expectSame(recovery.chunks, appended, in: spool)
         #expect(recovery.corruptions.map(\.offset) == [0])
     }
 
@@ -135,7 +135,7 @@ struct SpoolRecoveryTests {
         let (reopened, again) = try Spool.open(directory: directory.spool, maxSize: 1 << 30)
         defer { reopened.close() }
         #expect(again.corruptions.isEmpty)
-        expectSame(again.chunks, [appended])
+        expectSame(again.chunks, [appended], in: reopened)
     }
 
     @Test func unknownFormatVersionRefusesToStart() throws {
@@ -171,7 +171,7 @@ struct SpoolRecoveryTests {
         let (recovered, recovery) = try Spool.open(directory: copy, maxSize: 1 << 30, segmentSize: 1000)
         defer { recovered.close() }
         #expect(recovery.corruptions.isEmpty)
-        expectSame(recovery.chunks, appended.filter { $0.position.chunkID != appended[3].position.chunkID })
+        expectSame(recovery.chunks, appended.filter { $0.position.chunkID != appended[3].position.chunkID }, in: recovered)
     }
 
     /// Deleting a segment also deletes the `delivered` records it holds. Those that concern chunks of
@@ -199,7 +199,7 @@ struct SpoolRecoveryTests {
         let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30, segmentSize: 1000)
         defer { spool.close() }
         #expect(recovery.corruptions.isEmpty)
-        expectSame(recovery.chunks, [first, fourth])
+        expectSame(recovery.chunks, [first, fourth], in: spool)
     }
 
     @Test func recoveredSegmentsAreDeletedOnceReplayedChunksAreDelivered() throws {

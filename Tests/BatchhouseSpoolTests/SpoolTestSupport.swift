@@ -78,14 +78,22 @@ func append(_ spool: Spool, _ key: BatchKey, _ data: [UInt8], rows: Int = 1, end
     return Appended(position: position, key: key, rows: rows, endsWithNewline: endsWithNewline, data: data)
 }
 
-func expectSame(_ recovered: [SpooledChunk], _ appended: [Appended], sourceLocation: SourceLocation = #_sourceLocation) {
+/// The recovered chunks are the appended ones, rows read back from the spool included.
+func expectSame(
+    _ recovered: [SpooledChunk], _ appended: [Appended], in spool: Spool, sourceLocation: SourceLocation = #_sourceLocation
+) {
     #expect(recovered.map(\.id) == appended.map(\.position.chunkID), sourceLocation: sourceLocation)
+    let read = spool.readChunks(recovered.map(\.id))
+    #expect(read.unreadable.isEmpty, "\(read.unreadable)", sourceLocation: sourceLocation)
     for (chunk, original) in zip(recovered, appended) {
         #expect(chunk.key == original.key, sourceLocation: sourceLocation)
         #expect(chunk.key.identity.password == original.key.identity.password, sourceLocation: sourceLocation)
         #expect(chunk.rows == original.rows, sourceLocation: sourceLocation)
         #expect(chunk.endsWithNewline == original.endsWithNewline, sourceLocation: sourceLocation)
-        #expect(chunk.data == original.data, sourceLocation: sourceLocation)
+        #expect(chunk.dataLength == original.data.count, sourceLocation: sourceLocation)
+        #expect(read.bodies[chunk.id]?.data == original.data, sourceLocation: sourceLocation)
+        #expect(read.bodies[chunk.id]?.rows == original.rows, sourceLocation: sourceLocation)
+        #expect(read.bodies[chunk.id]?.endsWithNewline == original.endsWithNewline, sourceLocation: sourceLocation)
     }
 }
 

@@ -35,7 +35,7 @@ struct SpoolTests {
         defer { spool.close() }
         #expect(recovery.corruptions.isEmpty)
         #expect(recovery.segments == 1)
-        expectSame(recovery.chunks, appended)
+        expectSame(recovery.chunks, appended, in: spool)
         #expect(spool.undeliveredChunks == 4)
         // New ids continue after the recovered ones.
         #expect(try append(spool, plainKey, "{}").position.chunkID == 5)
@@ -53,7 +53,7 @@ struct SpoolTests {
         }
         let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30)
         defer { spool.close() }
-        expectSame(recovery.chunks, [appended])
+        expectSame(recovery.chunks, [appended], in: spool)
     }
 
     @Test func recoveryReturnsExactlyTheUndeliveredChunksInOrder() throws {
@@ -78,7 +78,7 @@ struct SpoolTests {
         do {
             let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30, segmentSize: 600)
             #expect(recovery.corruptions.isEmpty)
-            expectSame(recovery.chunks, expected)
+            expectSame(recovery.chunks, expected, in: spool)
             #expect(spool.undeliveredChunks == expected.count)
             // Deliver half of the recovered chunks in this run.
             spool.markDelivered(recovery.chunks.prefix(5).map(\.id))
@@ -86,7 +86,7 @@ struct SpoolTests {
         }
         let (spool, recovery) = try Spool.open(directory: directory.spool, maxSize: 1 << 30, segmentSize: 600)
         defer { spool.close() }
-        expectSame(recovery.chunks, Array(expected.dropFirst(5)))
+        expectSame(recovery.chunks, Array(expected.dropFirst(5)), in: spool)
     }
 
     @Test func deliveredSegmentsAreDeleted() throws {
