@@ -1,0 +1,195 @@
+import BatchhouseCore
+import BatchhouseSpool
+import BatchhouseUpstream
+import Foundation
+import Synchronization
+import Testing
+
+@testable import BatchhouseEngine
+
+/// An upstream that answers the questions the engine asks about earlier queries (`SYSTEM FLUSH LOGS`,
+/// `system.query_log`, `system.processes`) from `log`, and inserts from `insert`.
+private func upstream(
+    log: @escaping @Sendable (_ queryID: String) -> Reply = { _ in .status(200, body: "") },
+    processes: @escaping @Sendable () -> Reply = { .status(200, body: "0\n") },
+    insert: @escaping @Sendable (_ index: Int) -> Reply = { _ in .ok }
+) -> ScriptedTransport {
+    let inserts = Atomic<Int>(0)
+    return ScriptedTransport(authenticating: { request in
+        let statement = request.statement ?? ""
+        if statement == "SYSTEM FLUSH LOGS" { return .ok }
+        if statement.contains("system.query_log") {
+            let queryID = statement.split(separator: "'").dropFirst().first.map(String.init) ?? ""
+            return log(queryID)
+        }
+        if statement.contains("system.processes") { return processes() }
+        return insert(inserts.add(1, ordering: .relaxed).oldValue)
+    })
+}
+
+@Suite struct BacklogTests {
+    @Test func aSealedBatchLeavesMemoryAndIsReadBackWhenItsTurnComes() async throws {
+        let transport = ScriptedTransport()
+        let fixture = try EngineFixture("defaults: { max_rows: 3 }", transport: transport, spool: true)
+        fixture.insert("INSERT INTO db.t VALUES (1),(2)")
+        fixture.insert("INSERT INTO db.t VALUES (3)")
+        #expect(fixture.engine.delivery.queuedBatches == 1, "sealed at max_rows")
+        #expect(fixture.engine.buffering.memoryInUse == 0, "its rows are in the spool only")
+        #expect(fixture.engine.buffering.backlogBytes == "(1),(2),(3)".utf8.count)
+        await fixture.drain()
+        #expect(transport.inserts.map(\.body) == ["(1),(2),(3)"], "joined as they were sealed")
+        #expect(transport.inserts.first?.parameter("query_id")?.hasPrefix("batchhouse-") == true)
+        #expect(transport.inserts.first?.parameter("log_queries") == "1")
+        #expect(fixture.engine.buffering.backlogBytes == 0)
+        #expect(fixture.engine.buffering.memoryInUse == 0)
+        #expect(fixture.spool?.undeliveredChunks == 0)
+        #expect(fixture.spool?.sendingBatches == 0, "settled: nothing left in doubt")
+    }
+
+    @Test func anOutageIsBoundedByTheSpoolNotByMemory() async throws {
+        let up = Atomic<Bool>(false)
+        let transport = ScriptedTransport { _, _ in up.load(ordering: .relaxed) ? .ok : .failure(.connect) }
+        let fixture = try EngineFixture(
+            "limits: { max_buffer_memory: 64KiB }\ndefaults: { max_rows: 50 }", transport: transport, spool: true)
+        // 4 MB of rows against a 64 KiB budget, with nothing delivered.
+        var accepted = 0
+        let padding = String(repeating: "x", count: 400)
+        for id in 0..<10_000 {
+            if case .answer(.accepted) = fixture.insert("INSERT INTO db.t VALUES (\(id),'\(padding)')") { accepted += 1 }
+            #expect(fixture.engine.buffering.memoryInUse <= 64 << 10)
+        }
+        #expect(accepted == 10_000, "every insert accepted: the backlog waits on disk")
+        #expect(fixture.engine.buffering.backlogBytes > 4_000_000)
+        up.store(true, ordering: .relaxed)
+        await fixture.drain()
+        var landed: [Int] = []
+        for insert in transport.inserts where !insert.body.isEmpty {
+            for row in insert.body.split(separator: "),(") {
+                landed.append(Int(row.drop { !$0.isNumber }.prefix { $0.isNumber })!)
+            }
+        }
+        #expect(landed.sorted() == Array(0..<10_000), "each row landed once")
+        #expect(fixture.spool?.undeliveredChunks == 0)
+    }
+
+    @Test func rowsWhoseRecordIsDamagedOnDiskAreCountedAndTheRestGoes() async throws {
+        let transport = ScriptedTransport()
+        let fixture = try EngineFixture("defaults: { max_rows: 3 }", transport: transport, spool: true)
+        fixture.insert("INSERT INTO db.t VALUES (1)")
+        fixture.insert("INSERT INTO db.t VALUES (22)")
+        fixture.insert("INSERT INTO db.t VALUES (3)")
+        let directory = try #require(fixture.spoolDirectory).path + "/spool"
+        let segment = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasPrefix("segment-") })
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
+        let at = try #require(bytes.indices.first { bytes[$0] == UInt8(ascii: "2") && bytes[$0 + 1] == UInt8(ascii: "2") })
+        bytes[at] = UInt8(ascii: "9")
+        try Data(bytes).write(to: URL(fileURLWithPath: directory + "/" + segment))
+        await fixture.drain()
+        #expect(transport.inserts.map(\.body) == ["(1),(3)"])
+        let text = String(decoding: fixture.engine.prometheusText(), as: UTF8.self)
+        #expect(text.contains("batchhouse_spool_corruptions_total 1"))
+        #expect(fixture.spool?.undeliveredChunks == 0, "the lost chunk does not block its segment")
+    }
+
+    @Test func anAttemptWithoutAnAnswerIsNotSentAgainWhenItsQueryFinished() async throws {
+        let transport = upstream(log: { _ in .status(200, body: "QueryStart\nQueryFinish\n") }, insert: { index in
+            index == 0 ? .failure(.timeout) : .ok
+        })
+        let fixture = try EngineFixture(transport: transport, spool: true)
+        fixture.insert("INSERT INTO db.t VALUES (1)")
+        await fixture.drain()
+        #expect(transport.inserts.count == 1, "sent once: the timed-out attempt had landed")
+        let asked = transport.requests.filter { $0.statement?.contains("system.query_log") == true }
+        let queryID = try #require(transport.inserts.first?.parameter("query_id"))
+        #expect(asked.count == 1)
+        #expect(asked.first?.statement?.contains("'\(queryID)'") == true)
+        #expect(fixture.spool?.undeliveredChunks == 0)
+    }
+
+    @Test func anAttemptWithoutAnAnswerIsSentAgainUnderTheSameIDWhenItsQueryDidNotFinish() async throws {
+        let transport = upstream(log: { _ in .status(200, body: "") }, insert: { index in
+            index == 0 ? .failure(.transport) : .ok
+        })
+        let fixture = try EngineFixture(transport: transport, spool: true)
+        fixture.insert("INSERT INTO db.t VALUES (1)")
+        await fixture.drain()
+        #expect(transport.inserts.count == 2)
+        #expect(Set(transport.inserts.map { $0.parameter("query_id") }).count == 1, "the same query id")
+        #expect(transport.requests.contains { $0.statement?.contains("system.processes") == true })
+    }
+
+    /// A first process sends a batch whose attempt gets no answer, then stops: the batch is in doubt.
+    private func crashedWithABatchInDoubt(_ directory: TemporaryDirectory) async throws -> String {
+        let down = ScriptedTransport { _, _ in .failure(.timeout) }
+        let fixture = try EngineFixture(transport: down, spoolDirectory: directory)
+        fixture.insert("INSERT INTO db.t VALUES (1),(2)")
+        await fixture.drain()
+        let queryID = try #require(down.inserts.first?.parameter("query_id"))
+        #expect(fixture.spool?.isSending(queryID: queryID) == true)
+        fixture.spool?.close()
+        return queryID
+    }
+
+    @Test func aBatchInDoubtThatLandedBeforeTheCrashIsMarkedNotSent() async throws {
+        let directory = TemporaryDirectory()
+        let queryID = try await crashedWithABatchInDoubt(directory)
+        let transport = upstream(log: { id in .status(200, body: id == queryID ? "QueryFinish\n" : "") })
+        let restarted = try EngineFixture(transport: transport, spoolDirectory: directory)
+        #expect(restarted.engine.delivery.queuedBatches == 0, "held back until settled")
+        await restarted.engine.settleInDoubt()
+        await restarted.drain()
+        #expect(transport.inserts.isEmpty, "not sent again")
+        #expect(restarted.spool?.undeliveredChunks == 0)
+        let text = String(decoding: restarted.engine.prometheusText(), as: UTF8.self)
+        #expect(text.contains("batchhouse_in_doubt_batches_total{outcome=\"landed\"} 1"))
+        restarted.spool?.close()
+        let report = SpoolInspector.report(directory: directory.path + "/spool")
+        #expect(report.contains("\(queryID) (batch 1): 1 chunk, 0 undelivered: settled: landed before the crash"), "\(report)")
+    }
+
+    @Test func aBatchInDoubtThatDidNotLandIsSentAgainExactlyAsItWas() async throws {
+        let directory = TemporaryDirectory()
+        let queryID = try await crashedWithABatchInDoubt(directory)
+        let transport = upstream(log: { _ in .status(200, body: "") })
+        let restarted = try EngineFixture(transport: transport, spoolDirectory: directory)
+        await restarted.engine.settleInDoubt()
+        await restarted.drain()
+        #expect(transport.inserts.map(\.body) == ["(1),(2)"])
+        #expect(transport.inserts.first?.parameter("query_id") == queryID, "same id, so the same deduplication token")
+        #expect(restarted.spool?.undeliveredChunks == 0)
+        restarted.spool?.close()
+        let third = try EngineFixture(transport: ScriptedTransport(), spoolDirectory: directory)
+        #expect(third.engine.delivery.queuedBatches == 0)
+        await third.engine.settleInDoubt()
+        #expect(third.transport.requests.isEmpty, "nothing left in doubt")
+        third.spool?.close()
+    }
+
+    @Test func withoutAReadableQueryLogABatchInDoubtIsSentAgainAtLeastOnce() async throws {
+        let directory = TemporaryDirectory()
+        _ = try await crashedWithABatchInDoubt(directory)
+        let transport = upstream(log: { _ in .error(status: 404, code: 60, message: "Table system.query_log doesn't exist") })
+        let restarted = try EngineFixture(transport: transport, spoolDirectory: directory)
+        await restarted.engine.settleInDoubt()
+        await restarted.drain()
+        #expect(transport.inserts.map(\.body) == ["(1),(2)"])
+        let text = String(decoding: restarted.engine.prometheusText(), as: UTF8.self)
+        #expect(text.contains("batchhouse_in_doubt_batches_total{outcome=\"at_least_once\"} 1"))
+        restarted.spool?.close()
+    }
+
+    @Test func aBatchThatNeverReachedClickHouseIsNotInDoubt() async throws {
+        let directory = TemporaryDirectory()
+        do {
+            let fixture = try EngineFixture(transport: ScriptedTransport { _, _ in .failure(.connect) }, spoolDirectory: directory)
+            fixture.insert("INSERT INTO db.t VALUES (1)")
+            await fixture.drain()
+            fixture.spool?.close()
+        }
+        let (spool, recovery) = try Spool.open(directory: directory.path + "/spool", maxSize: 1 << 30)
+        defer { spool.close() }
+        #expect(recovery.chunks.count == 1)
+        #expect(recovery.inDoubt.isEmpty, "every attempt was refused a connection: replayed without asking")
+    }
+}
