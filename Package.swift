@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // Tests only: property-based checks with seeds and shrinking (Tests/BatchhouseSpoolTests/SpoolModelTests.swift).
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
     targets: [
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
@@ -69,7 +71,13 @@ let package = Package(
         .executableTarget(name: "batchhouse-microbench", dependencies: ["BatchhouseCore"], path: "Benchmarks/Microbench"),
         .testTarget(name: "BatchhouseCoreTests", dependencies: ["BatchhouseCore"]),
         .testTarget(name: "BatchhouseConfigTests", dependencies: ["BatchhouseConfig", "BatchhouseCore"]),
-        .testTarget(name: "BatchhouseSpoolTests", dependencies: ["BatchhouseSpool", "BatchhouseCore"]),
+        .testTarget(
+            name: "BatchhouseSpoolTests",
+            dependencies: [
+                "BatchhouseSpool", "BatchhouseCore",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
         .testTarget(
             name: "BatchhouseUpstreamTests",
             dependencies: ["BatchhouseUpstream", .product(name: "NIOCore", package: "swift-nio")]

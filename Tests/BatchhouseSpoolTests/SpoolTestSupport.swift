@@ -4,12 +4,12 @@ import Testing
 
 @testable import BatchhouseSpool
 
-/// A fresh directory under the system temp dir, removed by `remove()`.
+/// A fresh directory under the system temp dir (or `parent`), removed by `remove()`.
 struct TemporaryDirectory {
     let path: String
 
-    init() throws {
-        var template = Array((NSTemporaryDirectory() + "/batchhouse-spool-XXXXXX").utf8CString)
+    init(under parent: String = NSTemporaryDirectory()) throws {
+        var template = Array((parent + "/batchhouse-spool-XXXXXX").utf8CString)
         let created = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         try #require(created != nil)
         path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
