@@ -369,6 +369,16 @@ public final class Spool: Sendable {
             let wake = rollOverIfDelivered(&state)
             var removals = state.planRemovals()
             if wake { removals.wakeSyncThread = true }
+            // A carried record written by planRemovals can itself take a fully delivered active segment to
+            // rolloverSize: decide again, and reclaim the segment rolled over now in the same call.
+            let active = state.segments[state.activeIndex].number
+            if rollOverIfDelivered(&state) { removals.wakeSyncThread = true }
+            if state.segments[state.activeIndex].number != active {
+                let more = state.planRemovals()
+                removals.unlinkNow += more.unlinkNow
+                removals.resume += more.resume
+                if more.wakeSyncThread { removals.wakeSyncThread = true }
+            }
             var outcome = SpoolMarkOutcome.written
             if state.unwrittenMarkChunks > 0 {
                 outcome.unwrittenChunks = state.unwrittenMarkChunks

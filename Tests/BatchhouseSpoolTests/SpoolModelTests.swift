@@ -11,7 +11,7 @@ import Testing
 /// A failing run prints its shrunk configuration and command list, the original ones and a seed. `.fixedSeed(...)` on
 /// the test replays the seed while debugging, but never commit it: the trait reports an issue whenever the test
 /// passes, and a seed replays the same run only as long as the generators stay as they are. Keep the shrunk command
-/// list instead, as a named test calling ``SpoolModelRun/check(_:_:strict:)`` (see the regression cases below).
+/// list instead, as a named test calling ``SpoolModelRun/check(_:_:)`` (see the regression cases below).
 ///
 /// Adding a command: a case in ``SpoolCommand``, its generator in ``SpoolModelRun/commands``, its step in
 /// `SpoolModelRun.perform(_:)` (what the spool does and what the model expects), and, if it reads chunk data back,
@@ -81,12 +81,10 @@ struct SpoolModelTests {
     /// and without waiting for new rows" (docs/spool-and-acks.md). Found with seed
     /// `StSQNeX3cPZoVGQPfHPZcwbCaXmumBEqeJA5WMM1X/c=` (replaying it depends on the generators as they were).
     ///
-    /// Once fixed this test fails with "known issue was not recorded": drop `withKnownIssue` and the tolerance in
-    /// ``SpoolModelRun/checkFiles(rolloverCheckSaw:)``.
+    /// Fixed by deciding on the rollover again after `planRemovals` wrote its carried records.
     @Test func carriedRecordAfterTheRolloverCheck() async throws {
         let config = SpoolModelConfig(segmentSize: 1500, rolloverSize: 1000, maxSize: 1 << 30)
-        await withKnownIssue("a carried record takes a fully delivered active segment past rolloverSize, not rolled over") {
-            try await SpoolModelRun.check(
+        try await SpoolModelRun.check(
                 config,
                 [
                     .append(key: 0, size: 167, rows: 0, endsWithNewline: false),
@@ -100,9 +98,7 @@ struct SpoolModelTests {
                     .markDelivered([0]),
                     .append(key: 1, size: 663, rows: 0, endsWithNewline: false),
                     .markDelivered([0, 9]),
-                ],
-                strict: true)
-        }
+                ])
     }
 }
 
@@ -224,8 +220,6 @@ struct SpoolModelCoverage: CustomStringConvertible {
     var refusedFull = 0
     /// Reopens and crashes that recovered at least one chunk.
     var recoveriesWithChunks = 0
-    /// Hits of the known bug that ``SpoolModelTests/carriedRecordAfterTheRolloverCheck()`` keeps.
-    var knownCarryPastRollover = 0
 
     mutating func add(_ other: SpoolModelCoverage) {
         steps += other.steps
@@ -235,14 +229,12 @@ struct SpoolModelCoverage: CustomStringConvertible {
         reclaimedFiles += other.reclaimedFiles
         refusedFull += other.refusedFull
         recoveriesWithChunks += other.recoveriesWithChunks
-        knownCarryPastRollover += other.knownCarryPastRollover
     }
 
     var description: String {
         "\(steps) steps, \(rotations) rotations, \(rollovers) rollovers, \(carriedMarks) carried marks, "
             + "\(reclaimedFiles) reclaimed files, \(refusedFull) refused as full, "
-            + "\(recoveriesWithChunks) recoveries with chunks, "
-            + "\(knownCarryPastRollover) known carries past the rollover size"
+            + "\(recoveriesWithChunks) recoveries with chunks"
     }
 }
 
@@ -251,7 +243,9 @@ struct SpoolModelCoverage: CustomStringConvertible {
 /// The data of every recovered chunk, by id: the ONE place that reads chunk data out of a recovery. When recovery
 /// carries metadata only, this becomes the read-back from the segments (`Spool.readChunks`).
 func recoveredData(_ spool: Spool, _ recovery: SpoolRecovery) throws -> [UInt64: [UInt8]] {
-    Dictionary(uniqueKeysWithValues: recovery.chunks.map { ($0.id, $0.data) })
+    let read = spool.readChunks(recovery.chunks.map(\.id))
+    guard read.unreadable.isEmpty else { throw SpoolModelFailure(message: "unreadable chunks: \(read.unreadable)") }
+    return read.bodies.mapValues(\.data)
 }
 
 // MARK: - Running commands
@@ -259,7 +253,6 @@ func recoveredData(_ spool: Spool, _ recovery: SpoolRecovery) throws -> [UInt64:
 /// One run: a spool in its own temporary directory, the model beside it, and the checks after every step.
 final class SpoolModelRun {
     let config: SpoolModelConfig
-    let strict: Bool
     let root: TemporaryDirectory
     private(set) var directory: String
     private var spool: Spool
@@ -276,13 +269,11 @@ final class SpoolModelRun {
     private var lastAppendSegment: UInt64?
 
     /// Runs the commands and records an issue for the first step after which spool and model disagree.
-    /// - Parameter strict: also fail on the known bug that ``SpoolModelTests/carriedRecordAfterTheRolloverCheck()``
-    ///   keeps, instead of counting it in ``SpoolModelCoverage/knownCarryPastRollover``.
     @discardableResult
-    static func check(_ config: SpoolModelConfig, _ commands: [SpoolCommand], strict: Bool = false) async throws
+    static func check(_ config: SpoolModelConfig, _ commands: [SpoolCommand]) async throws
         -> SpoolModelCoverage
     {
-        let run = try SpoolModelRun(config, strict: strict)
+        let run = try SpoolModelRun(config)
         defer { run.finish() }
         for (index, command) in commands.enumerated() {
             run.step = "step \(index) \(command)"
@@ -296,9 +287,8 @@ final class SpoolModelRun {
         return run.coverage
     }
 
-    private init(_ config: SpoolModelConfig, strict: Bool) throws {
+    private init(_ config: SpoolModelConfig) throws {
         self.config = config
-        self.strict = strict
         root = try TemporaryDirectory(under: Self.memoryBacked ? "/dev/shm" : NSTemporaryDirectory())
         directory = root.path + "/spool-0"
         (spool, _) = try Self.open(directory, config)
@@ -349,7 +339,7 @@ final class SpoolModelRun {
                 : fileSize(segmentPath(activeAfter)) > seenByRolloverCheck
             if carried { coverage.carriedMarks += 1 }
             model.deliver(ids)
-            await checkFiles(rolloverCheckSaw: rolledOver ? nil : seenByRolloverCheck)
+            await checkFiles()
         case .waitDurable(let newest):
             guard !model.appended.isEmpty else { return }
             let position = model.appended[model.appended.count - 1 - newest % model.appended.count]
@@ -475,12 +465,7 @@ final class SpoolModelRun {
     ///
     /// A reclaimed file whose chunks' marks had to be carried forward is unlinked by the sync thread once the
     /// carried record is synced, so the files are given a moment to settle.
-    ///
-    /// `rolloverCheckSaw`: the active segment's size when markDelivered decided not to roll it over. A carried
-    /// record written after that decision can take it to `rolloverSize`, a known bug
-    /// (``SpoolModelTests/carriedRecordAfterTheRolloverCheck()``): unless the run is strict, that one case is counted
-    /// instead of failing.
-    private func checkFiles(rolloverCheckSaw: Int? = nil) async {
+    private func checkFiles() async {
         let active = activeSegment()
         let expected = model.liveSegments.union([active])
         var files = Set(segmentNumbers())
@@ -497,10 +482,6 @@ final class SpoolModelRun {
         let activeChunks = model.appended.filter { $0.segment == active }
         if !activeChunks.isEmpty && activeChunks.allSatisfy({ model.undelivered[$0.chunkID] == nil }) {
             let size = fileSize(segmentPath(active))
-            if !strict, size >= config.effectiveRolloverSize, let seen = rolloverCheckSaw, seen < config.effectiveRolloverSize {
-                coverage.knownCarryPastRollover += 1
-                return
-            }
             expect(
                 size < config.effectiveRolloverSize,
                 "active segment \(active) is fully delivered and holds \(size) bytes, "
@@ -559,4 +540,9 @@ extension SpoolModelRun {
     )
 
     static let commandLists = commands.array(of: 1...40)
+}
+
+struct SpoolModelFailure: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }
