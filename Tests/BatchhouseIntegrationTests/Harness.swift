@@ -13,6 +13,11 @@ import Testing
 enum TestEnvironment {
     static let clickHouseURL = ProcessInfo.processInfo.environment["CLICKHOUSE_URL"]
     static var hasClickHouse: Bool { clickHouseURL != nil }
+    /// The modern test upstream (ClickHouse 26.9's engine behind scripts/fixtures/chdb_http.py), when started.
+    static let modernURL = ProcessInfo.processInfo.environment["MODERN_URL"]
+    static var hasModern: Bool { modernURL != nil }
+    /// A second modern upstream that answers as a server without `system.query_log` (`--hide-query-log`).
+    static let modernWithoutQueryLogURL = ProcessInfo.processInfo.environment["MODERN_NOLOG_URL"]
     static let client = CurlClient(maxConnections: 64)
 }
 
@@ -78,8 +83,8 @@ struct TestDatabase: Sendable {
     let name: String
     let clickHouse: HTTPEndpoint
 
-    static func create() async throws -> TestDatabase {
-        let clickHouse = HTTPEndpoint(baseURL: TestEnvironment.clickHouseURL!)
+    static func create(on url: String? = nil) async throws -> TestDatabase {
+        let clickHouse = HTTPEndpoint(baseURL: url ?? TestEnvironment.clickHouseURL!)
         let name = "bh_\(UInt32.random(in: 0...UInt32.max))"
         try await clickHouse.sql("CREATE DATABASE \(name)")
         return TestDatabase(name: name, clickHouse: clickHouse)

@@ -19,7 +19,10 @@ struct ProcessIntegrationTests {
         let workDir: String
 
         /// `fileLimit`: the open-file limit (soft and hard) the proxy runs under, set by a shell's `ulimit -n`.
-        init(config: String, fileLimit: Int? = nil) throws {
+        /// `environment` is added to the test's own (e.g. `BATCHHOUSE_CRASH_AT`); `upstream` replaces ClickHouse 18.16.
+        init(
+            config: String, fileLimit: Int? = nil, environment: [String: String] = [:], upstream: String? = nil
+        ) throws {
             workDir = NSTemporaryDirectory() + "bh-proc-\(UInt32.random(in: 0...UInt32.max))"
             try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
             let configPath = workDir + "/batchhouse.yaml"
@@ -29,8 +32,11 @@ struct ProcessIntegrationTests {
             _ = FileManager.default.createFile(atPath: logFile, contents: nil)
             let executable = ProcessIntegrationTests.repo + "/.build/debug/batchhouse"
             let arguments = [
-                "--config", configPath, "--listen", "127.0.0.1:0", "--upstream", TestEnvironment.clickHouseURL!,
+                "--config", configPath, "--listen", "127.0.0.1:0", "--upstream", upstream ?? TestEnvironment.clickHouseURL!,
             ]
+            if !environment.isEmpty {
+                process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            }
             if let fileLimit {
                 process.executableURL = URL(fileURLWithPath: "/bin/sh")
                 process.arguments = ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", executable] + arguments
