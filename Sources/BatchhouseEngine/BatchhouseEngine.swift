@@ -173,6 +173,10 @@ package final class BatchhouseEngine: Sendable {
                             metadata: ["query_id": "\(doubt.queryID)", "reason": "\(reason.prefix(300))"])
                         break asking
                     case .running:
+                        if delivery.isClosed {
+                            inDoubt.withLock { $0.append((doubt, chunks)) }
+                            return
+                        }
                         await clock.sleep(for: .seconds(1))
                     case .unreachable(let reason):
                         if delivery.isClosed {

@@ -72,6 +72,22 @@ private func upstream(
         #expect(fixture.spool?.undeliveredChunks == 0)
     }
 
+    @Test func aLongBacklogDoesNotHoldBackANewHighPriorityBatch() async throws {
+        let transport = ScriptedTransport()
+        let fixture = try EngineFixture(
+            """
+            defaults: { max_rows: 1 }
+            tables: { db.low: { priority: 5 }, db.high: { priority: 1 } }
+            """, transport: transport, spool: true,
+            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+        for id in 0..<50 { fixture.insert("INSERT INTO db.low VALUES (\(id))") }
+        fixture.insert("INSERT INTO db.high VALUES (1000)")
+        #expect(fixture.engine.delivery.queuedBatches == 51)
+        await fixture.drain()
+        #expect(transport.inserts.first?.statement?.contains("`high`") == true, "sent before the backlog: \(transport.inserts.prefix(3).map { $0.statement ?? "" })")
+        #expect(transport.inserts.count == 51)
+    }
+
     @Test func rowsWhoseRecordIsDamagedOnDiskAreCountedAndTheRestGoes() async throws {
         let transport = ScriptedTransport()
         let fixture = try EngineFixture("defaults: { max_rows: 3 }", transport: transport, spool: true)
