@@ -48,6 +48,8 @@ public struct SealedBatch: Sendable {
         spooledBytes = data.count
         data = []
         bodyInSpool = true
+        // What stays is what a backlog costs in memory: no spare capacity from the appends.
+        if contributions.capacity > contributions.count { contributions = contributions.map { $0 } }
     }
 
     /// Every contribution has its rows in a spool chunk: the body may leave memory.
