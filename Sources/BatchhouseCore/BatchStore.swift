@@ -15,6 +15,44 @@ public struct Contribution: Sendable, Hashable {
     }
 }
 
+/// The requests of a batch whose rows are in the spool: per request its chunk id and row count, and the token of
+/// the few that wait for the batch (ack `flushed`). The compact form of `contributions` while a batch waits on disk.
+public struct SpooledContributions: Sendable {
+    public private(set) var chunks: [UInt64] = []
+    private var rowCounts: [UInt32] = []
+    /// By position in `chunks`.
+    private var tokens: [Int: UInt64] = [:]
+
+    public init() {}
+
+    /// Every contribution must have a spool chunk.
+    public init(_ contributions: [Contribution]) {
+        chunks.reserveCapacity(contributions.count)
+        rowCounts.reserveCapacity(contributions.count)
+        for contribution in contributions {
+            append(chunk: contribution.spoolChunk ?? 0, rows: contribution.rows, token: contribution.token)
+        }
+    }
+
+    public var count: Int { chunks.count }
+
+    public mutating func append(chunk: UInt64, rows: Int, token: UInt64) {
+        if token != 0 { tokens[chunks.count] = token }
+        chunks.append(chunk)
+        rowCounts.append(UInt32(clamping: rows))
+    }
+
+    public func rows(at index: Int) -> Int { Int(rowCounts[index]) }
+    public func token(at index: Int) -> UInt64 { tokens[index] ?? 0 }
+
+    /// As contributions, without byte ranges (the rows are not in memory).
+    public var expanded: [Contribution] {
+        chunks.indices.map {
+            Contribution(token: token(at: $0), spoolChunk: chunks[$0], range: 0..<0, rows: rows(at: $0))
+        }
+    }
+}
+
 /// A batch closed for appends, ready to go upstream as one INSERT.
 public struct SealedBatch: Sendable {
     /// Unique within the process; kept across retries.
@@ -31,9 +69,11 @@ public struct SealedBatch: Sendable {
     public var sealedAt: Instant
     /// The requests whose rows are in this batch, in order.
     public var contributions: [Contribution]
-    /// With a spool, a sealed batch's rows leave memory: `data` is empty and every contribution's spool chunk
-    /// holds its rows, until delivery reads them back (docs/spool-and-acks.md, "The spool as backlog").
+    /// With a spool, a sealed batch's rows leave memory: `data` is empty, `contributions` too, and `spooled` says
+    /// which spool chunks hold its rows, until delivery reads them back (docs/spool-and-acks.md, "The spool as
+    /// backlog").
     public var bodyInSpool = false
+    public var spooled = SpooledContributions()
     /// The bytes `data` held when its body went to the spool (what it will hold again once read back).
     public var spooledBytes = 0
     /// The query id it is sent under, kept across retries and, through the spool, across restarts; nil until
@@ -48,8 +88,9 @@ public struct SealedBatch: Sendable {
         spooledBytes = data.count
         data = []
         bodyInSpool = true
-        // What stays is what a backlog costs in memory: no spare capacity from the appends.
-        if contributions.capacity > contributions.count { contributions = contributions.map { $0 } }
+        // What stays is what a backlog costs in memory: 12 bytes a request, no spare capacity.
+        spooled = SpooledContributions(contributions)
+        contributions = []
     }
 
     /// Every contribution has its rows in a spool chunk: the body may leave memory.

@@ -134,8 +134,7 @@ package final class BatchhouseEngine: Sendable {
             open[chunk.key]!.rows += chunk.rows
             open[chunk.key]!.requests += 1
             open[chunk.key]!.spooledBytes += bytes
-            open[chunk.key]!.contributions.append(
-                Contribution(token: 0, spoolChunk: chunk.id, range: 0..<0, rows: chunk.rows))
+            open[chunk.key]!.spooled.append(chunk: chunk.id, rows: chunk.rows, token: 0)
         }
         return (sealed + open.values).sorted { $0.id < $1.id }
     }

@@ -117,6 +117,8 @@ package final class Delivery: Sendable {
         guard batch.bodyInSpool, let spool else { return await deliver(batch) }
         // Shutting down with the upstream unwell: the rows wait in the spool for the next start, unread.
         if isClosed && gateway.isDegraded {
+            // The report answers whoever waits for these rows, so it needs them as contributions again.
+            batch.contributions = batch.spooled.expanded
             settlement.deferred(batch, mayHaveLanded: false)
             return FlushReport(batch: batch, failures: [.init(part: batch, reason: .deferred(nil))])
         }
@@ -130,24 +132,26 @@ package final class Delivery: Sendable {
     /// `batch`'s rows from its spool chunks, joined as they were when it was sealed. Chunks whose record cannot be
     /// read back (damaged on disk since) are left out and returned as a failed part of their own.
     package static func readBack(_ batch: SealedBatch, from spool: Spool) -> (SealedBatch, FlushReport.Failure?) {
-        let chunks = batch.contributions.compactMap(\.spoolChunk)
-        let read = spool.readChunks(chunks)
+        let spooled = batch.spooled
+        let read = spool.readChunks(spooled.chunks)
         var buffer = BatchBuffer(format: batch.key.format, header: batch.key.header, reservingCapacity: batch.spooledBytes)
         var lostContributions: [Contribution] = []
         var reasons: [String] = []
-        for contribution in batch.contributions {
-            guard let chunk = contribution.spoolChunk, let body = read.bodies[chunk] else {
-                lostContributions.append(contribution)
-                if let chunk = contribution.spoolChunk, let reason = read.unreadable[chunk] { reasons.append(reason) }
+        for (index, chunk) in spooled.chunks.enumerated() {
+            guard let body = read.bodies[chunk] else {
+                lostContributions.append(
+                    Contribution(token: spooled.token(at: index), spoolChunk: chunk, range: 0..<0, rows: spooled.rows(at: index)))
+                if let reason = read.unreadable[chunk] { reasons.append(reason) }
                 continue
             }
             body.data.withUnsafeBytes {
                 buffer.append(
-                    $0, rows: contribution.rows, endsWithNewline: body.endsWithNewline, token: contribution.token,
-                    spoolChunk: chunk)
+                    $0, rows: spooled.rows(at: index), endsWithNewline: body.endsWithNewline,
+                    token: spooled.token(at: index), spoolChunk: chunk)
             }
         }
         var loaded = batch
+        loaded.spooled = SpooledContributions()
         loaded.bodyInSpool = false
         loaded.spooledBytes = 0
         loaded.data = buffer.data
@@ -156,6 +160,7 @@ package final class Delivery: Sendable {
         loaded.contributions = buffer.contributions
         guard !lostContributions.isEmpty else { return (loaded, nil) }
         var lost = batch
+        lost.spooled = SpooledContributions()
         lost.bodyInSpool = false
         lost.spooledBytes = 0
         lost.data = []

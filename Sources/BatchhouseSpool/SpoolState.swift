@@ -14,6 +14,75 @@ struct ChunkSlot {
     var length: Int
 }
 
+/// The undelivered chunks of one segment, by id. A segment's ids are increasing, so this is a flat table indexed
+/// from its lowest id rather than a hash table: 16 bytes a chunk, the part of a backlog that stays in memory while its
+/// rows wait on disk. A delivered chunk leaves a hole until its segment is reclaimed (or the hole reaches an end).
+struct SlotTable {
+    private var base: UInt64 = 0
+    private var offsets: [Int] = []
+    /// 0 for a hole: a record is never empty.
+    private var lengths: [Int] = []
+    private(set) var count = 0
+
+    var isEmpty: Bool { count == 0 }
+
+    subscript(id: UInt64) -> ChunkSlot? {
+        get {
+            guard id >= base, id - base < UInt64(lengths.count) else { return nil }
+            let index = Int(id - base)
+            return lengths[index] == 0 ? nil : ChunkSlot(offset: offsets[index], length: lengths[index])
+        }
+        set {
+            guard let newValue, newValue.length > 0 else {
+                _ = removeValue(forKey: id)
+                return
+            }
+            if lengths.isEmpty {
+                base = id
+            } else if id < base {
+                // Out of order (files moved by hand): make room in front.
+                let gap = Int(base - id)
+                offsets.insert(contentsOf: repeatElement(0, count: gap), at: 0)
+                lengths.insert(contentsOf: repeatElement(0, count: gap), at: 0)
+                base = id
+            }
+            let index = Int(id - base)
+            if index >= lengths.count {
+                let gap = index - lengths.count + 1
+                offsets.append(contentsOf: repeatElement(0, count: gap))
+                lengths.append(contentsOf: repeatElement(0, count: gap))
+            }
+            if lengths[index] == 0 { count += 1 }
+            offsets[index] = newValue.offset
+            lengths[index] = newValue.length
+        }
+    }
+
+    mutating func removeValue(forKey id: UInt64) -> ChunkSlot? {
+        guard let slot = self[id] else { return nil }
+        let index = Int(id - base)
+        lengths[index] = 0
+        count -= 1
+        if count == 0 {
+            offsets = []
+            lengths = []
+            base = 0
+        } else if index == lengths.count - 1 {
+            // Holes at the end go at once.
+            var end = lengths.count
+            while end > 0 && lengths[end - 1] == 0 { end -= 1 }
+            offsets.removeSubrange(end...)
+            lengths.removeSubrange(end...)
+        }
+        return slot
+    }
+
+    /// The ids held, in increasing order.
+    var keys: [UInt64] {
+        lengths.indices.compactMap { lengths[$0] == 0 ? nil : base + UInt64($0) }
+    }
+}
+
 /// A batch being sent: its `sending` record, kept so it can be written again (carried forward) when the segment
 /// holding it is reclaimed while the batch is still in flight.
 struct SendingEntry {
@@ -37,7 +106,7 @@ struct SegmentState {
     var needsDirectorySync: Bool
     /// Chunks in this segment not yet delivered, with where their records are. A few dozen bytes per chunk: the
     /// part of a backlog that stays in memory while its rows wait on disk.
-    var undelivered: [UInt64: ChunkSlot] = [:]
+    var undelivered = SlotTable()
     /// The span of chunk ids written to this segment, delivered or not.
     var firstID: UInt64?
     var lastID: UInt64?
