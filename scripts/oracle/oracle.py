@@ -7,7 +7,8 @@ For each mode's table it reads every row straight from ClickHouse and counts:
 - landed: acknowledged ids present in the table;
 - lost: acknowledged ids absent, split into `allowed_lost` (the scenario's documented guarantee lets exactly
   these go, e.g. the ids of a spool record the suite damaged) and the rest;
-- duplicated: ids present more than once (any id, acknowledged or not: nothing may land twice);
+- duplicated: ids present more than once (any id, acknowledged or not: nothing may land twice), and of those
+  how many are inside the at-least-once window of a crash (`window`, see check_mode);
 - damaged: ids whose payload or date is not the one derived from the id;
 - unexpected: ids present that no request ever carried;
 - bad_landed / bad_dead_lettered: the refused rows that landed (must be 0) and those found in the dead-letter
@@ -61,9 +62,11 @@ def requested(entries, mode):
     return acknowledged, sent, bad, refused_full, wrong_ack
 
 
-def check_mode(mode, entries, rows, payload_length, allowed_lost=(), dead_letters=None, extra_ids=()):
+def check_mode(mode, entries, rows, payload_length, allowed_lost=(), dead_letters=None, extra_ids=(), window=None):
     """`rows`: {id: [(payload, date, count)]} from ClickHouse. `extra_ids`: ids the scenario inserted besides
-    the load (a warm-up row, the fresh rows after the fault; checked by the caller), left out of the counts."""
+    the load (a warm-up row, the fresh rows after the fault; checked by the caller), left out of the counts.
+    `window`: {id: n} ids that were in ClickHouse but not marked delivered in the spool when the proxy was
+    killed, n the number of such kills: each may replay them once, so up to 1 + n copies are "in the window"."""
     acknowledged, sent, bad, refused_full, wrong_ack = requested(entries, mode)
     allowed_lost = set(allowed_lost)
     dead_letters = dead_letters or {}
@@ -77,6 +80,8 @@ def check_mode(mode, entries, rows, payload_length, allowed_lost=(), dead_letter
             for group_payload, group_date, _ in groups)
     )
     duplicated = sorted(row_id for row_id, count in present.items() if count > 1)
+    window = window or {}
+    outside_window = [row_id for row_id in duplicated if present[row_id] > 1 + window.get(row_id, 0)]
     result = {
         "mode": mode,
         "sent": len(sent),
@@ -87,6 +92,9 @@ def check_mode(mode, entries, rows, payload_length, allowed_lost=(), dead_letter
         "allowed_lost_landed": len(allowed_lost & acknowledged & set(present)),
         "duplicated": len(duplicated),
         "duplicate_rows": sum(present[i] - 1 for i in duplicated),
+        "duplicated_in_window": len(duplicated) - len(outside_window),
+        "duplicated_outside_window": len(outside_window),
+        "window": len(window),
         "damaged": len(damaged),
         "unexpected": len(set(present) - sent),
         "unacknowledged_landed": len((set(present) & sent) - acknowledged - bad),
@@ -100,6 +108,7 @@ def check_mode(mode, entries, rows, payload_length, allowed_lost=(), dead_letter
         "examples": {
             "lost": sorted(lost - allowed_lost)[:10],
             "duplicated": duplicated[:10],
+            "duplicated_outside_window": outside_window[:10],
             "damaged": damaged[:10],
         },
     }
