@@ -15,6 +15,7 @@ For each mode's table it reads every row straight from ClickHouse and counts:
   folder;
 - refused_landed: ids of requests the proxy refused for a full spool (503, code 243: "nothing written") that
   landed anyway;
+- answers: requests per status (and ClickHouse code: "503/243"; 0 is no answer at all);
 - unacknowledged_landed: ids not acknowledged that landed anyway (allowed: a request cut off by a crash may or
   may not land).
 """
@@ -82,8 +83,14 @@ def check_mode(mode, entries, rows, payload_length, allowed_lost=(), dead_letter
     duplicated = sorted(row_id for row_id, count in present.items() if count > 1)
     window = window or {}
     outside_window = [row_id for row_id in duplicated if present[row_id] > 1 + window.get(row_id, 0)]
+    answers = {}
+    for entry in entries:
+        if entry["mode"] == mode:
+            key = str(entry["status"]) + ("/%s" % entry["code"] if entry.get("code") is not None else "")
+            answers[key] = answers.get(key, 0) + 1
     result = {
         "mode": mode,
+        "answers": dict(sorted(answers.items())),
         "sent": len(sent),
         "acknowledged": len(acknowledged),
         "landed": len(landed),

@@ -674,6 +674,9 @@ def print_result(result):
                      "bad_dead_lettered", "refused_full", "refused_landed", "unexpected", "wrong_ack_header"):
             if figures.get(name):
                 extra.append("%s %d" % (name.replace("_", " "), figures[name]))
+        answers = {key: count for key, count in figures.get("answers", {}).items() if key != "200"}
+        if answers:
+            extra.append("other answers " + " ".join("%s×%d" % item for item in answers.items()))
         print("   %-9s acknowledged %6d  landed %6d  lost %4d  duplicated %4d  fresh row %s%s" % (
             mode, figures["acknowledged"], figures["landed"], figures["lost"], figures["duplicated"],
             figures["fresh_row"], ("  (" + ", ".join(extra) + ")") if extra else ""))
