@@ -763,6 +763,12 @@ def main():
             print_result(result)
             results.append(result)
     finally:
+        # Interrupted (Ctrl-C) inside a scenario: stop what it started before its folder goes.
+        if context.current is not None:
+            if context.current.load is not None:
+                context.current.load.stop(wait=False)
+            if context.current.proxy.alive():
+                context.current.proxy.kill()
         if os.environ.get("FAULT_SUITE_KEEP") == "1":
             log("work folder kept: %s" % context.work)
         else:
