@@ -11,7 +11,8 @@ It reads each HTTP/1.1 request (head, then a Content-Length or chunked body), so
 - `refuse`: close every connection as soon as it is accepted (ClickHouse unreachable).
 
 The mode can be changed at any time (`set_mode`) or follow a schedule of (seconds from start, mode) steps. A
-request is handled by the mode current when its head arrived. Counts per mode are kept in `stats`.
+request is handled by the mode current when its head arrived. Counts per mode are kept in `stats`
+(`drop_mid_body`: the dropped requests that had a body, cut after half of it).
 
 Run alone: python3 faultproxy.py --listen 18123 --upstream 127.0.0.1:8123 --schedule 0=pass,3=error503,5=pass
 """
@@ -109,6 +110,7 @@ class FaultProxy:
         self.mode = "pass"
         self.delay_per_kb = 0.002
         self.stats = {mode: 0 for mode in MODES}
+        self.stats["drop_mid_body"] = 0  # requests with a body cut after half of it
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._schedule_thread = None
@@ -221,6 +223,9 @@ class FaultProxy:
                 if mode == "drop":
                     length = int(headers.get("content-length", "0") or 0)
                     half = max(1, length // 2) if length else 64
+                    if length or "chunked" in headers.get("transfer-encoding", "").lower():
+                        with self._lock:
+                            self.stats["drop_mid_body"] += 1
                     sent = 0
                     for piece in _body_pieces(reader, headers):
                         piece = piece[: half - sent]

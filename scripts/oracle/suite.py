@@ -461,18 +461,19 @@ def clickhouse_flaky(context):
     faults = FaultProxy("127.0.0.1", upstream_port)
     run = Run(context, "clickhouse-flaky",
               "a fault proxy in front of ClickHouse: 1 s pass, 1.5 s slow (5 ms per KiB), 1.5 s of 503 "
-              "(X-ClickHouse-Exception-Code 202), 0.5 s pass, 1 s of connections dropped mid-request, then pass",
+              "(X-ClickHouse-Exception-Code 202), 1.5 s pass, 1.5 s of connections dropped mid-request, then pass",
               "no acknowledged id lost, none twice, a fresh row lands")
     try:
         run.create_tables()
         run.write_config(faults.url)
         run.start_proxy()
         run.start_load()
-        schedule = [(1.0, "slow", 0.005), (2.5, "error503"), (4.0, "pass"), (4.5, "drop"), (5.5, "pass")]
+        # The pass between the 503s and the drops lets the proxy's breaker close again (it pings every second).
+        schedule = [(1.0, "slow", 0.005), (2.5, "error503"), (4.0, "pass"), (5.5, "drop"), (7.0, "pass")]
         faults.run_schedule(schedule).join()
         time.sleep(1.5)
         run.note("fault proxy requests per mode: %s" % json.dumps(faults.stats))
-        for mode in ("slow", "error503", "drop"):
+        for mode in ("slow", "error503", "drop_mid_body"):
             if not faults.stats[mode]:
                 run.fail("no upstream request met the %s fault" % mode)
         run.finish()
@@ -554,9 +555,10 @@ def spool_damage(kind):
     def scenario(context):
         if kind == "torn":
             fault = ("the newest segment truncated in the middle of its last record of an enqueued or durable "
-                     "table (what follows it goes too)")
+                     "table whose rows were acknowledged (the records after it go too)")
         else:
-            fault = "4 bytes flipped in the middle of the data of one record (of an enqueued or durable table)"
+            fault = ("4 bytes flipped in the middle of the data of one record of an enqueued or durable table whose "
+                     "rows were acknowledged")
         run = Run(context, "spool-" + kind,
                   "rows held in the spool (ClickHouse unreachable), proxy SIGKILLed, then %s; restart with "
                   "ClickHouse back" % fault,
@@ -603,9 +605,16 @@ def damage_spool(run, kind):
     records = spoolfmt.read_spool(run.spool_dir)
     chunks = [r for r in records if r.kind == spoolfmt.CHUNK and r.valid]
     table_mode = {table.split(".", 1)[1]: mode for mode, table in run.tables.items()}
-    candidates = [r for r in chunks if table_mode.get(r.table) in ("enqueued", "durable") and r.ids]
+    # Records whose rows were all acknowledged: the record the proxy was writing when it was killed usually was
+    # not (its client never got an answer), and damaging only that would show nothing.
+    acknowledged = set()
+    for entry in read_record(run.record_path):
+        if entry["status"] == 200:
+            acknowledged.update(range(entry["first"], entry["first"] + entry["count"]))
+    candidates = [r for r in chunks if table_mode.get(r.table) in ("enqueued", "durable") and r.ids
+                  and acknowledged.issuperset(r.ids)]
     if not candidates:
-        raise ScenarioError("no spooled chunk of an enqueued or durable table to damage")
+        raise ScenarioError("no spooled chunk of an enqueued or durable table with acknowledged rows to damage")
     run.note("spool before the damage: %d chunk records in %d segments" % (
         len(chunks), len(spoolfmt.segment_files(run.spool_dir))))
     damaged = {}
