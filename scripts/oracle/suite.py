@@ -35,11 +35,12 @@ import spoolfmt  # noqa: E402
 MODES = ("enqueued", "durable", "flushed")
 FRESH_BASE = 9_000_000_000
 WARM_BASE = 8_000_000_000
-# Points wired in another branch while this suite was written: never reaching them is "skipped: not wired".
-MAYBE_UNWIRED = {"after-sending-mark", "during-recovery"}
-# after-commit and during-recovery always expect exactly once; FAULT_SUITE_EXACTLY_ONCE=1 makes every crash point
-# do so (once the proxy closes the commit-to-mark window, a duplicate at any point is a failure).
-EXACTLY_ONCE = os.environ.get("FAULT_SUITE_EXACTLY_ONCE") == "1"
+# Every crash point must be reached; a binary without one fails its scenario.
+MAYBE_UNWIRED = set()
+# Every crash point expects exactly once: batches in flight at a kill are settled through system.query_log at the
+# next start (docs/spool-and-acks.md, "Exactly once"). FAULT_SUITE_EXACTLY_ONCE=0 judges the points other than
+# after-commit and during-recovery against the at-least-once window instead (what a build without that check does).
+EXACTLY_ONCE = os.environ.get("FAULT_SUITE_EXACTLY_ONCE", "1") == "1"
 
 
 class Context:
@@ -141,6 +142,10 @@ class Run:
 
     def start_proxy(self, crash_at=None):
         if not self.proxy.start(crash_at=crash_at):
+            # An armed point may be reached before the proxy answers its first /ping (during-recovery: a replayed
+            # batch lands at once); wait_for_crash then finds it dead.
+            if crash_at and self.proxy.wait_exit(1) == -signal.SIGKILL:
+                return
             raise ScenarioError("the proxy did not start (log: %s)" % self.proxy.log_paths[-1])
 
     def warm_up(self):
