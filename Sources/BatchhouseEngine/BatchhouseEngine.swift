@@ -89,7 +89,10 @@ package final class BatchhouseEngine: Sendable {
         var doubts: [(batch: InDoubtBatch, chunks: [SpooledChunk])] = []
         for doubt in recovery.inDoubt {
             let chunks = doubt.chunks.compactMap(chunk).filter { !held.contains($0.id) }
-            guard !chunks.isEmpty else { continue }
+            guard !chunks.isEmpty else {
+                spool?.finishSending(queryID: doubt.queryID)
+                continue
+            }
             held.formUnion(chunks.map(\.id))
             doubts.append((doubt, chunks))
         }
@@ -148,7 +151,12 @@ package final class BatchhouseEngine: Sendable {
             return doubts
         }
         guard let spool, !doubts.isEmpty else { return }
-        for (doubt, chunks) in doubts {
+        for (index, (doubt, chunks)) in doubts.enumerated() {
+            if delivery.isClosed {
+                // Still in the spool, still in doubt: the next start asks again.
+                inDoubt.withLock { $0 += doubts[index...] }
+                return
+            }
             let identity = chunks[0].key.identity
             var outcome = SettledOutcome.atLeastOnce
             var note = "\(chunks.count) chunk\(chunks.count == 1 ? "" : "s"), \(chunks.reduce(0) { $0 + $1.rows }) rows"
@@ -173,14 +181,14 @@ package final class BatchhouseEngine: Sendable {
                         break asking
                     case .running:
                         if delivery.isClosed {
-                            inDoubt.withLock { $0.append((doubt, chunks)) }
+                            inDoubt.withLock { $0 += doubts[index...] }
                             return
                         }
                         await clock.sleep(for: .seconds(1))
                     case .unreachable(let reason):
                         if delivery.isClosed {
                             // Still in the spool, still in doubt: the next start asks again.
-                            inDoubt.withLock { $0.append((doubt, chunks)) }
+                            inDoubt.withLock { $0 += doubts[index...] }
                             return
                         }
                         logger.info(
@@ -207,9 +215,15 @@ package final class BatchhouseEngine: Sendable {
                 continue
             }
             // The same rows under the same query id (and so the same deduplication token), or, when some were
-            // delivered since, the rest as an ordinary batch.
+            // delivered since, the rest as an ordinary batch (this one is then no longer in doubt).
             let batches = backlogBatches(chunks, queryID: doubt.complete ? doubt.queryID : nil)
-            if !doubt.complete { spool.finishSending(queryID: doubt.queryID) }
+            if !doubt.complete {
+                spool.recordSettled(queryID: doubt.queryID, outcome: .notSent, note: "the rest went as a new batch")
+                spool.finishSending(queryID: doubt.queryID)
+            } else if gateway.capabilities == nil {
+                // The token goes only where the version is known to take it: learn it before the resend.
+                await gateway.probeVersion(logger: logger)
+            }
             buffering.countBacklog(batches)
             delivery.submit(batches)
         }

@@ -10,10 +10,6 @@ package final class Buffering: Sendable {
     /// Bytes admitted for one request, held until its rows are appended or it is refused.
     package struct Reservation: Sendable {
         package let bytes: Int
-
-        /// For rows read back from the spool at start: they were accepted before, so they are appended whatever
-        /// the budget says.
-        package static let alreadyAccepted = Reservation(bytes: 0)
     }
 
     package enum Admission: Sendable {

@@ -103,15 +103,16 @@ package final class Delivery: Sendable {
 
     private func work() async {
         while let batch = await next() {
-            settlement.settle(await deliverQueued(batch))
+            if let report = await deliverQueued(batch) { settlement.settle(report) }
         }
     }
 
     /// The query id of batch `id`, made unique to this process.
     package func queryID(for id: UInt64) -> String { "batchhouse-\(instance)-\(id)" }
 
-    /// A batch from the queue: its rows read back from the spool first if they are there.
-    package func deliverQueued(_ queued: SealedBatch) async -> FlushReport {
+    /// A batch from the queue: its rows read back from the spool first if they are there. Nil when the spool could
+    /// not be read for now (a failed system call, not damage): the batch is queued again after a pause.
+    package func deliverQueued(_ queued: SealedBatch) async -> FlushReport? {
         var batch = queued
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
         guard batch.bodyInSpool, let spool else { return await deliver(batch) }
@@ -119,10 +120,23 @@ package final class Delivery: Sendable {
         if isClosed && gateway.isDegraded {
             // The report answers whoever waits for these rows, so it needs them as contributions again.
             batch.contributions = batch.spooled.expanded
-            settlement.deferred(batch, mayHaveLanded: false)
+            // Not sent by this process; a `sending` record it has (a batch in doubt from before) stays as it is.
+            settlement.deferred(batch, mayHaveLanded: true)
             return FlushReport(batch: batch, failures: [.init(part: batch, reason: .deferred(nil))])
         }
-        let (loaded, lost) = Self.readBack(batch, from: spool)
+        let read = spool.readChunks(batch.spooled.chunks)
+        if !read.failed.isEmpty {
+            settlement.readBackFailed(batch, reason: read.failed.values.first ?? "")
+            await pause(for: .seconds(1))
+            if isClosed {
+                batch.contributions = batch.spooled.expanded
+                settlement.deferred(batch, mayHaveLanded: true)
+                return FlushReport(batch: batch, failures: [.init(part: batch, reason: .deferred(nil))])
+            }
+            submit(queued)
+            return nil
+        }
+        let (loaded, lost) = Self.readBack(batch, read)
         settlement.readBack(batch, as: loaded, lost: lost)
         var report = loaded.rows > 0 || lost == nil ? await deliver(loaded) : FlushReport(batch: loaded)
         if let lost { report.failures.append(lost) }
@@ -131,9 +145,8 @@ package final class Delivery: Sendable {
 
     /// `batch`'s rows from its spool chunks, joined as they were when it was sealed. Chunks whose record cannot be
     /// read back (damaged on disk since) are left out and returned as a failed part of their own.
-    package static func readBack(_ batch: SealedBatch, from spool: Spool) -> (SealedBatch, FlushReport.Failure?) {
+    package static func readBack(_ batch: SealedBatch, _ read: SpoolReadOutcome) -> (SealedBatch, FlushReport.Failure?) {
         let spooled = batch.spooled
-        let read = spool.readChunks(spooled.chunks)
         var buffer = BatchBuffer(format: batch.key.format, header: batch.key.header, reservingCapacity: batch.spooledBytes)
         var lostContributions: [Contribution] = []
         var reasons: [String] = []
@@ -252,6 +265,8 @@ package final class Delivery: Sendable {
         // The last attempt may have reached ClickHouse without an answer coming back (a timeout, a reset): before
         // sending the rows again, ask whether that query finished (docs/spool-and-acks.md, "Exactly once").
         var unsure = false
+        // Some attempt may have landed and no answer since says it did not: a deferral must leave the batch in doubt.
+        var mayHaveLanded = false
         while true {
             if unsure, let queryID = part.queryID {
                 switch await settledUpstream(queryID: queryID, part: part) {
@@ -259,8 +274,9 @@ package final class Delivery: Sendable {
                     settlement.landed(
                         part, whole: part.id < Self.firstPartID, attempts: attempt, elapsed: clock.now() - started)
                     return .landed
-                case .send:
+                case .send(let definitive):
                     unsure = false
+                    if definitive { mayHaveLanded = false }
                 case .unreachable:
                     // Sending now could land the rows a second time: wait until the question can be answered.
                     if isClosed { return .deferred(lastError, mayHaveLanded: true) }
@@ -283,6 +299,7 @@ package final class Delivery: Sendable {
             if case .failure(let error) = result, error.kind != .cancelled { lastError = error }
             if spool != nil, case .failure(let error) = result, error.kind == .timeout || error.kind == .transport {
                 unsure = true
+                mayHaveLanded = true
             }
             let decision = policy.decide(answer, attempt: attempt, closing: isClosed, jitter: jitter())
             switch (decision, result) {
@@ -302,7 +319,7 @@ package final class Delivery: Sendable {
             case (.deferToSpool, .failure(let error)) where error.kind == .cancelled:
                 return .deferred(error, mayHaveLanded: true)
             case (.deferToSpool, _):
-                return .deferred(lastError, mayHaveLanded: unsure)
+                return .deferred(lastError, mayHaveLanded: mayHaveLanded)
             case (.retry(let backoff), _):
                 let failure: String
                 switch result {
@@ -324,8 +341,8 @@ extension Delivery {
     fileprivate enum UpstreamKnowledge {
         /// The query finished: the rows are in.
         case finished
-        /// It did not finish (or it cannot be told): send the rows.
-        case send
+        /// It did not finish (`definitive`), or it cannot be told: send the rows.
+        case send(definitive: Bool)
         /// No server answered: ask again before the next attempt.
         case unreachable
     }
@@ -338,10 +355,10 @@ extension Delivery {
                 settlement.foundFinished(part, queryID: queryID)
                 return .finished
             case .failed, .absent:
-                return .send
+                return .send(definitive: true)
             case .unknown(let reason):
                 settlement.outcomeUnknown(part, queryID: queryID, reason: reason)
-                return .send
+                return .send(definitive: false)
             case .unreachable:
                 return .unreachable
             case .running:

@@ -56,11 +56,9 @@ package struct FlushReport: Sendable {
             if stays { kept.formUnion(failure.part.contributions.compactMap(\.spoolChunk)) }
         }
         // Parts with no rows of the batch's own (unreadable ones) are settled too.
-        let extra = failures.flatMap { failure in
-            failure.part.contributions.compactMap(\.spoolChunk).filter { id in
-                !batch.contributions.contains { $0.spoolChunk == id }
-            }
-        }
-        return (batch.contributions.compactMap(\.spoolChunk) + extra).filter { !kept.contains($0) }
+        let own = batch.contributions.compactMap(\.spoolChunk)
+        let ownSet = Set(own)
+        let extra = failures.flatMap { $0.part.contributions.compactMap(\.spoolChunk) }.filter { !ownSet.contains($0) }
+        return (own + extra).filter { !kept.contains($0) }
     }
 }

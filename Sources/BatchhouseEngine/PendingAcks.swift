@@ -29,9 +29,11 @@ package final class PendingAcks: Sendable {
         _ = state.withLock { $0.waiting.removeValue(forKey: token) }
     }
 
-    /// Answers every request with rows in `report`'s batch.
+    /// Answers every request with rows in `report`'s batch, or in a failed part of it (rows whose spool record
+    /// could not be read back are in no batch).
     package func resolve(_ report: FlushReport) {
-        let tokens = Set(report.batch.contributions.lazy.map(\.token).filter { $0 != 0 })
+        var tokens = Set(report.batch.contributions.lazy.map(\.token).filter { $0 != 0 })
+        for failure in report.failures { tokens.formUnion(failure.part.contributions.lazy.map(\.token).filter { $0 != 0 }) }
         guard !tokens.isEmpty else { return }
         let callbacks: [(UInt64, Callback)] = state.withLock { state in
             tokens.compactMap { token in state.waiting.removeValue(forKey: token).map { (token, $0) } }

@@ -133,6 +133,13 @@ package final class Settlement: Sendable {
             ])
     }
 
+    /// The spool could not be read for `batch` just now (a failed system call): it is tried again.
+    package func readBackFailed(_ batch: SealedBatch, reason: String) {
+        logger.error(
+            "cannot read a batch back from the spool; trying again in 1 s",
+            metadata: ["table": "\(batch.key.qualifiedTable)", "batch": "\(batch.id)", "error": "\(reason.prefix(300))"])
+    }
+
     /// The spool could not record that `batch` is being sent (a full disk): a crash before its outcome is known
     /// would send it again.
     package func sendingNotRecorded(_ batch: SealedBatch) {
@@ -165,6 +172,7 @@ package final class Settlement: Sendable {
     package func deferred(_ part: SealedBatch, mayHaveLanded: Bool) {
         if let spool, !mayHaveLanded, let queryID = part.queryID, spool.isSending(queryID: queryID) {
             spool.recordSettled(queryID: queryID, outcome: .notSent, note: "")
+            spool.finishSending(queryID: queryID)
         }
         logger.warning(
             "batch not delivered before shutdown; it stays in the spool for the next start",

@@ -115,7 +115,9 @@ package final class UpstreamGateway: Sendable {
         let upstream = self.upstream
         var url = Self.trimmed(server) + "/?query=" + QueryString.encode(batch.statement)
         var seen = Set<String>()
-        var settings = batch.settings + upstream.settings
+        // The proxy's own settings come first (the first occurrence of a name wins): exactly once depends on them,
+        // so neither a client's nor `upstream.settings` can turn them off.
+        var settings: [Setting] = []
         if let queryID = batch.queryID { settings.append(Setting(name: "query_id", value: queryID)) }
         if batch.logQueries { settings.append(Setting(name: "log_queries", value: "1")) }
         if let token = batch.queryID ?? batch.batchID.map({ "batchhouse-\(instance)-\($0)" }),
@@ -126,6 +128,7 @@ package final class UpstreamGateway: Sendable {
             // MergeTree with `non_replicated_deduplication_window`).
             settings.append(Setting(name: "insert_deduplication_token", value: token))
         }
+        settings += batch.settings + upstream.settings
         for setting in settings where seen.insert(setting.name).inserted {
             url += "&" + QueryString.encode(setting.name) + "=" + QueryString.encode(setting.value)
         }
@@ -246,6 +249,25 @@ package final class UpstreamGateway: Sendable {
                     return .failure(error)
                 }
             }
+            // Still running (an attempt the proxy gave up on, or one whose client died): wait for it. Asked before
+            // the log is flushed, so a query that ends meanwhile shows in the log.
+            func running() async -> Bool? {
+                guard case .success(let processes) = await run(
+                    "SELECT count() FROM system.processes WHERE query_id = \(quoted) FORMAT TSV"),
+                    processes.status == 200, processes.code == nil
+                else { return nil }
+                return Int(processes.text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0
+            }
+            switch await running() {
+            case .some(true):
+                answers.append(.running)
+                continue
+            case .some(false):
+                break
+            case nil:
+                answers.append(.unknown("system.processes cannot be read on \(redacted(server))"))
+                continue
+            }
             switch await run("SYSTEM FLUSH LOGS", post: true) {
             case .failure(let error):
                 answers.append(.unreachable("\(error.kind) at \(redacted(server)): \(error.message)"))
@@ -260,8 +282,10 @@ package final class UpstreamGateway: Sendable {
             case .success:
                 break
             }
+            // Every attempt of a batch used the same query id: one QueryFinish among them is enough. The date bound
+            // keeps the scan to the log's recent partitions.
             let logged = await run(
-                "SELECT toString(type) FROM system.query_log WHERE query_id = \(quoted) AND event_date >= yesterday() FORMAT TSV")
+                "SELECT toString(type) FROM system.query_log WHERE query_id = \(quoted) AND event_date >= today() - 30 FORMAT TSV")
             guard case .success(let log) = logged else {
                 if case .failure(let error) = logged { answers.append(.unreachable("\(error.kind): \(error.message)")) }
                 continue
@@ -271,22 +295,15 @@ package final class UpstreamGateway: Sendable {
                 answers.append(.unknown("system.query_log cannot be read on \(redacted(server)): \(reason)"))
                 continue
             }
-            let types = Set(log.text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
-            if types.contains("QueryFinish") || types.contains("2") {
-                return .finished
-            }
-            if types.contains("ExceptionWhileProcessing") || types.contains("ExceptionBeforeStart") || types.contains("3")
-                || types.contains("4")
-            {
-                answers.append(.failed)
+            let types = log.text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            if types.contains("QueryFinish") || types.contains("2") { return .finished }
+            // A start without an end: running after all (started between the two questions), or its server stopped.
+            if await running() == true {
+                answers.append(.running)
                 continue
             }
-            let running = await run("SELECT count() FROM system.processes WHERE query_id = \(quoted) FORMAT TSV")
-            if case .success(let processes) = running, processes.status == 200, processes.code == nil {
-                answers.append(Int(processes.text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0 ? .running : .absent)
-            } else {
-                answers.append(.unknown("system.processes cannot be read on \(redacted(server))"))
-            }
+            let failed = types.contains { ["ExceptionWhileProcessing", "ExceptionBeforeStart", "3", "4"].contains($0) }
+            answers.append(failed ? .failed : .absent)
         }
         // Finished anywhere has returned above; then the most cautious answer wins.
         if answers.contains(.running) { return .running }

@@ -4,8 +4,8 @@ import BatchhouseCore
 ///
 /// Segments are read newest first: a `delivered` record is always written after its chunk, so in
 /// the chunk's segment or a newer one. By the time a segment is read, every delivery of its chunks
-/// is known, and only undelivered chunks are decoded and kept, without their data: memory holds a few dozen bytes
-/// per chunk to replay plus one segment, not the spool's rows.
+/// is known, and only undelivered chunks are decoded and kept, without their data (chunks of one key share its
+/// storage): memory holds the bookkeeping of what to replay plus one segment, not the spool's rows.
 enum Recovery {
     struct Result {
         /// Sorted by number, none of them open.
@@ -169,7 +169,13 @@ enum Recovery {
         for (queryID, entry) in newestSending {
             let (batch, batchChunks) = (entry.batch, entry.chunks)
             let undelivered = batchChunks.filter { kept.contains($0) }
-            guard !undelivered.isEmpty, newestRecord[queryID] != .some(.notSent) else { continue }
+            guard !undelivered.isEmpty else { continue }
+            // The newest record decides. `notSent`, or `resent` with no newer `sending` record (the resend never
+            // went out, or its rest went as a batch of its own): nothing of it can have landed since it was asked.
+            // `atLeastOnce` stays in doubt: it was never known.
+            if let newest = newestRecord[queryID], let outcome = newest, outcome == .notSent || outcome == .resent {
+                continue
+            }
             inDoubt.append(
                 InDoubtBatch(
                     queryID: queryID, batch: batch, chunks: batchChunks, complete: undelivered.count == batchChunks.count,

@@ -1,3 +1,10 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import BatchhouseCore
 import Dispatch
 import Synchronization
@@ -441,7 +448,11 @@ public final class Spool: Sendable {
             do throws(SpoolError) {
                 file = try FileSystem.openForReading(path)
             } catch {
-                for item in wanted { outcome.unreadable[item.id] = error.message }
+                // A segment that is gone (removed by hand) will not come back; anything else may be passing.
+                let gone = access(path, F_OK) != 0 && errno == ENOENT
+                for item in wanted {
+                    if gone { outcome.unreadable[item.id] = error.message } else { outcome.failed[item.id] = error.message }
+                }
                 continue
             }
             var start = 0
@@ -462,7 +473,7 @@ public final class Spool: Sendable {
                     let scanner = SegmentScanner(bytes: buffer, fileName: path)
                     for item in wanted[start..<end] {
                         if let failure {
-                            outcome.unreadable[item.id] = FileSystem.message("cannot read", path, failure)
+                            outcome.failed[item.id] = FileSystem.message("cannot read", path, failure)
                             continue
                         }
                         let check = scanner.check(item.slot.offset - windowStart)

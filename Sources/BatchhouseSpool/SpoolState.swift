@@ -16,7 +16,7 @@ struct ChunkSlot {
 
 /// The undelivered chunks of one segment, by id. A segment's ids are increasing, so this is a flat table indexed
 /// from its lowest id rather than a hash table: 16 bytes a chunk, the part of a backlog that stays in memory while its
-/// rows wait on disk. A delivered chunk leaves a hole until its segment is reclaimed (or the hole reaches an end).
+/// rows wait on disk. A delivered chunk leaves a hole until its segment is reclaimed; holes at the end are trimmed.
 struct SlotTable {
     private var base: UInt64 = 0
     private var offsets: [Int] = []

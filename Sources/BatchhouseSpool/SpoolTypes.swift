@@ -36,7 +36,10 @@ public struct SpoolChunkBody: Sendable {
 /// damaged on disk since it was written, an unreadable file, or an id the spool does not hold undelivered).
 public struct SpoolReadOutcome: Sendable {
     public var bodies: [UInt64: SpoolChunkBody] = [:]
+    /// Records damaged on disk, or ids the spool does not hold undelivered: those rows cannot be read, ever.
     public var unreadable: [UInt64: String] = [:]
+    /// A system call failed (open, pread: too many open files, an I/O error): the records may be fine; try again.
+    public var failed: [UInt64: String] = [:]
 }
 
 /// How a batch found in doubt at start was settled (the `settled` record; `batchhouse spool inspect` shows it).

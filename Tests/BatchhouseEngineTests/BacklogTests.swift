@@ -108,6 +108,44 @@ private func upstream(
         #expect(fixture.spool?.undeliveredChunks == 0, "the lost chunk does not block its segment")
     }
 
+    @Test func aClientWaitingForRowsWhoseRecordIsDamagedIsAnswered() async throws {
+        let transport = ScriptedTransport()
+        let fixture = try EngineFixture("defaults: { max_rows: 2, ack: flushed }", transport: transport, spool: true)
+        let answers = Answers()
+        fixture.insert("INSERT INTO db.t VALUES (1)", answers: answers)
+        fixture.insert("INSERT INTO db.t VALUES (77)", answers: answers)
+        let directory = try #require(fixture.spoolDirectory).path + "/spool"
+        let segment = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasPrefix("segment-") })
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
+        let at = try #require(bytes.indices.first { bytes[$0] == UInt8(ascii: "7") && bytes[$0 + 1] == UInt8(ascii: "7") })
+        bytes[at] = UInt8(ascii: "8")
+        try Data(bytes).write(to: URL(fileURLWithPath: directory + "/" + segment))
+        await fixture.drain()
+        let received = await answers.wait(for: 2)
+        #expect(received.count == 2, "both clients are answered")
+        #expect(received.filter { $0.refusal == nil }.count == 1, "the intact row's client gets its 200")
+        #expect(transport.inserts.map(\.body) == ["(1)"])
+    }
+
+    @Test func anAttemptWhoseOutcomeCouldNotBeToldStaysInDoubtWhenItIsDeferred() async throws {
+        let directory = TemporaryDirectory()
+        do {
+            // A timeout, no readable query log, then no connection until shutdown.
+            let transport = upstream(
+                log: { _ in .error(status: 404, code: 60, message: "Table system.query_log doesn't exist") },
+                insert: { index in index == 0 ? .failure(.timeout) : .failure(.connect) })
+            let fixture = try EngineFixture("defaults: { retries: 1 }", transport: transport, spoolDirectory: directory)
+            fixture.insert("INSERT INTO db.t VALUES (1)")
+            await fixture.drain()
+            #expect(transport.inserts.count >= 2)
+            fixture.spool?.close()
+        }
+        let (spool, recovery) = try Spool.open(directory: directory.path + "/spool", maxSize: 1 << 30)
+        defer { spool.close() }
+        #expect(recovery.inDoubt.count == 1, "the timed-out attempt may have landed: the next start must ask")
+    }
+
     @Test func anAttemptWithoutAnAnswerIsNotSentAgainWhenItsQueryFinished() async throws {
         let transport = upstream(log: { _ in .status(200, body: "QueryStart\nQueryFinish\n") }, insert: { index in
             index == 0 ? .failure(.timeout) : .ok
@@ -147,7 +185,7 @@ private func upstream(
         return queryID
     }
 
-    @Test func aBatchInDoubtThatLandedBeforeTheCrashIsMarkedNotSent() async throws {
+    @Test func aBatchInDoubtThatLandedBeforeTheCrashIsMarkedDeliveredAndNotSentAgain() async throws {
         let directory = TemporaryDirectory()
         let queryID = try await crashedWithABatchInDoubt(directory)
         let transport = upstream(log: { id in .status(200, body: id == queryID ? "QueryFinish\n" : "") })
