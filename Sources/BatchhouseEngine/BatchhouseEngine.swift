@@ -94,6 +94,9 @@ package final class BatchhouseEngine: Sendable {
                 continue
             }
             held.formUnion(chunks.map(\.id))
+            var doubt = doubt
+            // Chunks another batch in doubt already holds (or delivered ones) are not part of a resend under this id.
+            if chunks.count < doubt.chunks.count { doubt.complete = false }
             doubts.append((doubt, chunks))
         }
         inDoubt.withLock { $0 = doubts }
