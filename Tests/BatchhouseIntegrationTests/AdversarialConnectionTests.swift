@@ -252,7 +252,9 @@ struct AdversarialConnectionTests {
         #expect(ids.count == id, "every concurrent insert was accepted")
         latencies.sort()
         let median = latencies[latencies.count / 2]
-        #expect(median < .milliseconds(50), "median 1-row insert latency \(median) during bombs")
+        // Starved, the median was 481 ms; fed between slices, a few ms. The bound leaves room for a loaded 2-core CI
+        // machine running a debug build (one run there: 51 ms) and still catches starvation.
+        #expect(median < .milliseconds(200), "median 1-row insert latency \(median) during bombs")
         #expect(try await db.waitForCount("t", ids.count) == ids.count)
         #expect(try await db.count("b") == 0)
         let distinct = try await db.clickHouse.sql("SELECT uniqExact(id) FROM \(db.name).t")
