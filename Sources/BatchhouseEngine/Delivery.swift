@@ -117,22 +117,12 @@ package final class Delivery: Sendable {
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
         guard batch.bodyInSpool, let spool else { return await deliver(batch) }
         // Shutting down with the upstream unwell: the rows wait in the spool for the next start, unread.
-        if isClosed && gateway.isDegraded {
-            // The report answers whoever waits for these rows, so it needs them as contributions again.
-            batch.contributions = batch.spooled.expanded
-            // Not sent by this process; a `sending` record it has (a batch in doubt from before) stays as it is.
-            settlement.deferred(batch, mayHaveLanded: true)
-            return FlushReport(batch: batch, failures: [.init(part: batch, reason: .deferred(nil))])
-        }
+        if isClosed && gateway.isDegraded { return deferUnread(batch) }
         let read = spool.readChunks(batch.spooled.chunks)
         if !read.failed.isEmpty {
             settlement.readBackFailed(batch, reason: read.failed.values.first ?? "")
             await pause(for: .seconds(1))
-            if isClosed {
-                batch.contributions = batch.spooled.expanded
-                settlement.deferred(batch, mayHaveLanded: true)
-                return FlushReport(batch: batch, failures: [.init(part: batch, reason: .deferred(nil))])
-            }
+            if isClosed { return deferUnread(batch) }
             submit(queued)
             return nil
         }
@@ -141,6 +131,16 @@ package final class Delivery: Sendable {
         var report = loaded.rows > 0 || lost == nil ? await deliver(loaded) : FlushReport(batch: loaded)
         if let lost { report.failures.append(lost) }
         return report
+    }
+
+    /// A batch left in the spool unread at shutdown. The report answers whoever waits for its rows, so it needs them
+    /// as contributions again. Not sent by this process: a `sending` record it has (a batch in doubt from before)
+    /// stays as it is.
+    private func deferUnread(_ batch: SealedBatch) -> FlushReport {
+        var batch = batch
+        batch.contributions = batch.spooled.expanded
+        settlement.deferred(batch, mayHaveLanded: true)
+        return FlushReport(batch: batch, failures: [.init(part: batch, reason: .deferred(nil))])
     }
 
     /// `batch`'s rows from its spool chunks, joined as they were when it was sealed. Chunks whose record cannot be

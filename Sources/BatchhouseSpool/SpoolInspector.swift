@@ -157,20 +157,18 @@ public enum SpoolInspector {
         var lines: [(first: UInt64, text: String)] = []
         for (queryID, batch) in sending {
             let undelivered = batch.chunks.filter { !delivered.contains($0) }.count
+            // Batches that went through in one piece are not worth a line.
+            guard undelivered > 0 || settled[queryID] != nil else { continue }
             let chunkText = "\(batch.chunks.count) chunk\(batch.chunks.count == 1 ? "" : "s"), \(undelivered) undelivered"
             var text = "  \(queryID) (batch \(batch.batch)): \(chunkText): "
             if let (outcome, note) = settled[queryID], newestIsSending[queryID] != true || undelivered == 0 {
                 text += "settled: \(outcome)"
                 if !note.isEmpty { text += " (\(note))" }
-            } else if undelivered == 0 {
-                text += "delivered"
             } else if let (outcome, _) = settled[queryID] {
                 text += "in doubt: being sent again after being settled as '\(outcome)'; settled at the next start"
             } else {
                 text += "in doubt: sent, no answer recorded; settled at the next start"
             }
-            // Batches that went through in one piece are not worth a line.
-            guard undelivered > 0 || settled[queryID] != nil else { continue }
             lines.append((batch.chunks.first ?? 0, text))
         }
         var out = "batches in doubt or settled at a start: \(lines.count)\n"

@@ -27,6 +27,20 @@ private func upstream(
     })
 }
 
+/// Changes the first byte of `text` in the fixture's spool segment to `replacement`: the record holding it no
+/// longer verifies.
+private func damage(_ fixture: EngineFixture, where text: String, with replacement: Character) throws {
+    let directory = try #require(fixture.spoolDirectory).path + "/spool"
+    let segment = try #require(
+        try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasPrefix("segment-") })
+    let url = URL(fileURLWithPath: directory + "/" + segment)
+    var bytes = try [UInt8](Data(contentsOf: url))
+    let needle = Array(text.utf8)
+    let at = try #require(bytes.indices.first { Array(bytes[$0..<min($0 + needle.count, bytes.count)]) == needle })
+    bytes[at] = replacement.asciiValue!
+    try Data(bytes).write(to: url)
+}
+
 @Suite struct BacklogTests {
     @Test func aSealedBatchLeavesMemoryAndIsReadBackWhenItsTurnComes() async throws {
         let transport = ScriptedTransport()
@@ -94,13 +108,7 @@ private func upstream(
         fixture.insert("INSERT INTO db.t VALUES (1)")
         fixture.insert("INSERT INTO db.t VALUES (22)")
         fixture.insert("INSERT INTO db.t VALUES (3)")
-        let directory = try #require(fixture.spoolDirectory).path + "/spool"
-        let segment = try #require(
-            try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasPrefix("segment-") })
-        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
-        let at = try #require(bytes.indices.first { bytes[$0] == UInt8(ascii: "2") && bytes[$0 + 1] == UInt8(ascii: "2") })
-        bytes[at] = UInt8(ascii: "9")
-        try Data(bytes).write(to: URL(fileURLWithPath: directory + "/" + segment))
+        try damage(fixture, where: "22", with: "9")
         await fixture.drain()
         #expect(transport.inserts.map(\.body) == ["(1),(3)"])
         let text = String(decoding: fixture.engine.prometheusText(), as: UTF8.self)
@@ -114,13 +122,7 @@ private func upstream(
         let answers = Answers()
         fixture.insert("INSERT INTO db.t VALUES (1)", answers: answers)
         fixture.insert("INSERT INTO db.t VALUES (77)", answers: answers)
-        let directory = try #require(fixture.spoolDirectory).path + "/spool"
-        let segment = try #require(
-            try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasPrefix("segment-") })
-        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
-        let at = try #require(bytes.indices.first { bytes[$0] == UInt8(ascii: "7") && bytes[$0 + 1] == UInt8(ascii: "7") })
-        bytes[at] = UInt8(ascii: "8")
-        try Data(bytes).write(to: URL(fileURLWithPath: directory + "/" + segment))
+        try damage(fixture, where: "77", with: "8")
         await fixture.drain()
         let received = await answers.wait(for: 2)
         #expect(received.count == 2, "both clients are answered")

@@ -230,7 +230,7 @@ final class Answers: Sendable {
     var all: [IntakeResponse] { received.withLock { $0 } }
 
     /// Waits (real time, briefly) until `count` answers are there.
-    func wait(for count: Int, timeout: Duration = .seconds(5)) async -> [IntakeResponse] {
+    func wait(for count: Int, timeout: Duration = .seconds(30)) async -> [IntakeResponse] {
         let deadline = ContinuousClock.now + timeout
         while all.count < count && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(2))

@@ -153,15 +153,19 @@ struct ExactlyOnceTests {
         #expect(settledLines(outcome.logs, "landed before the crash") >= 3, "each kill left a batch in doubt, found landed")
     }
 
-    @Test(.enabled(if: TestEnvironment.hasModern, "needs MODERN_URL (scripts/test sets it)"))
-    func killsAfterCommitDuplicateNothingOnTheModernUpstream() async throws {
-        let url = try #require(TestEnvironment.modernURL)
+    /// Two kills after commit on a modern upstream, into a MergeTree that deduplicates by token.
+    func killAfterCommitOnModern(_ url: String) async throws -> Outcome {
         let db = try await TestDatabase.create(on: url)
         defer { Task { await db.drop() } }
         try await db.clickHouse.sql(
             "CREATE TABLE \(db.name).e (id UInt64, payload String) ENGINE = MergeTree ORDER BY id "
                 + "SETTINGS non_replicated_deduplication_window = 1000")
-        let outcome = try await killAfterCommit(upstream: url, db: db, table: "e", kills: 2)
+        return try await killAfterCommit(upstream: url, db: db, table: "e", kills: 2)
+    }
+
+    @Test(.enabled(if: TestEnvironment.hasModern, "needs MODERN_URL (scripts/test sets it)"))
+    func killsAfterCommitDuplicateNothingOnTheModernUpstream() async throws {
+        let outcome = try await killAfterCommitOnModern(try #require(TestEnvironment.modernURL))
         print(
             "exactly once, modern upstream: 2 kills after commit, \(outcome.acked.count) acknowledged, "
                 + "\(outcome.duplicates) duplicates, \(outcome.missing) missing")
@@ -174,13 +178,7 @@ struct ExactlyOnceTests {
     /// deduplication drops it. The upstream is a second modern fixture, started with `--hide-query-log`.
     @Test(.enabled(if: TestEnvironment.modernWithoutQueryLogURL != nil, "needs MODERN_NOLOG_URL (scripts/test sets it)"))
     func withoutAQueryLogTheDeduplicationTokenDropsTheReplay() async throws {
-        let url = try #require(TestEnvironment.modernWithoutQueryLogURL)
-        let db = try await TestDatabase.create(on: url)
-        defer { Task { await db.drop() } }
-        try await db.clickHouse.sql(
-            "CREATE TABLE \(db.name).e (id UInt64, payload String) ENGINE = MergeTree ORDER BY id "
-                + "SETTINGS non_replicated_deduplication_window = 1000")
-        let outcome = try await killAfterCommit(upstream: url, db: db, table: "e", kills: 2)
+        let outcome = try await killAfterCommitOnModern(try #require(TestEnvironment.modernWithoutQueryLogURL))
         print(
             "exactly once, modern upstream without a query log: 2 kills, \(outcome.acked.count) acknowledged, "
                 + "\(outcome.duplicates) duplicates, \(outcome.missing) missing, "
