@@ -249,7 +249,7 @@ import Testing
 
     /// `ack: flushed` answers only after the batch: wait until the verified rows are in a batch.
     static func waitUntilBuffered(_ fixture: EngineFixture, rows: Int) async throws {
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(30)
         while fixture.engine.buffering.bufferedRows < rows && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(2))
         }

@@ -158,7 +158,7 @@ struct AdversarialCredentialTests {
         #expect(Self.code(flushed) == 164, "\(flushed.status) \(flushed.body)")
         #expect(Self.code(laterFlushed) == 60, "\(laterFlushed.status) \(laterFlushed.body)")
         #expect(laterEnqueued.status == 200)
-        for _ in 0..<100 where proxy.deadLetterFiles().filter({ $0.hasSuffix(".json") }).count < 4 {
+        for _ in 0..<600 where proxy.deadLetterFiles().filter({ $0.hasSuffix(".json") }).count < 4 {
             try await Task.sleep(for: .milliseconds(50))
         }
         let files = proxy.deadLetterFiles()

@@ -153,7 +153,7 @@ struct ProcessIntegrationTests {
         let result = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).later VALUES (1, 'one'), (2, 'two')")
         #expect(result.status == 200)
         let deadLetters = proxy.workDir + "/dead-letter"
-        for _ in 0..<100 where ((try? FileManager.default.contentsOfDirectory(atPath: deadLetters)) ?? []).isEmpty {
+        for _ in 0..<600 where ((try? FileManager.default.contentsOfDirectory(atPath: deadLetters)) ?? []).isEmpty {
             try await Task.sleep(for: .milliseconds(50))
         }
         #expect(await proxy.terminateAndWait() == 0)
@@ -202,7 +202,7 @@ struct ProcessIntegrationTests {
         let proxy = try RunningProxy(config: "defaults: { strategy: hybrid, max_delay: 1s }")
         try await proxy.waitUntilReady()
         kill(proxy.process.processIdentifier, SIGHUP)
-        for _ in 0..<50 where !proxy.log.contains("reason=SIGHUP") {
+        for _ in 0..<300 where !proxy.log.contains("reason=SIGHUP") {
             try await Task.sleep(for: .milliseconds(100))
         }
         #expect(proxy.log.contains("configuration reloaded"), "\(proxy.log)")

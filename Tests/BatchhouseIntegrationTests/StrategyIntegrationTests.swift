@@ -38,7 +38,7 @@ struct StrategyIntegrationTests {
         }
         // The reload happened and took effect: a flushed by rows, b by time.
         var metrics = try await proxy.metricsText()
-        for _ in 0..<30 where !metrics.contains("batchhouse_config_reloads_total 1") {
+        for _ in 0..<300 where !metrics.contains("batchhouse_config_reloads_total 1") {
             try await Task.sleep(for: .milliseconds(100))
             metrics = try await proxy.metricsText()
         }
@@ -48,7 +48,7 @@ struct StrategyIntegrationTests {
         // An invalid file is refused and the running rules stay.
         try ProxyUnderTest.configurationText(rules(maxRowsA: 5, typo: true), deadLetterDir: proxy.deadLetterDir)
             .write(toFile: file, atomically: true, encoding: .utf8)
-        for _ in 0..<30 where !metrics.contains("batchhouse_config_reload_failures_total 1") {
+        for _ in 0..<300 where !metrics.contains("batchhouse_config_reload_failures_total 1") {
             try await Task.sleep(for: .milliseconds(100))
             metrics = try await proxy.metricsText()
         }
@@ -60,8 +60,8 @@ struct StrategyIntegrationTests {
             let result = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).a VALUES (\(id))")
             #expect(result.status == 200)
         }
-        #expect(try await db.waitForCount("a", aBefore + 250, timeout: .seconds(10)) >= aBefore + 250)
-        #expect(try await db.waitForCount("b", total / 2, timeout: .seconds(10)) == total / 2, "time strategy flushes")
+        #expect(try await db.waitForCount("a", aBefore + 250, timeout: .seconds(30)) >= aBefore + 250)
+        #expect(try await db.waitForCount("b", total / 2, timeout: .seconds(30)) == total / 2, "time strategy flushes")
         try await proxy.stop()
 
         for (table, ids) in [("a", Array(stride(from: 0, to: total + 500, by: 2))), ("b", Array(stride(from: 1, to: total, by: 2)))] {

@@ -139,7 +139,7 @@ import Testing
             _ = try append(spool, plainKey, pseudoRandomBytes(700, seed: 2))
             spool.markDelivered([filler.position.chunkID])
             // Unlinked once the carried records are synced, by the sync thread.
-            for _ in 0..<200 where segmentFiles(directory.spool).contains(files[1]) { usleep(10_000) }
+            for _ in 0..<3000 where segmentFiles(directory.spool).contains(files[1]) { usleep(10_000) }
             #expect(!segmentFiles(directory.spool).contains(files[1]), "the segment with the record is gone")
             spool.close()
         }

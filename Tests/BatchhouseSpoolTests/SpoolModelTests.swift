@@ -469,7 +469,7 @@ final class SpoolModelRun {
         let active = activeSegment()
         let expected = model.liveSegments.union([active])
         var files = Set(segmentNumbers())
-        let deadline = ContinuousClock.now + .seconds(10)
+        let deadline = ContinuousClock.now + .seconds(30)
         while files != expected && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(2))
             files = Set(segmentNumbers())
