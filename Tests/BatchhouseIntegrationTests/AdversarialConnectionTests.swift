@@ -333,12 +333,6 @@ extension ProcessIntegrationTests.RunningProxy {
     }
 }
 
-/// Runs blocking socket work on a GCD thread, off Swift's cooperative pool (the proxy's own tasks run there).
-func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(returning: body()) }
-    }
-}
 
 /// A plain blocking TCP client on loopback, for clients no HTTP library would be: trickling, stalling, holding.
 final class RawClient: @unchecked Sendable {

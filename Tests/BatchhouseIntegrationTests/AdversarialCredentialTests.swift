@@ -174,7 +174,7 @@ struct AdversarialCredentialTests {
             try await db.clickHouse.sql("CREATE TABLE \(db.name).\(table) (id UInt64) ENGINE = MergeTree ORDER BY id")
         }
         // As the operator's account (default): only the row nobody was told about, refused for a missing table.
-        let replay = try CheckConfigTests.run(
+        let replay = try await CheckConfigTests.run(
             ["spool", "replay-dead-letters", kept, "--upstream", TestEnvironment.clickHouseURL!])
         #expect(replay.status == 0, "\(replay.output)")
         #expect(replay.output.contains("replayed 1 dead letters (1 rows); 3 skipped"), "\(replay.output)")
@@ -185,7 +185,7 @@ struct AdversarialCredentialTests {
         #expect(landed == "4\n", "only the untold, unrefused row landed")
         print("replay without the flag: \(replay.output)")
 
-        let forced = try CheckConfigTests.run(
+        let forced = try await CheckConfigTests.run(
             ["spool", "replay-dead-letters", kept, "--upstream", TestEnvironment.clickHouseURL!, "--include-refused"])
         #expect(forced.status == 0, "\(forced.output)")
         #expect(forced.output.contains("replayed 3 dead letters (3 rows)"), "\(forced.output)")

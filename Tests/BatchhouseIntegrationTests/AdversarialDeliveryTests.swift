@@ -170,8 +170,10 @@ struct AdversarialDeliveryTests {
     /// After an outage, the backlog goes as soon as ClickHouse answers `/ping` again, not after the breaker's
     /// 30 s or the longest backoff.
     @Test func deliveryResumesWithinSecondsOfClickHousesReturn() async throws {
-        let upstream = try await DedicatedClickHouse.start()
-        defer { upstream.stop() }
+        try await DedicatedClickHouse.with { try await Self.resumption($0) }
+    }
+
+    static func resumption(_ upstream: DedicatedClickHouse) async throws {
         let direct = HTTPEndpoint(baseURL: upstream.url)
         try await direct.sql("CREATE TABLE default.back (id UInt64) ENGINE = MergeTree ORDER BY id")
         let spoolDir = NSTemporaryDirectory() + "bh-spool-\(UInt32.random(in: 0...UInt32.max))"
@@ -183,7 +185,7 @@ struct AdversarialDeliveryTests {
             """, upstream: upstream.url)
         // The identity is verified while ClickHouse is up (a new one would be refused during the outage).
         #expect(try await proxy.endpoint.post("/", body: "INSERT INTO default.back VALUES (1000)").status == 200)
-        upstream.pause()
+        await upstream.pause()
         for id in 0..<200 {
             let result = try await proxy.endpoint.post("/", body: "INSERT INTO default.back VALUES (\(id))")
             #expect(result.status == 200)

@@ -3,7 +3,12 @@ import Testing
 
 /// `batchhouse check-config` on every shipped example, and on a file with a typo.
 @Suite struct CheckConfigTests {
-    static func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    /// Runs the built binary off Swift's cooperative pool (see `offPool`).
+    static func run(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        try await offPool { try runBlocking(arguments) }
+    }
+
+    private static func runBlocking(_ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: ProcessIntegrationTests.repo + "/.build/debug/batchhouse")
         process.arguments = arguments
@@ -32,8 +37,8 @@ import Testing
     }
 
     @Test(arguments: examples)
-    func everyExamplePrintsItsEffectiveRules(path: String) throws {
-        let (status, output) = try Self.run(["check-config", path])
+    func everyExamplePrintsItsEffectiveRules(path: String) async throws {
+        let (status, output) = try await Self.run(["check-config", path])
         #expect(status == 0, "\(output)")
         #expect(output.contains("defaults\n  strategy="))
         // Every pattern in the file appears with a merged rule line.
@@ -53,7 +58,7 @@ import Testing
         }
     }
 
-    @Test func aTypoNamesTheKeyAndItsLine() throws {
+    @Test func aTypoNamesTheKeyAndItsLine() async throws {
         let path = NSTemporaryDirectory() + "bh-typo-\(UInt32.random(in: 0...UInt32.max)).yaml"
         defer { try? FileManager.default.removeItem(atPath: path) }
         try """
@@ -62,7 +67,7 @@ import Testing
         tables:
           default.visitors: { strategy: size, max_row: 5000 }
         """.write(toFile: path, atomically: true, encoding: .utf8)
-        let (status, output) = try Self.run(["check-config", path])
+        let (status, output) = try await Self.run(["check-config", path])
         #expect(status == 1)
         #expect(output.contains(":4:"), "\(output)")
         #expect(output.contains("'max_row'"))

@@ -118,8 +118,10 @@ struct FaultIntegrationTests {
     }
 
     @Test func clickHouseDownForTwentySecondsLosesNothingAndInsertsAreAcceptedAllAlong() async throws {
-        let upstream = try await DedicatedClickHouse.start()
-        defer { upstream.stop() }
+        try await DedicatedClickHouse.with { try await outage($0) }
+    }
+
+    func outage(_ upstream: DedicatedClickHouse) async throws {
         let direct = HTTPEndpoint(baseURL: upstream.url)
         try await direct.sql("CREATE TABLE default.outage (id UInt64) ENGINE = MergeTree ORDER BY id")
         let spoolDir = NSTemporaryDirectory() + "bh-spool-\(UInt32.random(in: 0...UInt32.max))"
@@ -149,7 +151,7 @@ struct FaultIntegrationTests {
             }
         }
         try await Task.sleep(until: stopAt)
-        upstream.pause()
+        await upstream.pause()
         let ackedAtStop = acked.all.count
         try await Task.sleep(until: restartAt)
         let ackedDuringOutage = acked.all.count - ackedAtStop
@@ -292,8 +294,20 @@ final class DedicatedClickHouse: @unchecked Sendable {
         self.pid = pid
     }
 
+    /// Starts one for `body` and stops it afterwards, whether `body` throws or not.
+    static func with(_ body: (DedicatedClickHouse) async throws -> Void) async throws {
+        let upstream = try await start()
+        do {
+            try await body(upstream)
+        } catch {
+            await upstream.stop()
+            throw error
+        }
+        await upstream.stop()
+    }
+
     static func start() async throws -> DedicatedClickHouse {
-        let output = try run(ProcessIntegrationTests.repo + "/scripts/clickhouse-start", [])
+        let output = try await run(ProcessIntegrationTests.repo + "/scripts/clickhouse-start", [])
         var values: [String: String] = [:]
         for line in output.split(separator: "\n") {
             let parts = line.split(separator: "=", maxSplits: 1)
@@ -306,9 +320,9 @@ final class DedicatedClickHouse: @unchecked Sendable {
     }
 
     /// Stops the server (SIGTERM, then waits for it to exit).
-    func pause() {
+    func pause() async {
         kill(pid, SIGTERM)
-        for _ in 0..<200 where kill(pid, 0) == 0 { usleep(50_000) }
+        for _ in 0..<200 where kill(pid, 0) == 0 { try? await Task.sleep(for: .milliseconds(50)) }
     }
 
     /// Starts the server again on the same folder and ports, and waits for `/ping`.
@@ -329,11 +343,16 @@ final class DedicatedClickHouse: @unchecked Sendable {
         throw TestFailure("ClickHouse did not come back")
     }
 
-    func stop() {
-        _ = try? Self.run(ProcessIntegrationTests.repo + "/scripts/clickhouse-stop", [dir])
+    func stop() async {
+        _ = try? await Self.run(ProcessIntegrationTests.repo + "/scripts/clickhouse-stop", [dir])
     }
 
-    private static func run(_ path: String, _ arguments: [String]) throws -> String {
+    /// The script's output; it runs off Swift's cooperative pool, which a start of several seconds would block.
+    private static func run(_ path: String, _ arguments: [String]) async throws -> String {
+        try await offPool { try runBlocking(path, arguments) }
+    }
+
+    private static func runBlocking(_ path: String, _ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments

@@ -228,3 +228,18 @@ final class NextIndex: @unchecked Sendable {
         return value
     }
 }
+
+/// Runs blocking work (a socket read, a script, a process to wait for) on a GCD thread, off Swift's cooperative
+/// pool: that pool has one thread per core, and the in-process proxy's tasks and every other test share it.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(returning: body()) }
+    }
+}
+
+/// `offPool` for work that throws.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
+}

@@ -160,13 +160,13 @@ struct ProcessIntegrationTests {
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: deadLetters)) ?? []).count == 2)
 
         // Without the table, a replay fails and keeps the files.
-        let failed = try CheckConfigTests.run(
+        let failed = try await CheckConfigTests.run(
             ["spool", "replay-dead-letters", deadLetters, "--upstream", TestEnvironment.clickHouseURL!])
         #expect(failed.status == 1)
         #expect(failed.output.contains("Code: 60"))
         // After the fix it lands and the files go.
         try await db.clickHouse.sql("CREATE TABLE \(db.name).later (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
-        let replayed = try CheckConfigTests.run(
+        let replayed = try await CheckConfigTests.run(
             ["spool", "replay-dead-letters", deadLetters, "--upstream", TestEnvironment.clickHouseURL!])
         #expect(replayed.status == 0, "\(replayed.output)")
         #expect(replayed.output.contains("replayed 1 dead letters (2 rows)"))
@@ -189,7 +189,7 @@ struct ProcessIntegrationTests {
         }
         kill(proxy.process.processIdentifier, SIGKILL)
         proxy.process.waitUntilExit()
-        let report = try CheckConfigTests.run(["spool", "inspect", spoolDir])
+        let report = try await CheckConfigTests.run(["spool", "inspect", spoolDir])
         #expect(report.status == 0)
         #expect(report.output.contains("inspect_db.t"), "\(report.output)")
         #expect(report.output.contains("25"))

@@ -28,7 +28,14 @@ enum ClickHouse {
             .appendingPathComponent("scripts")
     }
 
-    static func runScript(_ name: String, _ arguments: [String]) throws -> String {
+    /// Runs the script on a GCD thread: a start takes seconds, and Swift's cooperative pool has one thread per core.
+    static func runScript(_ name: String, _ arguments: [String]) async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(with: Result { try runScriptBlocking(name, arguments) }) }
+        }
+    }
+
+    private static func runScriptBlocking(_ name: String, _ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = scriptsDirectory.appendingPathComponent(name)
         process.arguments = arguments
@@ -89,7 +96,7 @@ struct ClickHouseServerTrait: SuiteTrait, TestScoping {
             try await ClickHouse.$url.withValue(url) { try await function() }
             return
         }
-        let output = try ClickHouse.runScript("clickhouse-start", [])
+        let output = try await ClickHouse.runScript("clickhouse-start", [])
         var values: [String: String] = [:]
         for line in output.split(separator: "\n") {
             let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
@@ -101,10 +108,10 @@ struct ClickHouseServerTrait: SuiteTrait, TestScoping {
         do {
             try await ClickHouse.$url.withValue(url) { try await function() }
         } catch {
-            _ = try? ClickHouse.runScript("clickhouse-stop", [dir])
+            _ = try? await ClickHouse.runScript("clickhouse-stop", [dir])
             throw error
         }
-        _ = try ClickHouse.runScript("clickhouse-stop", [dir])
+        _ = try await ClickHouse.runScript("clickhouse-stop", [dir])
     }
 }
 
