@@ -107,15 +107,29 @@ package final class Delivery: Sendable {
         }
     }
 
+    /// A batch waiting in the queue, if any; never waits.
+    private func takeWaiting() -> SealedBatch? {
+        state.withLock { $0.queue.pop() }
+    }
+
+    /// Between two steps of a split, a worker first sends one batch that waits in the queue, so that a table whose
+    /// rows ClickHouse refuses cannot hold every worker while other tables wait (docs/delivery.md, "Bad rows").
+    /// The batch it sends does not help in turn: one level, so the split it interrupts always resumes.
+    private func helpOneWaiting() async {
+        guard let waiting = takeWaiting() else { return }
+        if let report = await deliverQueued(waiting, helps: false) { settlement.settle(report) }
+    }
+
     /// The query id of batch `id`, made unique to this process.
     package func queryID(for id: UInt64) -> String { "batchhouse-\(instance)-\(id)" }
 
     /// A batch from the queue: its rows read back from the spool first if they are there. Nil when the spool could
     /// not be read for now (a failed system call, not damage): the batch is queued again after a pause.
-    package func deliverQueued(_ queued: SealedBatch) async -> FlushReport? {
+    /// `helps`: while it splits the batch, the worker sends waiting batches in between (see `helpOneWaiting`).
+    package func deliverQueued(_ queued: SealedBatch, helps: Bool = true) async -> FlushReport? {
         var batch = queued
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
-        guard batch.bodyInSpool, let spool else { return await deliver(batch) }
+        guard batch.bodyInSpool, let spool else { return await deliver(batch, helps: helps) }
         // Shutting down with the upstream unwell: the rows wait in the spool for the next start, unread.
         if isClosed && gateway.isDegraded { return deferUnread(batch) }
         let read = spool.readChunks(batch.spooled.chunks)
@@ -128,7 +142,7 @@ package final class Delivery: Sendable {
         }
         let (loaded, lost) = Self.readBack(batch, read)
         settlement.readBack(batch, as: loaded, lost: lost)
-        var report = loaded.rows > 0 || lost == nil ? await deliver(loaded) : FlushReport(batch: loaded)
+        var report = loaded.rows > 0 || lost == nil ? await deliver(loaded, helps: helps) : FlushReport(batch: loaded)
         if let lost { report.failures.append(lost) }
         return report
     }
@@ -188,7 +202,8 @@ package final class Delivery: Sendable {
 
     /// One batch, with retries and bad-row isolation: a batch ClickHouse refuses for its data is split in
     /// halves until the rows it objects to are alone; the rest lands, those go to the dead-letter folder.
-    package func deliver(_ batch: SealedBatch) async -> FlushReport {
+    /// `helps`: before each half, one batch waiting in the queue is sent (see `helpOneWaiting`).
+    package func deliver(_ batch: SealedBatch, helps: Bool = true) async -> FlushReport {
         var batch = batch
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
         var report = FlushReport(batch: batch)
@@ -198,19 +213,23 @@ package final class Delivery: Sendable {
                 settlement.sendingNotRecorded(batch)
             }
         }
-        await isolate(batch, original: batch, into: &report)
+        await isolate(batch, original: batch, into: &report, helps: helps)
         return report
     }
 
-    private func isolate(_ part: SealedBatch, original: SealedBatch, into report: inout FlushReport) async {
+    private func isolate(
+        _ part: SealedBatch, original: SealedBatch, into report: inout FlushReport, helps: Bool
+    ) async {
         switch await attempt(part) {
         case .landed:
             report.landedRows += part.rows
         case .split(let response, let attempts):
             if let (first, second) = halves(of: part) {
                 settlement.splitting(part, error: Self.text(response))
-                await isolate(first, original: original, into: &report)
-                await isolate(second, original: original, into: &report)
+                if helps { await helpOneWaiting() }
+                await isolate(first, original: original, into: &report, helps: helps)
+                if helps { await helpOneWaiting() }
+                await isolate(second, original: original, into: &report, helps: helps)
             } else {
                 let written = settlement.deadLetter(
                     part, of: original, attempts: attempts, error: Self.text(response), status: response.status)

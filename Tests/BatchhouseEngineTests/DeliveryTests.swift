@@ -434,6 +434,31 @@ import Testing
         #expect(delivery.queuedBatches == 0)
     }
 
+    /// One table's bad rows do not hold the only worker while other tables wait: before each half of a split it
+    /// sends a waiting batch first. Without that, `b` and `c` went after all 31 inserts of `a`'s isolation.
+    @Test func aSplittingWorkerSendsAWaitingBatchBeforeEachHalf() async throws {
+        let transport = ScriptedTransport { _, body in
+            body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        }
+        let fixture = try EngineFixture(
+            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let delivery = fixture.engine.delivery
+        let bad = (0..<16).map { "('oops\($0)')" }
+        delivery.submit([
+            valuesBatch(id: 1, table: "a", values: bad), valuesBatch(id: 2, table: "b", rows: 1),
+            valuesBatch(id: 3, table: "c", rows: 1),
+        ])
+        delivery.close()
+        await delivery.run()
+
+        let tables = fixture.transport.inserts.map { $0.statement?.split(separator: "`")[3] ?? "" }
+        #expect(tables.prefix(4) == ["a", "b", "a", "c"], "\(tables)")
+        #expect(tables.filter { $0 == "a" }.count == 31, "every bad row isolated: 16 leaves, 15 inner parts")
+        #expect(tables.count == 33)
+        #expect(try Self.deadLetters(fixture).count == 16)
+        #expect(delivery.queuedBatches == 0)
+    }
+
     // MARK: Spool
 
     /// With a spool, a batch whose server refuses connections is retried far past `retries` while the proxy

@@ -109,14 +109,16 @@ struct AdversarialSpoolTests {
         let disk = try MountedTmpfs(size: "4m")
         defer { disk.unmount() }
         let table = "\(db.name).s"
-        // Nothing is flushed while the disk fills (8 s after a batch's first row), so the spool holds it all.
-        // `upstream` comes from ProxyUnderTest.start.
-        let config = """
-            defaults: { strategy: hybrid, max_rows: 1000000, max_bytes: 64MiB, max_delay: 8s }
+        // Nothing is flushed while the disk fills (max_delay 10 min, however slow the machine), so the spool holds
+        // it all; a reload to 500 ms then flushes. `upstream` comes from ProxyUnderTest.start.
+        func config(maxDelay: String) -> String {
+            """
+            defaults: { strategy: hybrid, max_rows: 1000000, max_bytes: 64MiB, max_delay: \(maxDelay) }
             spool: { dir: \(disk.path)/spool }
             """
+        }
         let outcomes = Outcomes()
-        var proxy = try await ProxyUnderTest.start(config)
+        var proxy = try await ProxyUnderTest.start(config(maxDelay: "10m"))
 
         // 1. Fill the disk: refusals are 503 + Retry-After, code 243, and leave nothing in the spool.
         let fillStarted = ContinuousClock.now
@@ -142,6 +144,7 @@ struct AdversarialSpoolTests {
         #expect((Self.metric(after, "batchhouse_spool_write_failures_total{reason=\"no_space\"}") ?? 0) >= 30)
 
         // 2. Once the rows are in ClickHouse the space comes back, without a restart.
+        try proxy.reload(config(maxDelay: "500ms"))
         _ = try await db.waitForCount("s", outcomes.ids.count, timeout: .seconds(30))
         let recovered = try await Self.waitUntilAccepted(proxy.endpoint, table, first: 2_000_000, outcomes: outcomes)
         #expect(recovered != nil, "inserts were still refused 15 s after every row landed")
@@ -152,13 +155,13 @@ struct AdversarialSpoolTests {
         // 3. Full again while ClickHouse cannot be reached (port 9), so a graceful stop leaves the rows in the spool;
         //    then a restart on a disk with no byte left replays them, delivers and reclaims.
         try await proxy.stop()
-        proxy = try await ProxyUnderTest.start(config, upstream: "http://127.0.0.1:9")
+        proxy = try await ProxyUnderTest.start(config(maxDelay: "1s"), upstream: "http://127.0.0.1:9")
         let beforeRefill = outcomes.ids.count
         try await Self.load(proxy.endpoint, table, from: 3_000_000, into: outcomes, refusals: 25)
         #expect(outcomes.ids.count - beforeRefill > 1_000, "the disk took rows again before it was full")
         try await proxy.stop()
         disk.fillUp()
-        proxy = try await ProxyUnderTest.start(config)
+        proxy = try await ProxyUnderTest.start(config(maxDelay: "1s"))
         let replayed = try await db.waitForCount("s", outcomes.ids.count, timeout: .seconds(30))
         #expect(replayed == outcomes.ids.count, "the rows spooled before the restart were replayed")
         disk.removeFiller()

@@ -193,6 +193,13 @@ final class ProxyUnderTest: Sendable {
         """
     }
 
+    /// A hot reload, as the file watcher or SIGHUP would do it, with `rules` in place of the running ones (the
+    /// upstream is the test ClickHouse; `listen` stays as it is).
+    func reload(_ rules: String) throws {
+        let yaml = Self.configurationText(rules, deadLetterDir: deadLetterDir)
+        application.engine.apply(try ConfigurationLoader.parse(yaml: yaml, environment: [:]))
+    }
+
     func metricsText() async throws -> String {
         String(decoding: try await endpoint.get("/metrics").body, as: UTF8.self)
     }
