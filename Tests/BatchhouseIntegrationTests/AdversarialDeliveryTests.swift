@@ -137,7 +137,8 @@ struct AdversarialDeliveryTests {
         #expect(through.status == 200, "enqueued: the proxy cannot know the columns")
         _ = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).p VALUES (7)")
         let deadline = ContinuousClock.now + .seconds(30)
-        while proxy.deadLetterFiles().isEmpty && ContinuousClock.now < deadline {
+        // The `.json` is renamed into place last (a `.data.tmp` shows first).
+        while !proxy.deadLetterFiles().contains(where: { $0.hasSuffix(".json") }) && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
         }
         let letters = proxy.deadLetterFiles()
