@@ -54,6 +54,9 @@ public final class UpstreamStream: Sendable {
         /// A copy of the whole body (``CurlClient/execute(_:)`` only), so that libcurl can rewind
         /// when it resends the request on a fresh connection after a reused one turned out dead.
         var rewindableBody: ByteBuffer?
+        /// libcurl rewound a body it had already started to send: the request went out on a connection that
+        /// then closed without an answer, so the server may have run it even if the resend fails.
+        var resentAfterSending = false
         /// The read callback returned CURL_READFUNC_PAUSE and nobody has resumed it yet.
         var sendPaused = false
         var wantsMoreNotified = false
@@ -295,7 +298,14 @@ public final class UpstreamStream: Sendable {
         for secret in curl.secrets where scrubbed.contains(secret) {
             scrubbed = scrubbed.replacing(secret, with: "***")
         }
-        return UpstreamError(kind: CurlErrorKind.classify(code, requestSent: requestSent), message: scrubbed)
+        var kind = CurlErrorKind.classify(code, requestSent: requestSent)
+        // Body bytes went out before a connect failed: libcurl was resending on a fresh connection (it rewinds just
+        // before it sends again), and the first copy reached the server (docs/delivery.md, "Reading an answer").
+        if kind == .connect && shared.withLock({ $0.sentBytes > 0 || $0.resentAfterSending }) {
+            kind = .transport
+            scrubbed += " (resending after a reused connection closed without an answer)"
+        }
+        return UpstreamError(kind: kind, message: scrubbed)
     }
 
     // MARK: Callbacks (curl thread)
@@ -359,6 +369,7 @@ public final class UpstreamStream: Sendable {
         shared.withLock { state in
             if state.sentBytes == 0 { return true }
             guard let body = state.rewindableBody else { return false }
+            state.resentAfterSending = true
             state.body.removeAll()
             state.body.append(body)
             state.pendingBytes = body.readableBytes
