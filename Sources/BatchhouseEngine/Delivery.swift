@@ -113,8 +113,8 @@ package final class Delivery: Sendable {
     }
 
     /// Between two steps of a split, a worker first sends one batch that waits in the queue, so that a table whose
-    /// rows ClickHouse refuses cannot hold every worker while other tables wait (docs/delivery.md, "Bad rows").
-    /// The batch it sends does not help in turn: one level, so the split it interrupts always resumes.
+    /// rows ClickHouse refuses cannot hold every worker while other tables wait (docs/delivery.md, "Splitting to
+    /// isolate bad rows"). The batch it sends does not help in turn: one level, so the split it interrupts resumes.
     private func helpOneWaiting() async {
         guard let waiting = takeWaiting() else { return }
         if let report = await deliverQueued(waiting, helps: false) { settlement.settle(report) }
