@@ -181,8 +181,8 @@ package final class Buffering: Sendable {
     }
 
     /// A batch from the backlog was read back (`readBack`, its rows now in `data`): its bytes move from the backlog
-    /// into the budget until it is settled. They are not admitted but taken: at most one batch per delivery worker
-    /// is read back at a time.
+    /// into the budget until it is settled. They are not admitted but taken: at most two batches per delivery worker
+    /// are read back at a time (docs/spool-and-acks.md, "The budget").
     package func readBack(_ original: SealedBatch, as loaded: SealedBatch) {
         backlog.subtract(original.spooledBytes, ordering: .relaxed)
         sealed.add(loaded.data.count, ordering: .relaxed)

@@ -112,29 +112,46 @@ package final class Delivery: Sendable {
         state.withLock { $0.queue.pop() }
     }
 
+    /// How a worker sends a batch (docs/delivery.md, "Splitting to isolate bad rows").
+    package enum Mode: Sendable {
+        /// Its own batch, from the queue: while splitting it, the worker sends one waiting batch before each half.
+        case own
+        /// A waiting batch sent between two halves of another: it does not help in turn, and if its first attempt
+        /// must be retried (and surely did not land) it goes back to the queue instead of holding up the split.
+        case helping
+    }
+
     /// Between two steps of a split, a worker first sends one batch that waits in the queue, so that a table whose
-    /// rows ClickHouse refuses cannot hold every worker while other tables wait (docs/delivery.md, "Splitting to
-    /// isolate bad rows"). The batch it sends does not help in turn: one level, so the split it interrupts resumes.
-    private func helpOneWaiting() async {
-        guard let waiting = takeWaiting() else { return }
-        if let report = await deliverQueued(waiting, helps: false) { settlement.settle(report) }
+    /// rows ClickHouse refuses cannot hold every worker while other tables wait. After a batch it could not finish
+    /// (put back in the queue), the worker stops helping for the rest of this split.
+    private func helpOneWaiting(_ helping: inout Bool) async {
+        guard helping, let waiting = takeWaiting() else { return }
+        if let report = await deliverQueued(waiting, mode: .helping) {
+            settlement.settle(report)
+        } else {
+            helping = false
+        }
     }
 
     /// The query id of batch `id`, made unique to this process.
     package func queryID(for id: UInt64) -> String { "batchhouse-\(instance)-\(id)" }
 
-    /// A batch from the queue: its rows read back from the spool first if they are there. Nil when the spool could
-    /// not be read for now (a failed system call, not damage): the batch is queued again after a pause.
-    /// `helps`: while it splits the batch, the worker sends waiting batches in between (see `helpOneWaiting`).
-    package func deliverQueued(_ queued: SealedBatch, helps: Bool = true) async -> FlushReport? {
+    /// A batch from the queue: its rows read back from the spool first if they are there. Nil when it went back to
+    /// the queue: the spool could not be read for now (a failed system call, not damage; after a pause unless
+    /// `helping`), or a `helping` send must be retried.
+    package func deliverQueued(_ queued: SealedBatch, mode: Mode = .own) async -> FlushReport? {
         var batch = queued
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
-        guard batch.bodyInSpool, let spool else { return await deliver(batch, helps: helps) }
+        guard batch.bodyInSpool, let spool else { return await deliver(batch, mode: mode) }
         // Shutting down with the upstream unwell: the rows wait in the spool for the next start, unread.
         if isClosed && gateway.isDegraded { return deferUnread(batch) }
         let read = spool.readChunks(batch.spooled.chunks)
         if !read.failed.isEmpty {
             settlement.readBackFailed(batch, reason: read.failed.values.first ?? "")
+            if mode == .helping {
+                submit(queued)
+                return nil
+            }
             await pause(for: .seconds(1))
             if isClosed { return deferUnread(batch) }
             submit(queued)
@@ -142,7 +159,9 @@ package final class Delivery: Sendable {
         }
         let (loaded, lost) = Self.readBack(batch, read)
         settlement.readBack(batch, as: loaded, lost: lost)
-        var report = loaded.rows > 0 || lost == nil ? await deliver(loaded, helps: helps) : FlushReport(batch: loaded)
+        guard loaded.rows > 0 || lost == nil else { return FlushReport(batch: loaded, failures: lost.map { [$0] } ?? []) }
+        // Put back with its rows in memory, as read (the budget counts them so since `readBack`).
+        guard var report = await deliver(loaded, mode: mode) else { return nil }
         if let lost { report.failures.append(lost) }
         return report
     }
@@ -201,35 +220,67 @@ package final class Delivery: Sendable {
     // MARK: One batch
 
     /// One batch, with retries and bad-row isolation: a batch ClickHouse refuses for its data is split in
-    /// halves until the rows it objects to are alone; the rest lands, those go to the dead-letter folder.
-    /// `helps`: before each half, one batch waiting in the queue is sent (see `helpOneWaiting`).
-    package func deliver(_ batch: SealedBatch, helps: Bool = true) async -> FlushReport {
+    /// halves until the rows it objects to are alone; the rest lands, those go to the dead-letter folder. Before
+    /// each half, one batch waiting in the queue is sent first (see `helpOneWaiting`).
+    package func deliver(_ batch: SealedBatch) async -> FlushReport {
+        let batch = recorded(batch)
+        var report = FlushReport(batch: batch)
+        var helping = true
+        await isolate(batch, original: batch, into: &report, helping: &helping)
+        return report
+    }
+
+    /// `deliver` in either mode; nil when a `helping` send went back to the queue.
+    private func deliver(_ batch: SealedBatch, mode: Mode) async -> FlushReport? {
+        guard mode == .helping else { return await deliver(batch) }
+        let batch = recorded(batch)
+        let outcome = await attempt(batch, putBackOnRetry: true)
+        if case .putBack = outcome {
+            submit(batch)
+            return nil
+        }
+        var report = FlushReport(batch: batch)
+        var helping = false
+        await handle(outcome, of: batch, original: batch, into: &report, helping: &helping)
+        return report
+    }
+
+    /// `batch` with its query id, recorded in the spool as being sent (docs/spool-and-acks.md, "Exactly once").
+    private func recorded(_ batch: SealedBatch) -> SealedBatch {
         var batch = batch
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
-        var report = FlushReport(batch: batch)
         if let spool, let queryID = batch.queryID, batch.id < Self.firstPartID {
             let chunks = batch.contributions.compactMap(\.spoolChunk)
             if !chunks.isEmpty && !spool.recordSending(queryID: queryID, batch: batch.id, chunks: chunks) {
                 settlement.sendingNotRecorded(batch)
             }
         }
-        await isolate(batch, original: batch, into: &report, helps: helps)
-        return report
+        return batch
     }
 
     private func isolate(
-        _ part: SealedBatch, original: SealedBatch, into report: inout FlushReport, helps: Bool
+        _ part: SealedBatch, original: SealedBatch, into report: inout FlushReport, helping: inout Bool
     ) async {
-        switch await attempt(part) {
+        await handle(await attempt(part), of: part, original: original, into: &report, helping: &helping)
+    }
+
+    private func handle(
+        _ outcome: AttemptOutcome, of part: SealedBatch, original: SealedBatch, into report: inout FlushReport,
+        helping: inout Bool
+    ) async {
+        switch outcome {
         case .landed:
             report.landedRows += part.rows
+        case .putBack:
+            // Only a helping send's first attempt ends so, and `deliver(_:mode:)` takes care of it: send in place.
+            await isolate(part, original: original, into: &report, helping: &helping)
         case .split(let response, let attempts):
             if let (first, second) = halves(of: part) {
                 settlement.splitting(part, error: Self.text(response))
-                if helps { await helpOneWaiting() }
-                await isolate(first, original: original, into: &report, helps: helps)
-                if helps { await helpOneWaiting() }
-                await isolate(second, original: original, into: &report, helps: helps)
+                await helpOneWaiting(&helping)
+                await isolate(first, original: original, into: &report, helping: &helping)
+                await helpOneWaiting(&helping)
+                await isolate(second, original: original, into: &report, helping: &helping)
             } else {
                 let written = settlement.deadLetter(
                     part, of: original, attempts: attempts, error: Self.text(response), status: response.status)
@@ -266,6 +317,8 @@ package final class Delivery: Sendable {
         case failed(UpstreamError, attempts: Int)
         /// `mayHaveLanded`: an attempt got no answer, so the next start must ask before sending it again.
         case deferred(UpstreamError?, mayHaveLanded: Bool)
+        /// Asked for with `putBackOnRetry`: the first attempt must be retried, and surely did not land.
+        case putBack
     }
 
     private static func text(_ response: UpstreamResponse) -> String {
@@ -274,7 +327,7 @@ package final class Delivery: Sendable {
     }
 
     /// Sends `part` until the policy says it landed, must be split, dead-lettered or deferred.
-    private func attempt(_ part: SealedBatch) async -> AttemptOutcome {
+    private func attempt(_ part: SealedBatch, putBackOnRetry: Bool = false) async -> AttemptOutcome {
         let policy = DeliveryPolicy(rule: part.rule, retryUntilDelivered: retryUntilDelivered)
         let request = BatchRequest(part, logQueries: spool != nil)
         let started = clock.now()
@@ -346,6 +399,8 @@ package final class Delivery: Sendable {
                 case .failure(let error): failure = "\(error.kind): \(error.message)"
                 }
                 settlement.retrying(part, attempt: attempt, backoff: backoff, error: failure)
+                // Sure not to have landed (an answer, or no connection): another worker can take it from the start.
+                if putBackOnRetry && !mayHaveLanded { return .putBack }
                 await pause(for: backoff)
                 attempt += 1
             case (.split, .failure(let error)):

@@ -250,22 +250,22 @@ package final class UpstreamGateway: Sendable {
                 }
             }
             // Still running (an attempt the proxy gave up on, or one whose client died): wait for it. Asked before
-            // the log is flushed, so a query that ends meanwhile shows in the log.
-            func running() async -> Bool? {
-                guard case .success(let processes) = await run(
-                    "SELECT count() FROM system.processes WHERE query_id = \(quoted) FORMAT TSV"),
-                    processes.status == 200, processes.code == nil
-                else { return nil }
-                return Int(processes.text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0
+            // the log is flushed, so a query that ends meanwhile shows in the log. A server that does not answer
+            // is unreachable, not unknown: the question is asked again later, and nothing is sent meanwhile.
+            func running() async -> QueryOutcome? {
+                switch await run("SELECT count() FROM system.processes WHERE query_id = \(quoted) FORMAT TSV") {
+                case .failure(let error):
+                    return .unreachable("\(error.kind) at \(redacted(server)): \(error.message)")
+                case .success(let processes) where processes.status >= 500 && processes.code == nil:
+                    return .unreachable("HTTP \(processes.status) from \(redacted(server))")
+                case .success(let processes) where processes.status != 200 || processes.code != nil:
+                    return .unknown("system.processes cannot be read on \(redacted(server))")
+                case .success(let processes):
+                    return Int(processes.text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0 ? .running : nil
+                }
             }
-            switch await running() {
-            case .some(true):
-                answers.append(.running)
-                continue
-            case .some(false):
-                break
-            case nil:
-                answers.append(.unknown("system.processes cannot be read on \(redacted(server))"))
+            if let answer = await running() {
+                answers.append(answer)
                 continue
             }
             switch await run("SYSTEM FLUSH LOGS", post: true) {
@@ -298,8 +298,8 @@ package final class UpstreamGateway: Sendable {
             let types = log.text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
             if types.contains("QueryFinish") || types.contains("2") { return .finished }
             // A start without an end: running after all (started between the two questions), or its server stopped.
-            if await running() == true {
-                answers.append(.running)
+            if let answer = await running() {
+                answers.append(answer)
                 continue
             }
             let failed = types.contains { ["ExceptionWhileProcessing", "ExceptionBeforeStart", "3", "4"].contains($0) }

@@ -175,6 +175,29 @@ private func damage(_ fixture: EngineFixture, where text: String, with replaceme
         #expect(transport.requests.contains { $0.statement?.contains("system.processes") == true })
     }
 
+    /// ClickHouse stopped with SIGTERM: it commits the insert in flight, hangs up unanswered, and is down for a
+    /// while. Not being able to ask is not "cannot be told": the batch waits for an answer instead of going again.
+    @Test func anAttemptWithoutAnAnswerWaitsWhileNoServerCanBeAsked() async throws {
+        let asked = Atomic<Int>(0)
+        let transport = upstream(
+            log: { _ in .status(200, body: "QueryStart\nQueryFinish\n") },
+            processes: { asked.add(1, ordering: .relaxed).oldValue < 3 ? .failure(.connect) : .status(200, body: "0\n") },
+            insert: { index in index == 0 ? .failure(.transport) : .ok })
+        let fixture = try EngineFixture("defaults: { max_rows: 1 }", transport: transport, spool: true)
+        // Running, not shutting down (at shutdown a batch whose question finds no server is left in doubt).
+        let workers = Task { await fixture.engine.delivery.run() }
+        fixture.insert("INSERT INTO db.t VALUES (1)")
+        let deadline = ContinuousClock.now + .seconds(30)
+        while fixture.spool?.undeliveredChunks != 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        fixture.engine.delivery.close()
+        await workers.value
+        #expect(transport.inserts.count == 1, "sent once: it had landed")
+        #expect(asked.load(ordering: .relaxed) >= 4, "asked until the server answered")
+        #expect(fixture.spool?.undeliveredChunks == 0)
+    }
+
     /// A first process sends a batch whose attempt gets no answer, then stops: the batch is in doubt.
     private func crashedWithABatchInDoubt(_ directory: TemporaryDirectory) async throws -> String {
         let down = ScriptedTransport { _, _ in .failure(.timeout) }

@@ -4,6 +4,7 @@ import BatchhouseUpstream
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 import Testing
 
 /// Delivery against a scripted upstream: attempts, retries and backoff, bad-row splitting, dead letters, circuit
@@ -435,7 +436,7 @@ import Testing
     }
 
     /// One table's bad rows do not hold the only worker while other tables wait: before each half of a split it
-    /// sends a waiting batch first. Without that, `b` and `c` went after all 31 inserts of `a`'s isolation.
+    /// sends a waiting batch first. Without that, the other tables went after all 31 inserts of `a`'s isolation.
     @Test func aSplittingWorkerSendsAWaitingBatchBeforeEachHalf() async throws {
         let transport = ScriptedTransport { _, body in
             body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
@@ -444,6 +445,37 @@ import Testing
             transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
         let delivery = fixture.engine.delivery
         let bad = (0..<16).map { "('oops\($0)')" }
+        let others = (1...40).map { valuesBatch(id: UInt64($0 + 1), table: "o\($0)", rows: 1) }
+        delivery.submit([valuesBatch(id: 1, table: "a", values: bad)] + others)
+        delivery.close()
+        await delivery.run()
+
+        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        #expect(tables.prefix(4) == ["a", "o1", "a", "o2"], "\(tables)")
+        // 15 splits, two helps each; the other 10 go after.
+        let lastOfA = try #require(tables.lastIndex(of: "a"))
+        #expect(tables[..<lastOfA].filter { $0 != "a" }.count == 30, "\(tables)")
+        #expect(tables.filter { $0 == "a" }.count == 31, "every bad row isolated: 16 leaves, 15 inner parts")
+        #expect(tables.count == 71)
+        #expect(try Self.deadLetters(fixture).count == 16)
+        #expect(delivery.queuedBatches == 0)
+    }
+
+    /// A waiting batch that must be retried is not retried in place by a worker that is splitting: it goes back to
+    /// the queue, the split goes on without more help, and the batch lands once afterwards.
+    @Test func aHelpedBatchThatMustBeRetriedGoesBackToTheQueue() async throws {
+        let overloadedOnce = Atomic<Bool>(true)
+        let transport = ScriptedTransport { _, body in
+            if body.contains("'oops") { return .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") }
+            if body == "(1)" && overloadedOnce.exchange(false, ordering: .relaxed) {
+                return .error(status: 500, code: 252, message: "Too many parts")
+            }
+            return .ok
+        }
+        let fixture = try EngineFixture(
+            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let delivery = fixture.engine.delivery
+        let bad = (0..<4).map { "('oops\($0)')" }
         delivery.submit([
             valuesBatch(id: 1, table: "a", values: bad), valuesBatch(id: 2, table: "b", rows: 1),
             valuesBatch(id: 3, table: "c", rows: 1),
@@ -451,11 +483,11 @@ import Testing
         delivery.close()
         await delivery.run()
 
-        let tables = fixture.transport.inserts.map { $0.statement?.split(separator: "`")[3] ?? "" }
-        #expect(tables.prefix(4) == ["a", "b", "a", "c"], "\(tables)")
-        #expect(tables.filter { $0 == "a" }.count == 31, "every bad row isolated: 16 leaves, 15 inner parts")
-        #expect(tables.count == 33)
-        #expect(try Self.deadLetters(fixture).count == 16)
+        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        // b is refused (TOO_MANY_PARTS) and put back; no more help for this split; b goes again after c.
+        #expect(tables == ["a", "b", "a", "a", "a", "a", "a", "a", "c", "b"], "\(tables)")
+        #expect(fixture.clock.sleeps.isEmpty, "the split never waited for b's backoff")
+        #expect(try Self.deadLetters(fixture).count == 4)
         #expect(delivery.queuedBatches == 0)
     }
 
