@@ -129,7 +129,7 @@ struct CurlClientTests {
     @Test("execute: a closed port fails quickly with kind .connect")
     func connectError() async throws {
         // Bind a port, then close it: nothing listens there afterwards.
-        let port = try Self.unusedPort()
+        let port = try OneConnectionServer.unusedPort()
         let start = ContinuousClock.now
         await #expect(throws: UpstreamError.self) {
             _ = try await client.execute(UpstreamRequest(url: "http://127.0.0.1:\(port)/ping"))
@@ -386,23 +386,6 @@ struct CurlClientTests {
         // One connection; two if the machine stalled for longer than the client's idle timeout (2 s)
         // between two requests, as happens under ThreadSanitizer.
         #expect(Int(fields.last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 99 <= 2, "\(result)")
-    }
-
-    static func unusedPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard bound else { throw ClickHouse.FixtureError(message: "could not bind a port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }
 
