@@ -140,6 +140,13 @@ class Run:
         with open(self.config_path, "w") as handle:
             handle.write("\n".join(lines) + "\n")
 
+    def begin(self, upstream_url=None, crash_at=None, sleeping_view_on=None):
+        """How every scenario starts: its tables, the configuration (upstream: the suite's ClickHouse unless
+        given), and the proxy."""
+        self.create_tables(sleeping_view_on=sleeping_view_on)
+        self.write_config(upstream_url or self.clickhouse.url)
+        self.start_proxy(crash_at=crash_at)
+
     def start_proxy(self, crash_at=None):
         if not self.proxy.start(crash_at=crash_at):
             # An armed point may be reached before the proxy answers its first /ping (during-recovery: a replayed
@@ -374,9 +381,8 @@ def crash_scenario(point):
                "no duplicate outside the at-least-once window (ids committed but not marked delivered when the "
                "proxy died)"),
         )
-        run.create_tables(sleeping_view_on="enqueued" if point == "after-commit" else None)
-        run.write_config(run.clickhouse.url)
-        run.start_proxy(crash_at="%s@%d" % (point, count))
+        run.begin(crash_at="%s@%d" % (point, count),
+                  sleeping_view_on="enqueued" if point == "after-commit" else None)
         run.start_load()
         run.load_started = time.monotonic()
         crashed = wait_for_crash(run, point)
@@ -398,9 +404,7 @@ def during_recovery(context):
         "before its delivered mark), restart again clean" % CRASH_COUNTS["after-commit"],
         "no acknowledged id lost, none twice (exactly once across two crashes), a fresh row lands",
     )
-    run.create_tables()
-    run.write_config(run.clickhouse.url)
-    run.start_proxy(crash_at="after-commit@%d" % CRASH_COUNTS["after-commit"])
+    run.begin(crash_at="after-commit@%d" % CRASH_COUNTS["after-commit"])
     run.start_load()
     run.load_started = time.monotonic()
     if wait_for_crash(run, "after-commit"):
@@ -422,9 +426,7 @@ def clickhouse_kill(context):
     run = Run(context, "clickhouse-kill",
               "ClickHouse SIGKILLed under load, restarted 2 s later on the same data and ports",
               "no acknowledged id lost, none twice, a fresh row lands")
-    run.create_tables()
-    run.write_config(run.clickhouse.url)
-    run.start_proxy()
+    run.begin()
     run.start_load()
     time.sleep(1.5)
     os.kill(context.clickhouse_pid, signal.SIGKILL)
@@ -443,9 +445,7 @@ def clickhouse_kill(context):
 def clickhouse_stop(context):
     run = Run(context, "clickhouse-stop", "ClickHouse SIGSTOPped for 5 s under load, then SIGCONT",
               "no acknowledged id lost, none twice, a fresh row lands")
-    run.create_tables()
-    run.write_config(run.clickhouse.url)
-    run.start_proxy()
+    run.begin()
     run.start_load()
     time.sleep(1.5)
     before = run.load.acknowledged
@@ -469,9 +469,7 @@ def clickhouse_flaky(context):
               "(X-ClickHouse-Exception-Code 202), 1.5 s pass, 1.5 s of connections dropped mid-request, then pass",
               "no acknowledged id lost, none twice, a fresh row lands")
     try:
-        run.create_tables()
-        run.write_config(faults.url)
-        run.start_proxy()
+        run.begin(faults.url)
         run.start_load()
         # The pass between the 503s and the drops lets the proxy's breaker close again (it pings every second).
         schedule = [(1.0, "slow", 0.005), (2.5, "error503"), (4.0, "pass"), (5.5, "drop"), (7.0, "pass")]
@@ -493,9 +491,7 @@ def refused_rows(context):
               "4 rows per mode that ClickHouse refuses (a non-date in a Date column; the scanner accepts them), "
               "alone or inside a 3-row request, among the load",
               "the bad ids do not land and are in the dead-letter folder; every other acknowledged id lands once")
-    run.create_tables()
-    run.write_config(run.clickhouse.url)
-    run.start_proxy()
+    run.begin()
     run.start_load(bad_every=8, bad_limit=4)
     time.sleep(4)
     run.finish()
@@ -527,9 +523,7 @@ def spool_full(context):
     faults = FaultProxy("127.0.0.1", int(context.clickhouse.port))
     try:
         run.spool_dir = os.path.join(disk, "spool")
-        run.create_tables()
-        run.write_config(faults.url)
-        run.start_proxy()
+        run.begin(faults.url)
         run.payload_length = 400
         run.warm_up()
         faults.set_mode("refuse")
@@ -571,9 +565,7 @@ def spool_damage(kind):
                   "\"spool corruption skipped\" and counted; everything else acknowledged lands once")
         faults = FaultProxy("127.0.0.1", int(context.clickhouse.port))
         try:
-            run.create_tables()
-            run.write_config(faults.url)
-            run.start_proxy()
+            run.begin(faults.url)
             run.warm_up()
             faults.set_mode("refuse")
             run.start_load()
