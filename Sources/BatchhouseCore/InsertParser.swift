@@ -86,6 +86,8 @@ private struct Parser {
     let isComplete: Bool
     let allowSettingsAfterFormat: Bool
     var pos = 0
+    /// Just after the statement's last token, once known (`InsertStatement.statementEnd`).
+    var statementEnd = 0
 
     init(p: UnsafePointer<UInt8>, n: Int, isComplete: Bool, allowSettingsAfterFormat: Bool) {
         self.p = p
@@ -137,15 +139,21 @@ private struct Parser {
         }
 
         if isKeyword(token, "VALUES") {
+            statementEnd = token.range.upperBound
             let dataOffset = try valuesData(after: token.range.upperBound, settings: &settings)
-            return InsertStatement(database: database, table: table, columns: columns, format: .values, settings: settings, dataOffset: dataOffset)
+            return InsertStatement(
+                database: database, table: table, columns: columns, format: .values, settings: settings,
+                dataOffset: dataOffset, statementEnd: statementEnd)
         }
         if isKeyword(token, "FORMAT") {
             let nameToken = try next()
             guard let name = try identifier(nameToken) else { throw .passthrough("expected a format name") }
             guard let format = InputFormat(clickHouseName: name) else { throw .passthrough("format \(name) is not batchable") }
+            statementEnd = nameToken.range.upperBound
             let dataOffset = try formatData(after: nameToken.range.upperBound, settings: &settings)
-            return InsertStatement(database: database, table: table, columns: columns, format: format, settings: settings, dataOffset: dataOffset)
+            return InsertStatement(
+                database: database, table: table, columns: columns, format: format, settings: settings,
+                dataOffset: dataOffset, statementEnd: statementEnd)
         }
         if isKeyword(token, "SELECT") { throw .passthrough("INSERT ... SELECT") }
         if isKeyword(token, "WITH") { throw .passthrough("INSERT ... WITH") }
@@ -224,6 +232,7 @@ private struct Parser {
             }
             pos = start &+ 8
             let after = try settingsList(into: &settings)
+            statementEnd = after
             start = try skipInsignificant(from: after, lenient: true)
             if start == n { return n } // settingsList already asked for more when incomplete
         }
@@ -244,6 +253,7 @@ private struct Parser {
             }
             pos = peek &+ 8
             last = try settingsList(into: &settings)
+            statementEnd = last
             if last < n && p[last] == UInt8(ascii: ";") { throw .passthrough("';' right after the SETTINGS clause") }
         }
         var d = last

@@ -21,14 +21,21 @@ public struct InsertStatement: Sendable, Hashable {
     public var settings: [Setting]
     /// Byte offset in the parsed text where the data begins.
     public var dataOffset: Int
+    /// Byte offset in the parsed text just after the statement's last token (the `VALUES` keyword, the format name,
+    /// or a SETTINGS clause after them): what ClickHouse's `max_query_size` must cover.
+    public var statementEnd: Int
 
-    public init(database: String?, table: String, columns: [String]?, format: InputFormat, settings: [Setting], dataOffset: Int) {
+    public init(
+        database: String?, table: String, columns: [String]?, format: InputFormat, settings: [Setting], dataOffset: Int,
+        statementEnd: Int? = nil
+    ) {
         self.database = database
         self.table = table
         self.columns = columns
         self.format = format
         self.settings = settings
         self.dataOffset = dataOffset
+        self.statementEnd = statementEnd ?? dataOffset
     }
 }
 

@@ -129,7 +129,13 @@ package final class Intake: Sendable {
         // batches nor reach the spool.
         let identity = serviceAccount ? .anonymous : request.parameters.identity
         let memoryLimit = current.value.limits.maxBufferMemory
-        let settings = request.parameters.settings
+        // Settings that judge the statement's text apply to the client's statement, never to the batch's.
+        if case .passthrough = StatementTextSettings.verdict(
+            for: statement, settings: request.parameters.settings + statement.settings)
+        {
+            return .passthrough
+        }
+        let settings = StatementTextSettings.removed(from: request.parameters.settings)
         if !serviceAccount, let verifier, case .mustVerify(let digest) = verifier.check(identity) {
             // ClickHouse authenticates before it reads a query, so the credentials are checked before the rows.
             // The body waiting for the answer holds its bytes in the memory budget, shed first like a body still
@@ -179,7 +185,7 @@ package final class Intake: Sendable {
             let key = BatchKey(
                 identity: identity, database: database, table: statement.table, columns: statement.columns,
                 format: statement.format, header: scanned.header.map { Array(bytes[$0]) },
-                settings: settings + statement.settings)
+                settings: settings + StatementTextSettings.removed(from: statement.settings))
             let rows = UnsafeRawBufferPointer(rebasing: bytes[scanned.rows])
             if rule.sample < 1.0 && statement.format.isRowCounted && scanned.rowCount > 0 {
                 guard let kept = RowSampler.sample(rows, format: statement.format, fraction: rule.sample) else {

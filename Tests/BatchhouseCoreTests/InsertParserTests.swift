@@ -2,7 +2,18 @@ import Testing
 
 @testable import BatchhouseCore
 
+/// The parse result with `statementEnd` set to `dataOffset`, so expectations name the data offset only
+/// (`statementEndIsWhereMaxQuerySizeMustReach` checks `statementEnd` itself).
 private func parse(_ text: String, complete: Bool = false, settingsAfterFormat: Bool = false) -> InsertParseResult {
+    var result = rawParse(text, complete: complete, settingsAfterFormat: settingsAfterFormat)
+    if case .insert(var statement) = result {
+        statement.statementEnd = statement.dataOffset
+        result = .insert(statement)
+    }
+    return result
+}
+
+private func rawParse(_ text: String, complete: Bool = false, settingsAfterFormat: Bool = false) -> InsertParseResult {
     InsertParser.parse(Array(text.utf8), isComplete: complete, allowSettingsAfterFormat: settingsAfterFormat)
 }
 
@@ -28,6 +39,19 @@ private func isPassthrough(_ result: InsertParseResult) -> Bool {
 
 @Suite struct InsertParserTests {
     // MARK: Batchable statements
+
+    @Test func statementEndIsWhereMaxQuerySizeMustReach() {
+        func end(_ text: String, settingsAfterFormat: Bool = false) -> Int? {
+            guard case .insert(let statement) = rawParse(text, complete: true, settingsAfterFormat: settingsAfterFormat)
+            else { return nil }
+            return statement.statementEnd
+        }
+        // ClickHouse 18.16 takes `insert\ninto t612 values (1, 1)` with max_query_size=23 and refuses it with 22.
+        #expect(end("insert\ninto t612 values (1, 1)") == 23)
+        #expect(end("insert\ninto t612 FORMAT TSV\n5\t5\n") == 27)
+        #expect(end("INSERT INTO t FORMAT TSV SETTINGS a = 1\n1\n", settingsAfterFormat: true) == 39)
+        #expect(end("INSERT INTO t VALUES SETTINGS a = 1 (1)", settingsAfterFormat: true) == 35)
+    }
 
     @Test func plainValues() {
         let text = "INSERT INTO t VALUES (1)"
