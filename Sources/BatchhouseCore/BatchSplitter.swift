@@ -82,7 +82,8 @@ public enum BatchSplitter {
                 let low = before
                 let high = before + block.rows
                 before = high
-                for (buffer, part) in [(0, low..<min(high, middle)), (1, max(low, middle)..<high)] where !part.isEmpty {
+                let cut = min(max(middle, low), high)
+                for (buffer, part) in [(0, low..<cut), (1, cut..<high)] where !part.isEmpty {
                     let piece: [UInt8]
                     if part.count == block.rows {
                         piece = Array(bytes[block.range])

@@ -56,6 +56,8 @@ struct NativeColumn: Sendable {
         var firstRow: Int
         var rows: Int
         var keys: Int
+        /// Where the dictionary keys lie (a column of the dictionary type without Nullable).
+        var keyLayout: Layout
     }
 
     static func gather(_ layout: Layout, rows: [Int], _ p: UnsafePointer<UInt8>, into out: inout [UInt8]) {
@@ -127,8 +129,12 @@ enum NativeScanner {
                 // ClickHouse takes a block without columns as the end of the stream and ignores what follows.
                 throw BinaryErrors.unsupported("a Native block without columns", at: start)
             }
-            guard columnCount <= maxColumns, columnCount <= UInt64(reader.remaining) else {
+            guard columnCount <= maxColumns else {
                 throw BinaryErrors.incorrect("Suspiciously many columns in Native format: \(columnCount)", at: start, row: reader.row)
+            }
+            // Every column's name and type take at least two bytes.
+            guard columnCount <= UInt64(reader.remaining) else {
+                throw BinaryErrors.cannotReadAll(read: reader.remaining, expected: Int(columnCount), at: reader.at, row: reader.row)
             }
             guard rowCount <= maxRows, rowCount <= UInt64(reader.remaining) else {
                 // Every value of every type takes at least a byte, so more rows than bytes cannot be there.
@@ -284,7 +290,7 @@ enum NativeScanner {
             guard keyCount <= UInt64(reader.remaining) else {
                 throw BinaryErrors.cannotReadAll(read: reader.remaining, expected: Int(clamping: keyCount), at: keysAt, row: reader.row)
             }
-            _ = try readData(inner.dictionaryKeys, rows: Int(keyCount), &reader)
+            let keyLayout = try readData(inner.dictionaryKeys, rows: Int(keyCount), &reader)
             let head = headStart..<reader.at
             let countAt = reader.at
             let groupRows = try reader.uint64()
@@ -306,7 +312,7 @@ enum NativeScanner {
             groups.append(
                 NativeColumn.DictionaryGroup(
                     head: head, width: width, indexesStart: indexesStart, firstRow: done, rows: Int(groupRows),
-                    keys: Int(keyCount)))
+                    keys: Int(keyCount), keyLayout: keyLayout))
             done += Int(groupRows)
         }
         return .lowCardinality(groups)

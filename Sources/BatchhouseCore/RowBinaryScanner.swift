@@ -17,6 +17,9 @@ enum RowBinaryScanner {
         var reader = BinaryReader(p, start: 0, end: end)
         var signature = columns
         var headerRange: Range<Int>?
+        if header == .names && columns == nil {
+            throw BinaryErrors.unsupported("RowBinaryWithNames needs the table's column types", at: 0)
+        }
         if header != .none {
             let (parsed, range) = try readHeader(&reader, header: header, columns: columns)
             signature = parsed
