@@ -112,7 +112,7 @@ struct BinaryReader {
             }
             let byte = p[at]
             at += 1
-            if i < 10 { value |= UInt64(byte & 0x7F) << UInt64(7 * i) }
+            value |= UInt64(byte & 0x7F) << UInt64(7 * i)
             if byte & 0x80 == 0 { break }
         }
         return value

@@ -81,7 +81,7 @@ struct ColumnTypeParser {
             return .fixed(width: 4)
         case "DateTime64":
             guard expect("("), let precision = integer(), (0...9).contains(precision) else { return nil }
-            if expectIf(",") { guard quoted() != nil else { return nil } }
+            if expect(",") { guard quoted() != nil else { return nil } }
             return expect(")") ? .fixed(width: 8) : nil
         case "FixedString":
             guard expect("("), let length = integer(), length > 0, length <= 1 << 30, expect(")") else { return nil }
@@ -89,7 +89,7 @@ struct ColumnTypeParser {
         case "Decimal":
             guard expect("("), let precision = integer() else { return nil }
             var scale = 0
-            if expectIf(",") { guard let s = integer() else { return nil }; scale = s }
+            if expect(",") { guard let s = integer() else { return nil }; scale = s }
             guard expect(")"), scale <= precision else { return nil }
             return Self.decimal(precision: precision)
         case "Decimal32", "Decimal64", "Decimal128", "Decimal256":
@@ -101,11 +101,11 @@ struct ColumnTypeParser {
             guard expect("(") else { return nil }
             repeat {
                 guard quoted() != nil else { return nil }
-                if expectIf("=") {
-                    _ = expectIf("-")
+                if expect("=") {
+                    _ = expect("-")
                     guard integer() != nil else { return nil }
                 }
-            } while expectIf(",")
+            } while expect(",")
             guard expect(")") else { return nil }
             return .fixed(width: family == "Enum8" ? 1 : 2)
         case "Nullable", "Array", "LowCardinality":
@@ -126,7 +126,7 @@ struct ColumnTypeParser {
             repeat {
                 guard let element = tupleElement(depth: depth + 1, named: family == "Nested") else { return nil }
                 elements.append(element)
-            } while expectIf(",")
+            } while expect(",")
             guard expect(")") else { return nil }
             return family == "Tuple" ? .tuple(elements) : .array(.tuple(elements))
         case "SimpleAggregateFunction":
@@ -158,8 +158,8 @@ struct ColumnTypeParser {
         let next = at < bytes.count ? bytes[at] : 0
         let isTypeName = next == UInt8(ascii: ",") || next == UInt8(ascii: ")") || next == UInt8(ascii: "(")
         if isTypeName && !named && !Self.isQuotedIdentifier(bytes[start]) {
+            // `first` was the type's family, not an element name.
             at = start
-            return parseType(depth: depth)
         }
         _ = first
         return parseType(depth: depth)
@@ -185,8 +185,6 @@ struct ColumnTypeParser {
         }
         return false
     }
-
-    private mutating func expectIf(_ character: Unicode.Scalar) -> Bool { expect(character) }
 
     /// A bare word, or a backquoted or double-quoted name with `\` escapes.
     private mutating func identifier() -> String? {
