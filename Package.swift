@@ -69,7 +69,8 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "batchhouse-microbench", dependencies: ["BatchhouseCore"], path: "Benchmarks/Microbench"),
-        .testTarget(name: "BatchhouseCoreTests", dependencies: ["BatchhouseCore"]),
+        // Fixtures/Binary: captures from the test servers, read by path (BinaryFixtures.swift).
+        .testTarget(name: "BatchhouseCoreTests", dependencies: ["BatchhouseCore"], exclude: ["Fixtures"]),
         .testTarget(name: "BatchhouseConfigTests", dependencies: ["BatchhouseConfig", "BatchhouseCore"]),
         .testTarget(
             name: "BatchhouseSpoolTests",

@@ -46,7 +46,38 @@ public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
             }
         }
     }
+    fuzzBinary(data)
     return 0
+}
+
+/// Columns of many layouts for the RowBinary scanners (WithNamesAndTypes reads its own). Made for every input: a
+/// global would live to the end of the run, which LeakSanitizer reports as a leak.
+private func binaryColumns() -> ColumnSignature? {
+    ColumnSignature(
+    names: ["a", "b", "c", "d", "e", "f"],
+    typeNames: [
+        "Nullable(String)", "Array(LowCardinality(Nullable(String)))", "Map(String, Array(UInt8))",
+        "Tuple(x Int8, y FixedString(2))", "Decimal(38, 10)", "Enum8('a' = 1)",
+    ])
+}
+
+/// The RowBinary scanners with `binaryColumns`, and the Native scanner with its block slicer.
+private func fuzzBinary(_ data: UnsafeRawBufferPointer) {
+    let binaryColumns = binaryColumns()
+    for format in [InputFormat.rowBinary, .rowBinaryWithNames, .rowBinaryWithNamesAndTypes] {
+        guard let scanned = try? RowScanner.scan(data, format: format, columns: binaryColumns),
+            let ranges = try? RowScanner.rowRanges(data, format: format, columns: binaryColumns)
+        else { continue }
+        check(ranges.count == scanned.rowCount, "RowBinary ranges and count differ")
+        check(ranges.last.map { $0.upperBound == data.count } ?? true, "RowBinary rows do not reach the end")
+    }
+    guard let blocks = try? RowScanner.nativeBlocks(data) else { return }
+    for block in blocks where block.rows > 0 {
+        check(block.range.upperBound <= data.count, "a Native block beyond the data")
+        let half = block.slice(data, rows: 0..<((block.rows + 1) / 2))
+        let rows = half.withUnsafeBytes { (try? RowScanner.nativeBlocks($0))?.first?.rows }
+        check(rows == (block.rows + 1) / 2, "a Native slice does not scan as its rows")
+    }
 }
 
 private func check(_ condition: Bool, _ message: StaticString) {

@@ -31,7 +31,9 @@ public struct BatchKey: Hashable, Sendable, CustomStringConvertible {
     public var table: String { didSet { rehash() } }
     public var columns: [String]? { didSet { rehash() } }
     public var format: InputFormat { didSet { rehash() } }
-    /// Header line(s) of *WithNames formats, as sent; part of the key.
+    /// Header line(s) of text *WithNames formats, as sent; for RowBinary (+WithNames, +WithNamesAndTypes) and Native
+    /// the columns' `ColumnSignature.encoded`. Part of the key; what of it a batch writes is
+    /// `InputFormat.batchHeader(forKey:)`.
     public var header: [UInt8]? { didSet { rehash() } }
     /// Settings from URL parameters and SETTINGS clauses, sorted by name, last value wins.
     public var settings: [Setting] { didSet { rehash() } }

@@ -126,13 +126,19 @@ public struct BatchBuffer: Sendable {
     public private(set) var contributions: [Contribution] = []
     private let headerBytes: Int
 
+    /// `header` is the batch key's header: text formats' header lines, binary formats' column signature, of which
+    /// only `InputFormat.batchHeader(forKey:)` is written.
     public init(format: InputFormat, header: [UInt8]?, reservingCapacity capacity: Int = 0) {
         self.format = format
         var data: [UInt8] = []
         data.reserveCapacity(capacity + (header?.count ?? 0))
         if let header {
-            data.append(contentsOf: header)
-            if header.last != UInt8(ascii: "\n") { data.append(UInt8(ascii: "\n")) }
+            if format.isBinary {
+                data.append(contentsOf: format.batchHeader(forKey: header))
+            } else {
+                data.append(contentsOf: header)
+                if header.last != UInt8(ascii: "\n") { data.append(UInt8(ascii: "\n")) }
+            }
         }
         self.data = data
         self.headerBytes = data.count
@@ -146,7 +152,7 @@ public struct BatchBuffer: Sendable {
     private func separatorCost(endsWithNewline: Bool) -> Int {
         switch format {
         case .values: return rows > 0 || requests > 0 ? 1 : 0
-        case .rowBinary, .native: return 0
+        case .rowBinary, .rowBinaryWithNames, .rowBinaryWithNamesAndTypes, .native: return 0
         case .jsonEachRow, .jsonCompactEachRow, .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes:
             return 1
         default: return endsWithNewline ? 0 : 1
@@ -166,7 +172,7 @@ public struct BatchBuffer: Sendable {
         switch format {
         case .values:
             data.append(contentsOf: chunk)
-        case .rowBinary, .native:
+        case .rowBinary, .rowBinaryWithNames, .rowBinaryWithNamesAndTypes, .native:
             data.append(contentsOf: chunk)
         case .jsonEachRow, .jsonCompactEachRow, .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes:
             data.append(contentsOf: chunk)

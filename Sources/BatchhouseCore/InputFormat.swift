@@ -16,6 +16,8 @@ public enum InputFormat: String, Sendable, Hashable, CaseIterable {
     case jsonCompactEachRowWithNamesAndTypes = "JSONCompactEachRowWithNamesAndTypes"
     case tskv = "TSKV"
     case rowBinary = "RowBinary"
+    case rowBinaryWithNames = "RowBinaryWithNames"
+    case rowBinaryWithNamesAndTypes = "RowBinaryWithNamesAndTypes"
     case native = "Native"
 
     /// Resolves a format name as written in `FORMAT name`, including ClickHouse's aliases.
@@ -49,15 +51,35 @@ public enum InputFormat: String, Sendable, Hashable, CaseIterable {
         case .tabSeparatedWithNames, .tabSeparatedWithNamesAndTypes: return .tabSeparated
         case .csvWithNames: return .csv
         case .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes: return .jsonCompactEachRow
+        case .rowBinaryWithNames, .rowBinaryWithNamesAndTypes: return .rowBinary
         default: return self
         }
     }
 
-    /// Whether rows are counted structurally (true) or the data is only concatenated as bytes.
-    public var isRowCounted: Bool {
+    /// Whether rows are counted structurally. True for every format; the binary ones need the column types
+    /// (`RowScanner.scan(_:format:columns:)`), without them their data is unsupported and passed through.
+    public var isRowCounted: Bool { true }
+
+    /// RowBinary (+WithNames, +WithNamesAndTypes) and Native: rows are found with the column types, and the batch
+    /// key's header is the columns' `ColumnSignature` encoding rather than header lines.
+    public var isBinary: Bool {
         switch self {
-        case .rowBinary, .native: return false
-        default: return true
+        case .rowBinary, .rowBinaryWithNames, .rowBinaryWithNamesAndTypes, .native: return true
+        default: return false
+        }
+    }
+
+    /// The part of a batch key's header that is written at the head of a batch. Text formats: the header lines.
+    /// RowBinary and Native: nothing (the signature is only part of the key). RowBinaryWithNames: the names part of
+    /// the signature, RowBinaryWithNamesAndTypes: all of it, both being the header ClickHouse reads.
+    public func batchHeader(forKey header: [UInt8]) -> [UInt8] {
+        switch self {
+        case .rowBinary, .native:
+            return []
+        case .rowBinaryWithNames:
+            return ColumnSignature(decoding: header)?.encodedNames ?? header
+        default:
+            return header
         }
     }
 }

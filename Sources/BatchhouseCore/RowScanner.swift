@@ -1,7 +1,6 @@
 /// The rows found in one request's data, as byte ranges of that data.
 public struct ScannedRows: Sendable, Hashable {
-    /// Number of rows. Always 0 for RowBinary and Native, which have no row structure without the table's types:
-    /// callers account for those by bytes (docs/request-path.md, "Formats and joining").
+    /// Number of rows.
     public var rowCount: Int
     /// The header of *WithNames / *WithNamesAndTypes formats; nil for other formats and for empty data.
     /// Line formats: the 1 or 2 header lines including their trailing newline (if the data has one).
@@ -11,17 +10,24 @@ public struct ScannedRows: Sendable, Hashable {
     /// The row data: a UTF-8 BOM at the start and the header removed. For Values and the JSON formats it runs from
     /// the first row's opening bracket to the last row's closing bracket (surrounding whitespace, a trailing `,` or
     /// `;`, and JSONEachRow's optional `[ ... ]` wrapper removed); separators between rows stay as sent.
-    /// For line formats it runs to the end of the data. RowBinary and Native: the whole data, BOM included.
+    /// For line formats it runs to the end of the data. RowBinary: after the header to the end, Native: the whole
+    /// data (a BOM is data there).
     public var rows: Range<Int>
     /// Whether `rows` ends with a row terminator (an unescaped "\n"). Line formats need one appended before the next
     /// chunk when this is false and `rows` is not empty. Always false for the other formats and for empty rows.
     public var endsWithNewline: Bool
+    /// Binary formats: the columns of the rows, for the batch key's header (`ColumnSignature.encoded`). RowBinary:
+    /// the signature passed in; RowBinaryWithNames: the header's names with the passed signature's types;
+    /// RowBinaryWithNamesAndTypes: the header; Native: the first block's columns (nil when there are no blocks).
+    /// Nil for text formats.
+    public var signature: ColumnSignature?
 
-    public init(rowCount: Int, header: Range<Int>?, rows: Range<Int>, endsWithNewline: Bool) {
+    public init(rowCount: Int, header: Range<Int>?, rows: Range<Int>, endsWithNewline: Bool, signature: ColumnSignature? = nil) {
         self.rowCount = rowCount
         self.header = header
         self.rows = rows
         self.endsWithNewline = endsWithNewline
+        self.signature = signature
     }
 }
 
@@ -37,12 +43,17 @@ public struct RowScanError: Error, Sendable, Hashable {
     public var message: String
     /// Byte offset in the scanned data where the problem was found.
     public var offset: Int
+    /// The data is not known to be malformed, but the proxy cannot batch it (binary data without column types, a
+    /// type whose layout it does not know, Native blocks with different columns): pass the request through and let
+    /// ClickHouse answer it. False for malformed data.
+    public var isUnsupported: Bool
 
-    public init(code: Int, name: String, message: String, offset: Int) {
+    public init(code: Int, name: String, message: String, offset: Int, isUnsupported: Bool = false) {
         self.code = code
         self.name = name
         self.message = message
         self.offset = offset
+        self.isUnsupported = isUnsupported
     }
 }
 
@@ -64,25 +75,64 @@ public struct RowScanError: Error, Sendable, Hashable {
 /// - JSONEachRow: top-level `{...}` objects separated by whitespace and at most one `,`, optionally wrapped in
 ///   `[ ... ]` as current ClickHouse allows; a trailing `;` may only be followed by whitespace.
 ///   JSONCompactEachRow*: the same with top-level `[...]` arrays.
-/// - RowBinary, Native: not scanned; see `ScannedRows.rowCount`.
+/// - RowBinary (+WithNames, +WithNamesAndTypes), Native: walked with the column types (`RowBinaryScanner`,
+///   `NativeScanner`); without types the data is unsupported (`RowScanError.isUnsupported`).
 public enum RowScanner {
-    /// Validates `data` and counts its rows.
-    public static func scan(_ data: UnsafeRawBufferPointer, format: InputFormat) throws(RowScanError) -> ScannedRows {
+    /// Validates `data` and counts its rows. Binary formats need `columns` (RowBinary, RowBinaryWithNames) or read
+    /// them from the data (RowBinaryWithNamesAndTypes, Native); text formats ignore it.
+    public static func scan(
+        _ data: UnsafeRawBufferPointer, format: InputFormat, columns: ColumnSignature?
+    ) throws(RowScanError) -> ScannedRows {
         var sink = CountingSink()
-        return try run(data, format: format, sink: &sink)
+        return try run(data, format: format, columns: columns, sink: &sink)
+    }
+
+    /// Validates `data` and counts its rows. Binary formats come back unsupported: they need `columns`.
+    public static func scan(_ data: UnsafeRawBufferPointer, format: InputFormat) throws(RowScanError) -> ScannedRows {
+        try scan(data, format: format, columns: nil)
     }
 
     /// Byte ranges of each data row inside `data` (headers excluded), for splitting a batch; same rules as `scan`.
     /// Line formats: each line including its "\n" (the last one may lack it). Values and JSON: each tuple, object or
-    /// array from its opening to its closing bracket. RowBinary and Native: the whole data as one range (empty data:
-    /// none), since rows cannot be told apart without types.
-    public static func rowRanges(_ data: UnsafeRawBufferPointer, format: InputFormat) throws(RowScanError) -> [Range<Int>] {
+    /// array from its opening to its closing bracket. RowBinary: each row's values. Native: each block (see
+    /// `nativeBlocks` for their rows and slicing).
+    public static func rowRanges(
+        _ data: UnsafeRawBufferPointer, format: InputFormat, columns: ColumnSignature?
+    ) throws(RowScanError) -> [Range<Int>] {
+        if format == .native { return try nativeBlocks(data).map(\.range) }
         var sink = CollectingSink()
-        let scanned = try run(data, format: format, sink: &sink)
-        if !format.isRowCounted {
-            return scanned.rows.isEmpty ? [] : [scanned.rows]
-        }
+        _ = try run(data, format: format, columns: columns, sink: &sink)
         return sink.ranges
+    }
+
+    public static func rowRanges(_ data: UnsafeRawBufferPointer, format: InputFormat) throws(RowScanError) -> [Range<Int>] {
+        try rowRanges(data, format: format, columns: nil)
+    }
+
+    /// The blocks of Native data, validated (`NativeScanner`).
+    public static func nativeBlocks(_ data: UnsafeRawBufferPointer) throws(RowScanError) -> [NativeBlock] {
+        guard let base = data.baseAddress, !data.isEmpty else { return [] }
+        return try NativeScanner.blocks(base.assumingMemoryBound(to: UInt8.self), end: data.count)
+    }
+
+    /// Convenience for tests and small inputs.
+    public static func scan(_ bytes: [UInt8], format: InputFormat, columns: ColumnSignature?) throws(RowScanError) -> ScannedRows {
+        let result: Result<ScannedRows, RowScanError> = bytes.withUnsafeBytes { buffer in
+            do throws(RowScanError) { return .success(try scan(buffer, format: format, columns: columns)) } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    /// Convenience for tests and small inputs.
+    public static func rowRanges(_ bytes: [UInt8], format: InputFormat, columns: ColumnSignature?) throws(RowScanError) -> [Range<Int>] {
+        let result: Result<[Range<Int>], RowScanError> = bytes.withUnsafeBytes { buffer in
+            do throws(RowScanError) { return .success(try rowRanges(buffer, format: format, columns: columns)) } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
     }
 
     /// Convenience for tests and small inputs.
@@ -102,17 +152,27 @@ public enum RowScanner {
     }
 
     private static func run<Sink: RowSink>(
-        _ data: UnsafeRawBufferPointer, format: InputFormat, sink: inout Sink
+        _ data: UnsafeRawBufferPointer, format: InputFormat, columns: ColumnSignature?, sink: inout Sink
     ) throws(RowScanError) -> ScannedRows {
         let count = data.count
         guard count > 0, let base = data.baseAddress else {
-            return ScannedRows(rowCount: 0, header: nil, rows: 0..<0, endsWithNewline: false)
+            let signature = format == .rowBinary || format == .rowBinaryWithNames ? columns : nil
+            return ScannedRows(rowCount: 0, header: nil, rows: 0..<0, endsWithNewline: false, signature: signature)
         }
         let p = base.assumingMemoryBound(to: UInt8.self)
         switch format {
-        case .rowBinary, .native:
-            // Binary data has no row boundaries we could see without the column types; a BOM would be data.
-            return ScannedRows(rowCount: 0, header: nil, rows: 0..<count, endsWithNewline: false)
+        case .rowBinary:
+            return try RowBinaryScanner.scan(p, end: count, header: .none, columns: columns, sink: &sink)
+        case .rowBinaryWithNames:
+            return try RowBinaryScanner.scan(p, end: count, header: .names, columns: columns, sink: &sink)
+        case .rowBinaryWithNamesAndTypes:
+            return try RowBinaryScanner.scan(p, end: count, header: .namesAndTypes, columns: columns, sink: &sink)
+        case .native:
+            let blocks = try NativeScanner.blocks(p, end: count)
+            for block in blocks { sink.row(block.range) }
+            return ScannedRows(
+                rowCount: blocks.reduce(0) { $0 + $1.rows }, header: nil, rows: 0..<count, endsWithNewline: false,
+                signature: blocks.first?.signature)
         default:
             break
         }
@@ -130,7 +190,7 @@ public enum RowScanner {
             return try JSONScanner.scan(p, start: start, end: count, kind: .objects, headerRows: 0, sink: &sink)
         case .jsonCompactEachRow, .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes:
             return try JSONScanner.scan(p, start: start, end: count, kind: .arrays, headerRows: format.headerRows, sink: &sink)
-        case .rowBinary, .native:
+        case .rowBinary, .rowBinaryWithNames, .rowBinaryWithNamesAndTypes, .native:
             preconditionFailure("handled above")
         }
     }

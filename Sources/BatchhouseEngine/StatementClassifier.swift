@@ -18,7 +18,7 @@ package struct StatementClassifier: Sendable {
         // RowBinary and Native chunks cannot be checked at their boundaries without the table's column types: a
         // truncated chunk would swallow the next client's rows. They go to ClickHouse as received
         // (docs/request-path.md, "What is not batched").
-        if case .insert(let statement) = result, !statement.format.isRowCounted {
+        if case .insert(let statement) = result, statement.format.isBinary {
             return .passthrough(reason: "\(statement.format.rawValue) is not checked at row boundaries")
         }
         return result
