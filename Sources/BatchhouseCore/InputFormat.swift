@@ -69,6 +69,10 @@ public enum InputFormat: String, Sendable, Hashable, CaseIterable {
         }
     }
 
+    /// RowBinary and RowBinaryWithNames: the data does not say its column types, so rows are read with the table's
+    /// (`TableDescription`, from the upstream's `DESCRIBE TABLE`).
+    public var needsTableColumns: Bool { self == .rowBinary || self == .rowBinaryWithNames }
+
     /// The part of a batch key's header that is written at the head of a batch. Text formats: the header lines.
     /// RowBinary and Native: nothing (the signature is only part of the key). RowBinaryWithNames: the names part of
     /// the signature, RowBinaryWithNamesAndTypes: all of it, both being the header ClickHouse reads.

@@ -24,6 +24,25 @@ public struct UpstreamCapabilities: Sendable, Hashable {
     /// `INSERT INTO t SETTINGS k = v FORMAT ...`: added to ClickHouse's INSERT parser in early 2019 (PR #4174);
     /// taken from 19.3 on, a safe margin. 18.16 refuses the syntax.
     public var supportsInsertSettingsClause: Bool { isAtLeast(19, 3) }
+
+    /// Whether the server reads `format` as INSERT input. 18.16 has neither JSONCompactEachRow nor the RowBinary
+    /// variants with a header as input formats; they came in 2020 and 2021 (a batch of them would be refused
+    /// with UNKNOWN_FORMAT after the clients were acknowledged). Taken from 21.8 on, a safe margin.
+    public func readsInput(_ format: InputFormat) -> Bool {
+        if Self.everyVersionReads(format) { return true }
+        return isAtLeast(21, 8)
+    }
+
+    /// The input formats 18.16 already reads: batched even before the version is known.
+    public static func everyVersionReads(_ format: InputFormat) -> Bool {
+        switch format {
+        case .jsonCompactEachRow, .jsonCompactEachRowWithNames, .jsonCompactEachRowWithNamesAndTypes,
+            .rowBinaryWithNames, .rowBinaryWithNamesAndTypes:
+            return false
+        default:
+            return true
+        }
+    }
 }
 
 extension String {

@@ -12,6 +12,8 @@ import Synchronization
 package final class BatchhouseEngine: Sendable {
     package let configuration: LiveConfiguration
     package let intake: Intake
+    /// The columns of the tables RowBinary rows go to (`DESCRIBE TABLE`, per identity).
+    package let schemas: TableSchemas<TableDescription>
     package let buffering: Buffering
     package let delivery: Delivery
     package let settlement: Settlement
@@ -53,13 +55,17 @@ package final class BatchhouseEngine: Sendable {
             buffering: buffering, spool: spool, acks: acks, metrics: metrics,
             deadLetters: DeadLetterWriter(directory: configuration.deadLetterDir, logger: logger), clock: clock,
             logger: logger, tags: identityTags, verifier: verifier)
+        let schemas = TableSchemas<TableDescription>(gateway: gateway, clock: clock) { text in
+            TableDescription(describeOutput: String(decoding: text, as: UTF8.self))
+        }
+        self.schemas = schemas
         delivery = Delivery(
             gateway: gateway, settlement: settlement, clock: clock,
             concurrency: configuration.upstream.maxConcurrentFlushes, retryUntilDelivered: spool != nil, spool: spool,
-            jitter: jitter)
+            jitter: jitter, refusedBinaryBatch: { key in schemas.forget(database: key.database, table: key.table) })
         intake = Intake(
             configuration: self.configuration, buffering: buffering, delivery: delivery, spool: spool, acks: acks,
-            metrics: metrics, gateway: gateway, verifier: verifier)
+            metrics: metrics, gateway: gateway, verifier: verifier, schemas: schemas)
     }
 
     // MARK: Start

@@ -32,13 +32,18 @@ package final class Delivery: Sendable {
     /// Ids for the halves of split batches; far above the store's own numbering.
     package static let firstPartID: UInt64 = 1 << 48
     private let nextPartID = Atomic<UInt64>(Delivery.firstPartID)
+    /// Told of a RowBinary batch that ClickHouse refused: the table's columns may have changed since the rows were
+    /// read, so they are described again before the next request's rows are (`TableSchemas.forget`).
+    private let refusedBinaryBatch: @Sendable (BatchKey) -> Void
 
     package init(
         gateway: UpstreamGateway, settlement: Settlement, clock: any EngineClock, concurrency: Int,
         retryUntilDelivered: Bool, spool: Spool? = nil,
         instance: String = String(UInt64.random(in: 0...UInt64.max), radix: 36),
-        jitter: @escaping @Sendable () -> Double = { Double.random(in: 0...1) }
+        jitter: @escaping @Sendable () -> Double = { Double.random(in: 0...1) },
+        refusedBinaryBatch: @escaping @Sendable (BatchKey) -> Void = { _ in }
     ) {
+        self.refusedBinaryBatch = refusedBinaryBatch
         self.gateway = gateway
         self.settlement = settlement
         self.spool = spool
@@ -275,6 +280,7 @@ package final class Delivery: Sendable {
             // Only a helping send's first attempt ends so, and `deliver(_:mode:)` takes care of it: send in place.
             await isolate(part, original: original, into: &report, helping: &helping)
         case .split(let response, let attempts):
+            if part.key.format.needsTableColumns { refusedBinaryBatch(part.key) }
             if let (first, second) = halves(of: part) {
                 settlement.splitting(part, error: Self.text(response))
                 await helpOneWaiting(&helping)
@@ -287,6 +293,7 @@ package final class Delivery: Sendable {
                 report.failures.append(.init(part: part, reason: .rejected(response), keptInSpool: !written))
             }
         case .rejected(let response, let attempts):
+            if part.key.format.needsTableColumns { refusedBinaryBatch(part.key) }
             let written = settlement.deadLetter(
                 part, of: original, attempts: attempts, error: Self.text(response), status: response.status)
             report.failures.append(.init(part: part, reason: .rejected(response), keptInSpool: !written))

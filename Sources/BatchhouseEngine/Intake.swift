@@ -30,6 +30,10 @@ package enum IntakeResponse: Sendable {
     case refused(ClickHouseError, close: Bool)
     /// ClickHouse's own refusal of the request's rows (`ack: flushed`, `immediate`), relayed as it came.
     case relayed(UpstreamResponse)
+    /// Only after a wait (`awaitVerification`, `awaitDescription`): not batchable after all (the table's columns
+    /// could not be learnt, or a type is one the scanners do not know), so the server sends the request upstream
+    /// as received.
+    case passThrough
 }
 
 /// What the server does with an INSERT once the intake has seen it.
@@ -46,6 +50,9 @@ package enum IntakeDecision: Sendable {
     /// The client's credentials are being checked with ClickHouse (a new identity); the completion is called
     /// with the answer: the intake's own once they are taken, ClickHouse's refusal if not.
     case awaitVerification
+    /// The table's columns are being asked for (`DESCRIBE TABLE`, for RowBinary rows); the completion is called
+    /// with the answer to the rows once they are read with them, or `.passThrough`.
+    case awaitDescription
 }
 
 /// Called once, from any thread, with the answer to a request that was told to wait.
@@ -65,11 +72,15 @@ package final class Intake: Sendable {
     private let gateway: UpstreamGateway
     /// Nil: identities are taken unverified (engine tests that script every upstream request).
     private let verifier: CredentialVerifier?
+    /// The columns RowBinary rows are read with; nil: RowBinary INSERTs pass through.
+    private let schemas: TableSchemas<TableDescription>?
 
     package init(
         configuration: LiveConfiguration, buffering: Buffering, delivery: Delivery, spool: Spool?, acks: PendingAcks,
-        metrics: BatchhouseMetrics, gateway: UpstreamGateway, verifier: CredentialVerifier?
+        metrics: BatchhouseMetrics, gateway: UpstreamGateway, verifier: CredentialVerifier?,
+        schemas: TableSchemas<TableDescription>? = nil
     ) {
+        self.schemas = schemas
         self.configuration = configuration
         self.buffering = buffering
         self.delivery = delivery
@@ -120,6 +131,10 @@ package final class Intake: Sendable {
         guard let statement else { return .passthrough }
         // A SETTINGS clause the upstream may not take: ClickHouse answers it itself (18.16 refuses the syntax).
         if !statement.settings.isEmpty && gateway.capabilities?.supportsInsertSettingsClause != true { return .passthrough }
+        // A format the upstream may not read: ClickHouse answers it itself, before any client is acknowledged.
+        if gateway.capabilities?.readsInput(statement.format) != true && !UpstreamCapabilities.everyVersionReads(statement.format) {
+            return .passthrough
+        }
         let database = statement.database ?? request.parameters.database
         let rule = current.value.rules.rule(database: database ?? "default", table: statement.table)
         if rule.passthrough { return .passthrough }
@@ -153,7 +168,7 @@ package final class Intake: Sendable {
                     let decision = scanAndStore(
                         statement: statement, database: database, rule: rule, data: data, settings: settings,
                         identity: identity, memoryLimit: memoryLimit, completion: { completion })
-                    if case .answer(let response) = decision { completion(response) }
+                    Self.complete(decision, completion)
                 case .refused(let response):
                     metrics.request(.rejected)
                     completion(.relayed(response))
@@ -169,26 +184,69 @@ package final class Intake: Sendable {
             memoryLimit: memoryLimit, completion: completion)
     }
 
+    /// A decision reached after a wait, passed to the completion the wait was given: an answer now, a pass-through,
+    /// or nothing (a further wait calls the completion itself).
+    private static func complete(_ decision: IntakeDecision, _ completion: IntakeCompletion) {
+        switch decision {
+        case .answer(let response): completion(response)
+        case .passthrough: completion(.passThrough)
+        case .awaitDurable, .awaitBatch, .awaitVerification, .awaitDescription: break
+        }
+    }
+
     /// Validates and counts the rows, builds the batch key, samples and stores: the part of `accept` after the
-    /// credentials are known to be good.
+    /// credentials are known to be good. `described`: the table was just described for this request, so rows that do
+    /// not read with its columns are refused instead of asking again.
     private func scanAndStore(
         statement: InsertStatement, database: String?, rule: TableRule, data: ByteBuffer, settings: [Setting],
-        identity: ClientIdentity, memoryLimit: Int, completion: () -> IntakeCompletion
+        identity: ClientIdentity, memoryLimit: Int, described: Bool = false, completion: () -> IntakeCompletion
     ) -> IntakeDecision {
-        data.withUnsafeReadableBytes { bytes -> IntakeDecision in
+        // RowBinary rows are read with the table's columns as the upstream describes them to this identity.
+        var columns: ColumnSignature?
+        var schemaKey: TableSchemas<TableDescription>.Key?
+        if statement.format.needsTableColumns {
+            guard let schemas else { return .passthrough }
+            let key = TableSchemas<TableDescription>.Key(identity: identity, database: database, table: statement.table)
+            guard let description = schemas.cached(key) else {
+                return awaitDescription(
+                    key, statement: statement, database: database, rule: rule, data: data, settings: settings,
+                    identity: identity, memoryLimit: memoryLimit, completion: completion)
+            }
+            // RowBinaryWithNames names its columns in its header: any insertable column may appear there.
+            let names = statement.format == .rowBinaryWithNames ? description.insertable.map(\.name) : statement.columns
+            // A column the table does not have, or a type the scanners do not know: ClickHouse answers.
+            guard let signature = description.signature(for: names) else { return .passthrough }
+            columns = signature
+            schemaKey = key
+        }
+        return data.withUnsafeReadableBytes { bytes -> IntakeDecision in
             let scanned: ScannedRows
             do throws(RowScanError) {
-                scanned = try RowScanner.scan(bytes, format: statement.format)
+                scanned = try RowScanner.scan(bytes, format: statement.format, columns: columns)
             } catch {
+                // A type the scanners do not know, or blocks of different columns: never joined unvalidated.
+                if error.isUnsupported { return .passthrough }
+                // Rows that do not read with a description kept from earlier: the table may have changed since.
+                if let schemaKey, let schemas, !described, schemas.mayRefresh(schemaKey) {
+                    return awaitDescription(
+                        schemaKey, statement: statement, database: database, rule: rule, data: data,
+                        settings: settings, identity: identity, memoryLimit: memoryLimit, completion: completion)
+                }
                 return refuse(ClickHouseError(code: error.code, name: error.name, message: error.message, status: 400))
+            }
+            let header: [UInt8]?
+            if let signature = scanned.signature {
+                header = signature.encoded
+            } else {
+                header = scanned.header.map { Array(bytes[$0]) }
             }
             let key = BatchKey(
                 identity: identity, database: database, table: statement.table, columns: statement.columns,
-                format: statement.format, header: scanned.header.map { Array(bytes[$0]) },
+                format: statement.format, header: header,
                 settings: settings + StatementTextSettings.removed(from: statement.settings))
             let rows = UnsafeRawBufferPointer(rebasing: bytes[scanned.rows])
-            if rule.sample < 1.0 && statement.format.isRowCounted && scanned.rowCount > 0 {
-                guard let kept = RowSampler.sample(rows, format: statement.format, fraction: rule.sample) else {
+            if rule.sample < 1.0 && scanned.rowCount > 0 {
+                guard let kept = RowSampler.sample(rows, format: statement.format, columns: scanned.signature, fraction: rule.sample) else {
                     return refuse(.syntax("Batchhouse: cannot split the data into rows"))
                 }
                 metrics.sampledOut(table: key.qualifiedTable, rows: scanned.rowCount - kept.rows)
@@ -203,6 +261,36 @@ package final class Intake: Sendable {
                 key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
                 limit: memoryLimit, completion: completion)
         }
+    }
+
+    /// Asks for the table's columns, holding the body in the memory budget meanwhile (shed first, like a body still
+    /// arriving), then reads the rows with them. A table ClickHouse will not describe goes to ClickHouse as
+    /// received, which answers the INSERT itself.
+    private func awaitDescription(
+        _ key: TableSchemas<TableDescription>.Key, statement: InsertStatement, database: String?, rule: TableRule,
+        data: ByteBuffer, settings: [Setting], identity: ClientIdentity, memoryLimit: Int,
+        completion: () -> IntakeCompletion
+    ) -> IntakeDecision {
+        guard let schemas else { return .passthrough }
+        let held: Buffering.Reservation
+        switch buffering.reserve(bytes: data.readableBytes, priority: 5) {
+        case .admitted(let admitted): held = admitted
+        case .refused(let inUse): return overMemory(inUse, rule: rule, limit: memoryLimit)
+        }
+        let completion = completion()
+        schemas.describe(key) { [self] lookup in
+            buffering.cancel(held)
+            switch lookup {
+            case .described:
+                let decision = scanAndStore(
+                    statement: statement, database: database, rule: rule, data: data, settings: settings,
+                    identity: identity, memoryLimit: memoryLimit, described: true, completion: { completion })
+                Self.complete(decision, completion)
+            case .refused, .unreadable, .unreachable:
+                completion(.passThrough)
+            }
+        }
+        return .awaitDescription
     }
 
     private func store(

@@ -14,14 +14,9 @@ package struct StatementClassifier: Sendable {
     package init() {}
 
     package mutating func classify(query: String?, body: ByteBuffer, isComplete: Bool) -> InsertParseResult {
-        let result = parse(query: query, body: body, isComplete: isComplete)
-        // RowBinary and Native chunks cannot be checked at their boundaries without the table's column types: a
-        // truncated chunk would swallow the next client's rows. They go to ClickHouse as received
-        // (docs/request-path.md, "What is not batched").
-        if case .insert(let statement) = result, statement.format.isBinary {
-            return .passthrough(reason: "\(statement.format.rawValue) is not checked at row boundaries")
-        }
-        return result
+        // RowBinary and Native are read with their column types by the intake (docs/request-path.md, "RowBinary and
+        // Native").
+        parse(query: query, body: body, isComplete: isComplete)
     }
 
     private mutating func parse(query: String?, body: ByteBuffer, isComplete: Bool) -> InsertParseResult {

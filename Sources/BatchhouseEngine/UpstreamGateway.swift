@@ -209,6 +209,50 @@ package final class UpstreamGateway: Sendable {
         return .unreachable(last)
     }
 
+    /// What ClickHouse says when asked to describe a table.
+    package enum DescribeAnswer: Sendable {
+        /// `DESCRIBE TABLE ... FORMAT TabSeparated` output.
+        case described([UInt8])
+        /// ClickHouse answered with an error (no such table, access denied, ...).
+        case refused(UpstreamResponse)
+        /// No server gave an answer.
+        case unreachable(String)
+    }
+
+    /// `DESCRIBE TABLE db.table` with `identity`'s credentials (the account the rows would go up with), on the
+    /// servers whose breaker is closed first: the column types RowBinary rows are read with
+    /// (docs/request-path.md, "RowBinary and Native"). Not counted as load.
+    package func describe(database: String?, table: String, identity: ClientIdentity) async -> DescribeAnswer {
+        let upstream = self.upstream
+        let now = clock.now()
+        let servers = pool.withLock { pool in
+            let closed = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
+            let others = pool.servers.indices.filter { !closed.contains($0) }
+            return (closed + others).map { pool.servers[$0].url }
+        }
+        let name = (database.map { BatchKey.quote($0) + "." } ?? "") + BatchKey.quote(table)
+        var last = "no upstream server"
+        for server in servers {
+            var request = UpstreamRequest(
+                method: "GET",
+                url: Self.trimmed(server) + "/?query=" + QueryString.encode("DESCRIBE TABLE \(name) FORMAT TabSeparated"),
+                headers: [], body: nil, basicAuth: Self.auth(for: identity, upstream),
+                connectTimeout: upstream.connectTimeout, timeout: .seconds(10))
+            request.tls = upstream.upstreamTLS
+            do {
+                let response = try await transport.execute(request)
+                if response.status == 200 { return .described(Array(response.body.readableBytesView)) }
+                let code = response.exceptionCode
+                let answer = UpstreamAnswer.response(status: response.status, exceptionCode: code)
+                if !DeliveryPolicy.countsAgainstServer(answer) { return .refused(response) }
+                last = "HTTP \(response.status) from \(redacted(server))"
+            } catch {
+                last = "\(error.kind) at \(redacted(server)): \(error.message)"
+            }
+        }
+        return .unreachable(last)
+    }
+
     /// What ClickHouse knows of a query sent earlier under `queryID` (with `log_queries=1`).
     package enum QueryOutcome: Sendable, Equatable {
         /// `system.query_log` has its QueryFinish: the rows are in.

@@ -95,8 +95,9 @@ extension RequestHandler {
             /// Streaming to ClickHouse; `requestEnded` once the client's body is all forwarded.
             case passthrough(HTTPRequestHead, requestEnded: Bool)
             /// An INSERT waits for its ack: an fsync (`durable`), its batch's outcome (`flushed`, `immediate`), or
-            /// ClickHouse's word on a new identity's credentials.
-            case awaitingAck(HTTPRequestHead)
+            /// ClickHouse's word on a new identity's credentials or on the table's columns. `body` is kept only in
+            /// the last two cases, where the intake may still say to pass the request through.
+            case awaitingAck(HTTPRequestHead, body: ByteBuffer?)
             /// An error was answered before the body ended; the rest of the body is dropped, then the connection
             /// closes.
             case discarding
@@ -360,15 +361,21 @@ extension RequestHandler {
                 return .respond(response, head)
             case .passthrough:
                 return startPassthrough(head, initialBody: body, bodyComplete: true)
-            case .awaitDurable, .awaitBatch, .awaitVerification:
-                state = .awaitingAck(head)
+            case .awaitDurable, .awaitBatch:
+                state = .awaitingAck(head, body: nil)
+                return .none
+            case .awaitVerification, .awaitDescription:
+                state = .awaitingAck(head, body: body)
                 return .none
             }
         }
 
         /// The ack a waiting INSERT was promised.
         mutating func ackArrived(_ response: IntakeResponse) -> Action {
-            guard case .awaitingAck(let head) = state else { return .none }
+            guard case .awaitingAck(let head, let body) = state else { return .none }
+            if case .passThrough = response {
+                return startPassthrough(head, initialBody: body ?? ByteBuffer(), bodyComplete: true)
+            }
             state = .idle
             return .respond(response, head)
         }

@@ -329,6 +329,12 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             respondAccepted(head: head, rows: rows, bytes: bytes, ack: ack.rawValue, context: context)
         case .refused(let error, let close):
             respondError(error, head: head, close: close, context: context)
+        case .passThrough:
+            // The state machine turns this into a pass-through before any answer is written.
+            respondError(
+                ClickHouseError(
+                    code: 1001, name: "STD_EXCEPTION", message: "Batchhouse: a pass-through came after the request ended",
+                    status: 500), head: head, close: true, context: context)
         case .relayed(let upstream):
             guard HeaderPolicy.areValidToSend(upstream.headers) else {
                 context.close(promise: nil)
