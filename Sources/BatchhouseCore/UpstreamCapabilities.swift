@@ -24,6 +24,15 @@ public struct UpstreamCapabilities: Sendable, Hashable {
     /// `INSERT INTO t SETTINGS k = v FORMAT ...`: added to ClickHouse's INSERT parser in early 2019 (PR #4174);
     /// taken from 19.3 on, a safe margin. 18.16 refuses the syntax.
     public var supportsInsertSettingsClause: Bool { isAtLeast(19, 3) }
+
+    /// A request body in `Content-Encoding: zstd`: ZstdInflatingReadBuffer and the HTTP handler's
+    /// chooseCompressionMethod came in during 2020 (20.x); 21.1 is a margin, since the exact release was not
+    /// pinned down. 18.16 refuses it with Code 89.
+    public var decodesZstdRequestBodies: Bool { isAtLeast(21, 1) }
+
+    /// `Content-Encoding: lz4` (the frame format): Lz4InflatingReadBuffer landed in late 2021 (21.12); 22.1 is
+    /// the margin, for the same reason.
+    public var decodesLZ4RequestBodies: Bool { isAtLeast(22, 1) }
 }
 
 extension String {
