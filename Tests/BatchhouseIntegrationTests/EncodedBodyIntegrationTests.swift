@@ -1,4 +1,5 @@
 import BatchhouseCore
+import BatchhouseEngine
 import BatchhouseUpstream
 import Foundation
 import Testing
@@ -112,5 +113,35 @@ struct EncodedBodyIntegrationTests {
         try await proxy.stop()
         #expect(answer.status == 200)
         #expect(answer.body == "42\n")
+    }
+
+    /// `upstream.compression: lz4` and `zstd` against the modern upstream (26.9's engine behind the test front,
+    /// which decodes both): the version probe allows them, and the batches land.
+    @Test(
+        .enabled(if: TestEnvironment.hasModern, "needs MODERN_URL (scripts/test sets it)"),
+        arguments: ["lz4", "zstd"])
+    func batchesTravelInLZ4OrZstdToAServerThatDecodesThem(compression: String) async throws {
+        let url = try #require(TestEnvironment.modernURL)
+        let db = try await TestDatabase.create(on: url)
+        defer { Task { await db.drop() } }
+        try await db.clickHouse.sql(
+            "CREATE TABLE \(db.name).c (id UInt64, payload String) ENGINE = MergeTree ORDER BY id")
+        let proxy = try await ProxyUnderTest.start(
+            "defaults: { max_delay: 1s, max_rows: 100000 }", upstream: url, compression: compression)
+        let gateway = proxy.application.engine.gateway
+        let deadline = ContinuousClock.now + .seconds(30)
+        while gateway.capabilities == nil && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        let capabilities = try #require(gateway.capabilities, "the version probe answered")
+        let expected: ContentCoding = compression == "lz4" ? .lz4 : .zstd
+        #expect(UpstreamGateway.coding(for: gateway.upstream.compression, capabilities: capabilities) == expected)
+        try await runConcurrently(count: 30, concurrency: 6) { id in
+            let result = try await proxy.endpoint.post(
+                HTTPEndpoint.query("INSERT INTO \(db.name).c FORMAT JSONEachRow"),
+                body: "{\"id\":\(id),\"payload\":\"\(compression) \(id)\"}\n")
+            guard result.status == 200 else { throw TestFailure("insert \(id): \(result.status) \(result.body)") }
+        }
+        try await proxy.stop()
+        let landed = try await db.clickHouse.sql("SELECT id, payload FROM \(db.name).c ORDER BY id FORMAT TSV")
+        #expect(landed == (0..<30).map { "\($0)\t\(compression) \($0)\n" }.joined())
     }
 }
