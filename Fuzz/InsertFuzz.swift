@@ -1,7 +1,7 @@
 // A libFuzzer target for the parts of the core that read untrusted bytes: the INSERT statement parser, the row
-// scanners of every batchable format, the row sampler and splitter built on them, and CityHash128. Built and run for a bounded
-// time by `scripts/fuzz` (part of `scripts/test`); a crash or a broken invariant stops the run with the input that
-// caused it (docs/architecture.md, "Testing").
+// scanners of every batchable format, the row sampler and splitter built on them, and CityHash128. Built and run
+// for a bounded time by `scripts/fuzz` (part of `scripts/test`); a crash or a broken invariant stops the run with
+// the input that caused it (docs/architecture.md, "Testing").
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
