@@ -21,6 +21,10 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CBrotli", pkgConfig: "libbrotlidec", providers: [.apt(["libbrotli-dev"])]),
+        .systemLibrary(name: "CLzma", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
         .target(name: "BatchhouseCore"),
         .target(
             name: "BatchhouseConfig",
@@ -29,7 +33,7 @@ let package = Package(
         .target(
             name: "BatchhouseUpstream",
             dependencies: [
-                "CCurl", "CZlib", "BatchhouseCore",
+                "CCurl", "CZlib", "CLZ4", "CZstd", "CBrotli", "CLzma", "BatchhouseCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -81,7 +85,9 @@ let package = Package(
         ),
         .testTarget(
             name: "BatchhouseUpstreamTests",
-            dependencies: ["BatchhouseUpstream", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "BatchhouseUpstream", "BatchhouseCore", .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "BatchhouseEngineTests",

@@ -94,10 +94,13 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
 public struct UpstreamConfiguration: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible,
     CustomReflectable
 {
-    /// How batches travel upstream.
+    /// How batches travel upstream. `lz4` and `zstd` are used only once the upstream's version is known to decode
+    /// them as a request `Content-Encoding` (`UpstreamCapabilities`); until then, and on older servers, gzip.
     public enum Compression: String, Sendable, Hashable, CaseIterable {
         case none
         case gzip
+        case lz4
+        case zstd
     }
 
     /// `upstream.tls`: how `https://` servers are verified.

@@ -172,6 +172,24 @@ public struct BasicAuthorization: Sendable, Hashable {
 /// Decoding of `application/x-www-form-urlencoded` query strings, as ClickHouse's HTTP handler reads them:
 /// `&`-separated, `%XX` escapes, `+` as space.
 public enum QueryString {
+    /// `query` without the parameters named `name` (compared decoded); every other byte as it was, `&`s between
+    /// the rest included. A request the proxy decoded goes upstream without `decompress`, since its body is then
+    /// no longer in compressed blocks.
+    public static func removing(_ name: String, from query: Substring) -> Substring {
+        var kept: [Substring] = []
+        var removedAny = false
+        for pair in query.split(separator: "&", omittingEmptySubsequences: false) {
+            let pairName = pair.firstIndex(of: "=").map { pair[..<$0] } ?? pair
+            if !pair.isEmpty && decode(pairName) == name {
+                removedAny = true
+            } else {
+                kept.append(pair)
+            }
+        }
+        guard removedAny else { return query }
+        return Substring(kept.joined(separator: "&"))
+    }
+
     public static func parse(_ query: Substring) -> [(name: String, value: String)] {
         var items: [(name: String, value: String)] = []
         for pair in query.split(separator: "&", omittingEmptySubsequences: true) {

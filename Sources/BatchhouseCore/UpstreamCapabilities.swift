@@ -43,6 +43,15 @@ public struct UpstreamCapabilities: Sendable, Hashable {
             return true
         }
     }
+
+    /// A request body in `Content-Encoding: zstd`: ZstdInflatingReadBuffer and the HTTP handler's
+    /// chooseCompressionMethod came in during 2020 (20.x); 21.1 is a margin, since the exact release was not
+    /// pinned down. 18.16 refuses it with Code 89.
+    public var decodesZstdRequestBodies: Bool { isAtLeast(21, 1) }
+
+    /// `Content-Encoding: lz4` (the frame format): Lz4InflatingReadBuffer landed in late 2021 (21.12); 22.1 is
+    /// the margin, for the same reason.
+    public var decodesLZ4RequestBodies: Bool { isAtLeast(22, 1) }
 }
 
 extension String {

@@ -1,4 +1,5 @@
 import BatchhouseSpool
+import BatchhouseUpstream
 import NIOCore
 
 /// An error made by the proxy itself, shaped like ClickHouse's so clients that key on `Code: N` understand it.
@@ -61,8 +62,12 @@ package struct ClickHouseError: Error, Sendable, Hashable {
         ClickHouseError(code: 1001, name: "STD_EXCEPTION", message: message, status: 500)
     }
 
-    package static func cannotDecompress(_ message: String) -> ClickHouseError {
-        ClickHouseError(code: 354, name: "CANNOT_DECOMPRESS", message: message, status: 400)
+    /// A request body the proxy could not decode, answered as ClickHouse answers it: each decoder's own code (354
+    /// ZLIB_INFLATE_FAILED for gzip/deflate, 618 for lz4, 40 CHECKSUM_DOESNT_MATCH for a compressed block, ...;
+    /// `BodyDecodingError`) and HTTP 500, since exceptionCodeToHTTPStatus (src/Server/HTTPHandler.cpp) maps none
+    /// of them to a 4xx.
+    package static func bodyDecoding(_ error: BodyDecodingError) -> ClickHouseError {
+        ClickHouseError(code: error.clickHouseCode, name: error.clickHouseName, message: error.message, status: 500)
     }
 
     /// `X-ClickHouse-User`/`X-ClickHouse-Key` together with `Authorization` or `?user=`/`?password=`, refused as

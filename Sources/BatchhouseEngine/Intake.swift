@@ -114,10 +114,9 @@ package final class Intake: Sendable {
         if let coding = request.coding {
             do {
                 let limit = current.value.limits.maxRequestBody
-                let bytes = try request.body.withUnsafeReadableBytes { try Zlib.decompress($0, as: coding, limit: limit) }
-                decoded = ByteBuffer(bytes: bytes)
+                decoded = try BodyDecoders.decodeAll(request.body, coding: coding, clickHouseBlocks: false, limit: limit)
             } catch {
-                return refuse(.cannotDecompress("Batchhouse: cannot decode the \(coding) request body: \(error)"))
+                return refuse(.bodyDecoding(error))
             }
         }
         var statement = request.statement

@@ -61,6 +61,8 @@ package final class UpstreamGateway: Sendable {
     /// From the upstream's `SELECT version()`; nil until known (then nothing version-dependent is sent).
     private let known = Mutex<UpstreamCapabilities?>(nil)
     private let healthCheckedOnce = Atomic<Bool>(false)
+    /// The fallback from `upstream.compression` lz4/zstd to gzip was logged.
+    private let compressionFallbackLogged = Atomic<Bool>(false)
     /// Makes deduplication tokens unique to this process: batch ids restart at 1 with every start.
     private let instance: String
 
@@ -134,11 +136,10 @@ package final class UpstreamGateway: Sendable {
         }
         var headers: [(String, String)] = [("Content-Type", "application/octet-stream")]
         let body: ByteBuffer
-        switch upstream.compression {
-        case .gzip:
-            body = ByteBuffer(bytes: batch.data.withUnsafeBytes { Zlib.compress($0, as: .gzip) })
-            headers.append(("Content-Encoding", "gzip"))
-        case .none:
+        if let coding = Self.coding(for: upstream.compression, capabilities: capabilities) {
+            body = BodyCompression.compress(ByteBuffer(bytes: batch.data), as: coding)
+            headers.append(("Content-Encoding", coding.headerValue))
+        } else {
             body = ByteBuffer(bytes: batch.data)
         }
         var request = UpstreamRequest(
@@ -146,6 +147,19 @@ package final class UpstreamGateway: Sendable {
             connectTimeout: upstream.connectTimeout, timeout: upstream.timeout)
         request.tls = upstream.upstreamTLS
         return request
+    }
+
+    /// The coding a batch is sent in: lz4 and zstd only to a server whose version decodes them, else gzip (also
+    /// while the version is not known). Nil for `none`.
+    package static func coding(for compression: UpstreamConfiguration.Compression, capabilities: UpstreamCapabilities?)
+        -> ContentCoding?
+    {
+        switch compression {
+        case .none: nil
+        case .gzip: .gzip
+        case .lz4: capabilities?.decodesLZ4RequestBodies == true ? .lz4 : .gzip
+        case .zstd: capabilities?.decodesZstdRequestBodies == true ? .zstd : .gzip
+        }
     }
 
     /// The service account when `upstream.user` is set, else the identity's own (nothing for `.anonymous`).
@@ -399,6 +413,14 @@ package final class UpstreamGateway: Sendable {
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let capabilities = UpstreamCapabilities(version: text)
         known.withLock { $0 = capabilities }
+        let wanted = upstream.compression
+        if wanted == .lz4 || wanted == .zstd, Self.coding(for: wanted, capabilities: capabilities) == .gzip,
+            !compressionFallbackLogged.exchange(true, ordering: .relaxed)
+        {
+            logger.notice(
+                "upstream.compression: this ClickHouse does not decode \(wanted.rawValue) request bodies; batches go as gzip",
+                metadata: ["version": "\(text)"])
+        }
         logger.info(
             "upstream ClickHouse",
             metadata: [

@@ -1,3 +1,4 @@
+import BatchhouseCore
 import NIOHTTP1
 
 /// Which headers cross the proxy, in which direction, and which it may write at all.
@@ -72,6 +73,16 @@ enum HeaderPolicy {
         return zip(contentType.utf8, prefix).allSatisfy { byte, expected in
             (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte | 0x20 == expected : byte == expected
         }
+    }
+
+    /// `uri` without its `name` query parameters, the path and every other parameter byte-exact (the `?` goes too
+    /// when nothing is left).
+    static func removingParameter(_ name: String, from uri: String) -> String {
+        let (path, query) = split(uri: uri)
+        guard uri.contains("?") else { return uri }
+        let rest = QueryString.removing(name, from: query)
+        if rest.count == query.count { return uri }
+        return rest.isEmpty ? String(path) : String(path) + "?" + rest
     }
 
     static func split(uri: String) -> (path: Substring, query: Substring) {

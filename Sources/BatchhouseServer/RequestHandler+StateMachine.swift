@@ -75,8 +75,9 @@ extension RequestHandler {
             var coding: ContentCoding?
             var statement: InsertStatement?
             var classificationDone = false
-            /// A gzip/deflate body is decoded as it arrives into `body`.
-            var inflater: StreamingInflater?
+            /// An encoded body (a Content-Encoding, `decompress=1`'s compressed blocks, or both) is decoded as it
+            /// arrives into `body`.
+            var decoder: (any BodyDecoder)?
             /// The encoded body as received, kept until the statement is classified (a request that is not an
             /// INSERT goes upstream as it came).
             var encoded: ByteBuffer?
@@ -269,21 +270,25 @@ extension RequestHandler {
                 return .respondError(.lengthRequired, head, close: true)
             }
             let parameters = RequestParameters(uriQuery: query) { name in head.headers.first(name: name) }
-            // Exactly what ClickHouse decodes itself (18.16 refuses `identity`, `x-gzip` or `GZIP` with Code 89):
-            // anything else goes to it as received, so it answers.
+            // What ClickHouse decodes itself, spelled as it accepts them (18.16 refuses `identity`, `x-gzip` or
+            // `GZIP` with Code 89): anything else goes to it as received, so it answers.
             let coding: ContentCoding?
             switch head.headers.first(name: "content-encoding") {
             case nil, "": coding = nil
-            case "gzip": coding = .gzip
-            case "deflate": coding = .deflate
-            default: return startPassthrough(head, initialBody: nil, bodyComplete: false)
+            case let value?:
+                guard let known = ContentCoding(clickHouseRequestEncoding: value) else {
+                    return startPassthrough(head, initialBody: nil, bodyComplete: false)
+                }
+                coding = known
             }
-            if parameters.decompress || HeaderPolicy.isMultipart(head.headers.first(name: "content-type")) {
+            if HeaderPolicy.isMultipart(head.headers.first(name: "content-type")) {
                 return startPassthrough(head, initialBody: nil, bodyComplete: false)
             }
             var request = BufferedRequest(head: head, parameters: parameters, body: ByteBuffer(), coding: coding)
-            if let coding {
-                request.inflater = StreamingInflater(coding: coding, limit: maxRequestBody)
+            if let decoder = BodyDecoders.make(
+                coding: coding, clickHouseBlocks: parameters.decompress, limit: maxRequestBody)
+            {
+                request.decoder = decoder
                 request.encoded = ByteBuffer()
             }
             state = .buffering(request)
@@ -297,12 +302,12 @@ extension RequestHandler {
             switch state {
             case .buffering(var request):
                 state = .idle  // keep `request` uniquely referenced while it grows
-                if let inflater = request.inflater {
+                if let decoder = request.decoder {
                     if !request.classificationDone {
                         var copy = part
                         request.encoded?.writeBuffer(&copy)
                     }
-                    inflater.append(part)
+                    decoder.append(part)
                     if request.decodePending {
                         state = .buffering(request)
                         return .none
@@ -331,7 +336,7 @@ extension RequestHandler {
                 state = .idle
                 return .respondLocal(endpoint, head)
             case .buffering(var request):
-                guard request.inflater != nil else { return finishBody(request) }
+                guard request.decoder != nil else { return finishBody(request) }
                 request.ended = true
                 if request.decodePending {
                     state = .buffering(request)
@@ -426,26 +431,25 @@ extension RequestHandler {
         /// `request` is the caller's only copy (the state is not holding it meanwhile): a second reference to its
         /// body would make every slice copy the whole body.
         private mutating func decode(_ request: inout BufferedRequest) -> Action {
-            guard let inflater = request.inflater else { return finishBody(request) }
-            let progress: StreamingInflater.Progress
-            do throws(ZlibError) {
-                progress = try inflater.inflate(into: &request.body, maxOutput: Self.decodeSlice)
-                if progress == .needInput && request.ended { try inflater.finish() }
+            guard let decoder = request.decoder else { return finishBody(request) }
+            let progress: DecodeProgress
+            do throws(BodyDecodingError) {
+                progress = try decoder.decode(into: &request.body, maxOutput: Self.decodeSlice)
+                if progress == .needInput && request.ended { try decoder.finish() }
             } catch {
-                if error.code == .outputLimitExceeded && !request.classificationDone {
-                    // Too large to batch and not known to be an INSERT: ClickHouse gets it as it came.
+                let tooLarge = error.code == .outputLimitExceeded
+                if (tooLarge || error.code == .unsupportedMethod) && !request.classificationDone {
+                    // Too large to batch, or in a form the proxy does not decode, and not known to be an INSERT:
+                    // ClickHouse gets it as it came.
                     return startPassthrough(
                         request.head, initialBody: request.encoded ?? ByteBuffer(), bodyComplete: request.ended)
                 }
                 releaseReservation()
                 state = .discarding
-                if error.code == .outputLimitExceeded {
+                if tooLarge {
                     return .respondError(.bodyTooLarge(limit: maxRequestBody), request.head, close: true)
                 }
-                let coding = request.coding?.rawValue ?? "encoded"
-                return .respondError(
-                    .cannotDecompress("Batchhouse: cannot decode the \(coding) request body: \(error.message)"),
-                    request.head, close: true)
+                return .respondError(.bodyDecoding(error), request.head, close: true)
             }
             if let action = grew(&request) { return action }
             if progress == .outputPending {
@@ -489,7 +493,7 @@ extension RequestHandler {
             }
             let held =
                 request.body.readableBytes + (request.encoded?.readableBytes ?? 0)
-                + (request.inflater?.pendingInput ?? 0)
+                + (request.decoder?.pendingInput ?? 0)
             if held > reservedBytes + Self.unreservedBodyBytes {
                 let needed = held - Self.unreservedBodyBytes - reservedBytes
                 let step = (needed + Self.reservationStep - 1) / Self.reservationStep * Self.reservationStep
@@ -511,16 +515,21 @@ extension RequestHandler {
         private mutating func finishBody(_ request: BufferedRequest) -> Action {
             releaseReservation()
             var head = request.head
-            if request.coding != nil {
-                // Should the intake pass it through after all, it goes upstream decoded.
+            var parameters = request.parameters
+            if request.decoder != nil {
+                // Should the intake pass it through after all, it goes upstream decoded: without its coding, and
+                // without `decompress` when it was in compressed blocks.
                 head.headers.remove(name: "content-encoding")
                 head.headers.remove(name: "transfer-encoding")
                 head.headers.replaceOrAdd(name: "content-length", value: String(request.body.readableBytes))
+                if parameters.decompress {
+                    head.uri = HeaderPolicy.removingParameter("decompress", from: head.uri)
+                    parameters.decompress = false
+                }
             }
             state = .intaking(head, body: request.body)
             return .intake(
-                InsertRequest(
-                    parameters: request.parameters, body: request.body, coding: nil, statement: request.statement))
+                InsertRequest(parameters: parameters, body: request.body, coding: nil, statement: request.statement))
         }
 
         private mutating func releaseReservation() {

@@ -163,3 +163,46 @@ public final class StreamingInflater {
         return true
     }
 }
+
+/// `StreamingInflater` as a `BodyDecoder`, its `ZlibError`s turned into what ClickHouse answers for a bad gzip
+/// or deflate body (Code 354, ZLIB_INFLATE_FAILED).
+final class InflatingDecoder: BodyDecoder {
+    private let inflater: StreamingInflater
+    private let coding: ContentCoding
+    private let limit: Int
+
+    init(coding: ContentCoding, limit: Int) {
+        inflater = StreamingInflater(coding: coding, limit: limit)
+        self.coding = coding
+        self.limit = limit
+    }
+
+    var pendingInput: Int { inflater.pendingInput }
+    var totalOutput: Int { inflater.totalOutput }
+
+    func append(_ input: ByteBuffer) { inflater.append(input) }
+
+    func decode(into output: inout ByteBuffer, maxOutput: Int) throws(BodyDecodingError) -> DecodeProgress {
+        do {
+            return try inflater.inflate(into: &output, maxOutput: maxOutput) == .needInput ? .needInput : .outputPending
+        } catch {
+            throw translate(error)
+        }
+    }
+
+    func finish() throws(BodyDecodingError) {
+        do { try inflater.finish() } catch { throw translate(error) }
+    }
+
+    private func translate(_ error: ZlibError) -> BodyDecodingError {
+        let code: BodyDecodingError.Code
+        switch error.code {
+        case .outputLimitExceeded: return .limitExceeded(limit)
+        case .invalidData: code = .invalidData
+        case .truncated: code = .truncated
+        case .trailingData: code = .trailingData
+        case .zlibFailure: code = .libraryFailure
+        }
+        return .coding(coding, code, error.message)
+    }
+}

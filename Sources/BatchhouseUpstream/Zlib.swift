@@ -1,26 +1,59 @@
 import CZlib
 import NIOCore
 
-/// The HTTP content codings Batchhouse can decode from clients and use for batches sent upstream.
-/// ClickHouse 18.16 accepts exactly these two as a request `Content-Encoding`.
+/// The HTTP content codings Batchhouse can decode from clients, and use for batches sent upstream (gzip, lz4,
+/// zstd; the others only arrive). ClickHouse 18.16 accepts exactly `gzip` and `deflate` as a request
+/// `Content-Encoding`; a modern server also `br`, `xz`, `zstd` and `lz4` (src/IO/CompressionMethod.cpp).
 public enum ContentCoding: String, Sendable, Hashable, CaseIterable {
     case gzip
     /// HTTP "deflate" is meant to be zlib-wrapped (RFC 9110), but some clients send raw deflate;
     /// decompression accepts both.
     case deflate
+    /// The LZ4 frame format (lz4frame.h), not ClickHouse's own LZ4 blocks.
+    case lz4
+    case zstd
+    case br
+    case xz
 
     /// Parses a `Content-Encoding` value: `gzip`, `x-gzip` or `deflate`, any case, surrounding
-    /// whitespace ignored. Anything else (including a list of codings) is nil.
+    /// whitespace ignored, and the newer codings as ``init(clickHouseRequestEncoding:)`` reads them.
+    /// Anything else (including a list of codings) is nil.
     public init?(headerValue: some StringProtocol) {
         switch headerValue.trimmingASCIIWhitespace().lowercased() {
         case "gzip", "x-gzip": self = .gzip
         case "deflate": self = .deflate
-        default: return nil
+        default:
+            guard let coding = ContentCoding(clickHouseRequestEncoding: headerValue.trimmingASCIIWhitespace()) else {
+                return nil
+            }
+            self = coding
+        }
+    }
+
+    /// A request's `Content-Encoding` as the proxy decodes it for ClickHouse: `gzip` and `deflate` exactly (18.16
+    /// refuses `GZIP` or `x-gzip` with Code 89, so those go to it as received), and the codings only a modern
+    /// server decodes as it names them: chooseCompressionMethod lowercases the value and takes `lz4`,
+    /// `zstd`/`zst`, `br`/`brotli` and `xz`/`lzma`.
+    public init?(clickHouseRequestEncoding value: some StringProtocol) {
+        switch value {
+        case "gzip": self = .gzip
+        case "deflate": self = .deflate
+        default:
+            switch value.lowercased() {
+            case "lz4": self = .lz4
+            case "zstd", "zst": self = .zstd
+            case "br", "brotli": self = .br
+            case "xz", "lzma": self = .xz
+            default: return nil
+            }
         }
     }
 
     /// The value to send in `Content-Encoding`.
     public var headerValue: String { rawValue }
+
+    /// gzip or deflate: what `Zlib` handles.
+    public var isZlib: Bool { self == .gzip || self == .deflate }
 }
 
 public struct ZlibError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -114,6 +147,7 @@ public enum Zlib {
         level: Int32,
         into output: inout ByteBuffer
     ) {
+        precondition(coding.isZlib, "Zlib compresses gzip and deflate only, not \(coding)")
         let stream = ZStream(deflateLevel: level, windowBits: coding == .gzip ? 15 + 16 : 15)
         output.reserveCapacity(minimumWritableBytes: stream.deflateBound(input.count))
         var offset = 0
@@ -159,6 +193,8 @@ public enum Zlib {
                 }
             }
             try inflate(input, windowBits: -15, multiMember: false, limit: limit, into: &output)
+        case .lz4, .zstd, .br, .xz:
+            throw ZlibError(code: .zlibFailure, message: "zlib does not decode \(coding); use BodyDecoders")
         }
     }
 

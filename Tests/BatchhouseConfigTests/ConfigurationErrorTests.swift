@@ -78,7 +78,7 @@ struct ConfigurationErrorTests {
             ("defaults: { max_bytes: 16 MegaBytes }", 1, "defaults.max_bytes", ["unknown unit 'megabytes'", "KiB, MiB"]),
             ("defaults: { max_bytes: 1.5 }", 1, "defaults.max_bytes", ["fraction of a byte"]),
             ("defaults: { max_bytes: 20000000TiB }", 1, "defaults.max_bytes", ["too large"]),
-            ("upstream:\n  compression: zstd", 2, "upstream.compression", ["'zstd'", "none, gzip"]),
+            ("upstream:\n  compression: brotli", 2, "upstream.compression", ["'brotli'", "none, gzip, lz4, zstd"]),
             ("upstream:\n  max_concurrent_flushes: 0", 2, "upstream.max_concurrent_flushes", ["from 1 to 1024"]),
             ("upstream:\n  timeout: forever", 2, "upstream.timeout", ["'forever'", "not a duration"]),
             ("upstream:\n  user: ''", 2, "upstream.user", ["must not be empty"]),

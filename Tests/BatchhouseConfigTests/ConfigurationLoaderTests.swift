@@ -30,7 +30,7 @@ struct ConfigurationLoaderTests {
           servers: [http://clickhouse:8123]   # one or more replicas
           connect_timeout: 5s
           timeout: 30s                  # one batch request
-          compression: gzip             # none | gzip: how batches travel upstream
+          compression: gzip             # none | gzip | lz4 | zstd: how batches travel upstream
           max_concurrent_flushes: 4
           # user/password: insert batches with this account instead of each client's own
           # tls: { ca_file: /etc/ssl/ca.pem, verify: true }

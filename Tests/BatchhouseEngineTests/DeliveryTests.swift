@@ -604,4 +604,34 @@ import Testing
         #expect(String(decoding: plain, as: UTF8.self) == Self.numbered(5))
         #expect(sent.statement == Self.statement)
     }
+
+    @Test func lz4AndZstdAreUsedOnlyWhereTheServerDecodesThem() {
+        typealias Gateway = UpstreamGateway
+        let old = UpstreamCapabilities(version: "18.16.1")
+        let zstdOnly = UpstreamCapabilities(version: "21.8.15.7")
+        let modern = UpstreamCapabilities(version: "23.8.1.1")
+        #expect(Gateway.coding(for: .lz4, capabilities: nil) == .gzip, "version not known yet")
+        #expect(Gateway.coding(for: .zstd, capabilities: nil) == .gzip)
+        #expect(Gateway.coding(for: .lz4, capabilities: old) == .gzip)
+        #expect(Gateway.coding(for: .zstd, capabilities: old) == .gzip)
+        #expect(Gateway.coding(for: .lz4, capabilities: zstdOnly) == .gzip)
+        #expect(Gateway.coding(for: .zstd, capabilities: zstdOnly) == .zstd)
+        #expect(Gateway.coding(for: .lz4, capabilities: modern) == .lz4)
+        #expect(Gateway.coding(for: .none, capabilities: modern) == nil)
+        #expect(Gateway.coding(for: .gzip, capabilities: old) == .gzip)
+    }
+
+    @Test(arguments: [("lz4", "23.8.1.1", "lz4"), ("zstd", "23.8.1.1", "zstd"), ("lz4", "18.16.1", "gzip"), ("zstd", "18.16.1", "gzip")])
+    func aProbedVersionChoosesTheBatchesCoding(compression: String, version: String, expected: String) async throws {
+        let transport = ScriptedTransport(replies: [.status(200, body: version + "\n")])
+        let fixture = try EngineFixture(transport: transport, upstream: Self.upstream("compression: \(compression)"))
+        await fixture.engine.gateway.probeVersion(logger: Self.quiet)
+        let report = await fixture.engine.delivery.deliver(valuesBatch(rows: 5))
+        #expect(report.landedRows == 5)
+        let sent = try #require(fixture.transport.inserts.first)
+        #expect(sent.headers.contains { $0.0 == "Content-Encoding" && $0.1 == expected })
+        let coding = try #require(ContentCoding(clickHouseRequestEncoding: expected))
+        let plain = try BodyDecoders.decodeAll(ByteBuffer(bytes: sent.bytes), coding: coding, clickHouseBlocks: false, limit: 1 << 20)
+        #expect(String(buffer: plain) == Self.numbered(5))
+    }
 }

@@ -127,7 +127,8 @@ final class ProxyUnderTest: Sendable {
     /// `rules` is YAML for `defaults:`/`tables:` (and anything else but listen/upstream/dead_letter_dir).
     /// With `watchedFile`, the YAML is written there and reloaded when it changes (checked every 100 ms).
     static func start(
-        _ rules: String, upstream: String? = nil, upstreamSettings: String = "{}", watchedFile: String? = nil
+        _ rules: String, upstream: String? = nil, upstreamSettings: String = "{}", watchedFile: String? = nil,
+        compression: String = "gzip"
     ) async throws -> ProxyUnderTest {
         let deadLetterDir = NSTemporaryDirectory() + "bh-dead-letter-\(UInt32.random(in: 0...UInt32.max))"
         let yaml = """
@@ -136,6 +137,7 @@ final class ProxyUnderTest: Sendable {
               servers: [\(upstream ?? TestEnvironment.clickHouseURL!)]
               connect_timeout: 2s
               timeout: 20s
+              compression: \(compression)
               settings: \(upstreamSettings)
             dead_letter_dir: \(deadLetterDir)
             \(rules)

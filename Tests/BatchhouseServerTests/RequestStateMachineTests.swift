@@ -107,7 +107,8 @@ import Testing
     }
 
     @Test(arguments: [
-        [("Content-Length", "1"), ("Content-Encoding", "br")],
+        // A modern ClickHouse decodes bz2 and snappy; the proxy does not.
+        [("Content-Length", "1"), ("Content-Encoding", "bz2")],
         // ClickHouse 18.16 decodes exactly `gzip` and `deflate` and refuses these with Code 89: it answers them.
         [("Content-Length", "1"), ("Content-Encoding", "identity")],
         [("Content-Length", "1"), ("Content-Encoding", "x-gzip")],
@@ -123,13 +124,15 @@ import Testing
         }
     }
 
-    @Test func decompressOneIsPassedThrough() {
+    @Test func decompressOneIsDecodedNotPassedThrough() {
+        // Its compressed blocks are decoded as they arrive (EncodedBodyStateMachineTests).
         var machine = Machine()
         let head = Self.head(.POST, Self.insertQuery + "&decompress=1", [("Content-Length", "1")])
-        guard case .startPassthrough = machine.receivedHead(head, maxRequestBody: 100) else {
-            Issue.record("passthrough expected")
+        guard case .none = machine.receivedHead(head, maxRequestBody: 100) else {
+            Issue.record("buffered expected")
             return
         }
+        guard case .buffering = machine.state else { Issue.record("buffering"); return }
     }
 
     @Test func theIntakesAnswerIsWrittenAndAPassthroughDecisionReplaysTheBody() {

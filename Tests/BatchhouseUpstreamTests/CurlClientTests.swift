@@ -52,7 +52,7 @@ struct CurlClientTests {
         #expect(state.bodyBytes == 0)
     }
 
-    @Test("execute: a compressed response passes through undecoded", arguments: ContentCoding.allCases)
+    @Test("execute: a compressed response passes through undecoded", arguments: [ContentCoding.gzip, .deflate])
     func compressedResponse(coding: ContentCoding) async throws {
         let response = try await client.execute(
             UpstreamRequest(
@@ -66,7 +66,7 @@ struct CurlClientTests {
         #expect(String(buffer: decoded) == (0..<1000).map { "\($0)\n" }.joined())
     }
 
-    @Test("execute: a compressed INSERT body lands its rows", arguments: ContentCoding.allCases)
+    @Test("execute: a compressed INSERT body lands its rows", arguments: [ContentCoding.gzip, .deflate])
     func compressedInsert(coding: ContentCoding) async throws {
         let table = ClickHouse.uniqueTable("compressed")
         try await ClickHouse.run(client, base, "CREATE TABLE \(table) (id UInt64, name String) ENGINE = Memory")

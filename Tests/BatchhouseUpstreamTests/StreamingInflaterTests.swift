@@ -34,7 +34,7 @@ struct StreamingInflaterTests {
     @Test(arguments: [1, 7, 4096, 1 << 20])
     func anySplitDecodesLikeTheOneShotDecoder(piece: Int) throws {
         let data = ZlibTests.sample(count: 200_000)
-        for coding in ContentCoding.allCases {
+        for coding in [ContentCoding.gzip, .deflate] {
             let compressed = ZlibTests.compress(data, coding)
             #expect(try Self.inflate(compressed, coding, piece: piece).output == data)
         }

@@ -43,7 +43,7 @@ struct ZlibTests {
         return Array(output.readableBytesView)
     }
 
-    @Test("round trip", arguments: ContentCoding.allCases, [0, 1, 1000, 300_000])
+    @Test("round trip", arguments: [ContentCoding.gzip, .deflate], [0, 1, 1000, 300_000])
     func roundTrip(coding: ContentCoding, count: Int) throws {
         let original = Self.sample(count: count)
         let compressed = Self.compress(original, coding)
@@ -174,7 +174,7 @@ struct ZlibTests {
         "Content-Encoding values",
         arguments: [
             ("gzip", ContentCoding.gzip), ("GZIP", .gzip), (" x-gzip ", .gzip), ("deflate", .deflate),
-            ("Deflate\t", .deflate), ("br", nil), ("gzip, deflate", nil), ("", nil), ("identity", nil),
+            ("Deflate\t", .deflate), ("br", .br), ("ZSTD", .zstd), ("lz4", .lz4), ("bz2", nil), ("gzip, deflate", nil), ("", nil), ("identity", nil),
         ] as [(String, ContentCoding?)]
     )
     func headerValues(value: String, expected: ContentCoding?) {
