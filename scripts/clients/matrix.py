@@ -339,7 +339,7 @@ def main():
     parser.add_argument("--modern", help="URL of the modern front")
     parser.add_argument("--work", required=True)
     parser.add_argument("--full", type=int, default=int(os.environ.get("CLIENT_MATRIX_FULL", 1000)))
-    parser.add_argument("--light", type=int, default=int(os.environ.get("CLIENT_MATRIX_LIGHT", 200)))
+    parser.add_argument("--light", type=int, default=int(os.environ.get("CLIENT_MATRIX_LIGHT", 100)))
     parser.add_argument("--direct", type=int, default=int(os.environ.get("CLIENT_MATRIX_DIRECT", 50)))
     parser.add_argument("--only", nargs="*", help="row names (substring match)")
     args = parser.parse_args()
@@ -350,7 +350,9 @@ def main():
         upstreams["18.16"] = args.clickhouse
     if args.modern:
         upstreams["modern"] = args.modern
-    yaml_body = ("defaults: { strategy: hybrid, max_rows: 100000, max_delay: 2s, ack: enqueued }\n"
+    # The proxy's built-in defaults (hybrid, 100000 rows, 1 s), ack enqueued; tables ending in _fl get `ack: flushed`
+    # with a shorter delay, so that the flushed runs (whose every answer waits for a flush) stay short.
+    yaml_body = ("defaults: { strategy: hybrid, max_rows: 100000, max_delay: 1s, ack: enqueued }\n"
                  "tables:\n  \"*_fl\": { ack: flushed, max_delay: 200ms }\n")
     proxies = {}
     results, failures, started = [], [], time.monotonic()
@@ -463,6 +465,8 @@ def judge(record, expected, ack):
     if max_per_1000 is not None and ack == "enqueued" and record["path"] == BATCHED and \
             float(record["per_1000"]) > max_per_1000:
         problems.append("%s upstream inserts per 1,000, expected at most %d" % (record["per_1000"], max_per_1000))
+    if written == "yes" and record["upstream"] == "18.16" and record["path"] == PASSED:
+        written = NA  # 18.16 sends no X-ClickHouse-Summary, and a passed-through answer is 18.16's own
     if not record["written"].startswith(written):
         problems.append("written_rows %s, expected %s" % (record["written"], written))
     if not str(record.get("direct", "")).startswith(("identical", "(see")):
