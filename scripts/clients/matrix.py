@@ -43,6 +43,9 @@ BATCHED = "batched"
 
 # name: (client, variant, upstreams, today, target, needs)
 #   today/target: (path, max upstream inserts per 1,000 or None, written_rows expected: "yes" | "n.a.")
+#   The bound is 5 for the must-have rows (1,000 inserts). The lighter rows send 100 inserts over a few seconds
+#   against a 1 s delay, so they get a loose 200 per 1,000: "batched, not one insert per row", robust on a loaded
+#   machine.
 #   rows identical is expected "yes" everywhere, always.
 W = "yes"
 NA = "n.a."
@@ -52,21 +55,21 @@ EXPECTED = {
     "clickhouse-connect/zstd": ("clickhouse-connect", "Native, zstd", ["modern"],
                                 (PASSED, None, W), (BATCHED, 5, W), {"zstd-body", "native"}),
     "clickhouse-connect/gzip": ("clickhouse-connect", "Native, gzip", ["modern"],
-                                (PASSED, None, W), (BATCHED, 50, W), {"native"}),
+                                (PASSED, None, W), (BATCHED, 200, W), {"native"}),
     "clickhouse-connect/off": ("clickhouse-connect", "Native, compress=False", ["modern"],
-                               (PASSED, None, W), (BATCHED, 50, W), {"native"}),
-    "aiochclient/values": ("aiochclient", "VALUES", ["18.16", "modern"], (BATCHED, 50, NA), None, set()),
-    "requests/url+values": ("requests", "query in URL, VALUES body", ["18.16", "modern"], (BATCHED, 50, W), None, set()),
-    "requests/jsoneachrow": ("requests", "JSONEachRow body", ["18.16", "modern"], (BATCHED, 50, W), None, set()),
-    "requests/gzip": ("requests", "gzip body (TSV)", ["18.16", "modern"], (BATCHED, 50, W), None, set()),
-    "curl/00177-split": ("curl", "split URL|body (00177)", ["18.16", "modern"], (BATCHED, 50, W), None, set()),
-    "curl/00485-format-ws": ("curl", "FORMAT + odd whitespace (00485)", ["18.16", "modern"], (BATCHED, 50, W), None, set()),
-    "curl/00302-gzip": ("curl", "gzip body (00302)", ["18.16", "modern"], (BATCHED, 50, W), None, set()),
-    "curl/00302-deflate": ("curl", "deflate body (00302)", ["18.16", "modern"], (BATCHED, 50, W), None, set()),
-    "sqlalchemy/http": ("clickhouse-sqlalchemy", "http driver", ["18.16", "modern"], (BATCHED, 50, NA), None, set()),
-    "rowbinary/plain": ("requests", "RowBinary", ["18.16", "modern"], (PASSED, None, W), (BATCHED, 50, W), {"rowbinary"}),
+                               (PASSED, None, W), (BATCHED, 200, W), {"native"}),
+    "aiochclient/values": ("aiochclient", "VALUES", ["18.16", "modern"], (BATCHED, 200, NA), None, set()),
+    "requests/url+values": ("requests", "query in URL, VALUES body", ["18.16", "modern"], (BATCHED, 200, W), None, set()),
+    "requests/jsoneachrow": ("requests", "JSONEachRow body", ["18.16", "modern"], (BATCHED, 200, W), None, set()),
+    "requests/gzip": ("requests", "gzip body (TSV)", ["18.16", "modern"], (BATCHED, 200, W), None, set()),
+    "curl/00177-split": ("curl", "split URL|body (00177)", ["18.16", "modern"], (BATCHED, 200, W), None, set()),
+    "curl/00485-format-ws": ("curl", "FORMAT + odd whitespace (00485)", ["18.16", "modern"], (BATCHED, 200, W), None, set()),
+    "curl/00302-gzip": ("curl", "gzip body (00302)", ["18.16", "modern"], (BATCHED, 200, W), None, set()),
+    "curl/00302-deflate": ("curl", "deflate body (00302)", ["18.16", "modern"], (BATCHED, 200, W), None, set()),
+    "sqlalchemy/http": ("clickhouse-sqlalchemy", "http driver", ["18.16", "modern"], (BATCHED, 200, NA), None, set()),
+    "rowbinary/plain": ("requests", "RowBinary", ["18.16", "modern"], (PASSED, None, W), (BATCHED, 200, W), {"rowbinary"}),
     "rowbinary/decompress-lz4": ("requests", "RowBinary, decompress=1 LZ4", ["18.16", "modern"],
-                                 (PASSED, None, W), (BATCHED, 50, W), {"rowbinary", "decompress"}),
+                                 (PASSED, None, W), (BATCHED, 200, W), {"rowbinary", "decompress"}),
 }
 # Which rows also run with `ack: flushed` (all of them run in the default mode, enqueued).
 FLUSHED_ROWS = {"clickhouse-connect/default", "clickhouse-connect/zstd", "aiochclient/values",
