@@ -1,4 +1,5 @@
 import BatchhouseCore
+import BatchhouseUpstream
 import Foundation
 import Testing
 
@@ -172,6 +173,48 @@ struct BinaryFormatIntegrationTests {
             let stored = try await db.clickHouse.sql("SELECT * FROM \(db.name).\(table) FORMAT TabSeparated")
             #expect(stored == Row.make(20).tsv)
         }
+    }
+
+    /// What clickhouse-driver-style clients send: RowBinary or Native in ClickHouse's own compressed blocks
+    /// (`decompress=1`), here LZ4 and ZSTD, and Native in an lz4 body as clickhouse-connect sends it by default.
+    @Test func compressedBinaryBodiesAreBatchedLikeAnyOther() async throws {
+        let db = try await TestDatabase.create()
+        defer { Task { await db.drop() } }
+        for table in ["rb", "nat", "cc"] {
+            try await db.clickHouse.sql("CREATE TABLE \(db.name).\(table) (\(Self.columns)) ENGINE = MergeTree ORDER BY id")
+        }
+        let proxy = try await ProxyUnderTest.start("defaults: { max_delay: 2s }")
+        let insertsBefore = try await db.insertQueries()
+        let perTable = 100
+        try await runConcurrently(count: perTable * 3, concurrency: 8) { index in
+            let row = Row.make(index / 3)
+            let result: HTTPResult
+            switch index % 3 {
+            case 0:
+                let method: CompressedBlockDecoder.Method = index % 2 == 0 ? .lz4 : .zstd
+                result = try await proxy.endpoint.post(
+                    HTTPEndpoint.query("INSERT INTO \(db.name).rb FORMAT RowBinary") + "&decompress=1",
+                    body: CompressedBlockEncoder.encode(Self.rowBinary([row]), method: method))
+            case 1:
+                result = try await proxy.endpoint.post(
+                    HTTPEndpoint.query("INSERT INTO \(db.name).nat FORMAT Native") + "&decompress=1",
+                    body: CompressedBlockEncoder.encode(Self.native([row]), method: .lz4))
+            default:
+                result = try await proxy.endpoint.post(
+                    HTTPEndpoint.query("INSERT INTO \(db.name).cc FORMAT Native"),
+                    body: BodyCompression.compress(Self.native([row]), as: .lz4), headers: [("Content-Encoding", "lz4")])
+            }
+            guard result.status == 200, result.header("X-ClickHouse-Summary")?.contains("\"written_rows\":\"1\"") == true
+            else { throw TestFailure("insert \(index): \(result.status) \(result.body)") }
+        }
+        try await proxy.stop()
+        let expected = (0..<perTable).map { Row.make($0).tsv }.joined()
+        for table in ["rb", "nat", "cc"] {
+            let stored = try await db.clickHouse.sql("SELECT * FROM \(db.name).\(table) ORDER BY id FORMAT TabSeparated")
+            #expect(stored == expected, "\(table)")
+        }
+        let inserts = try await db.insertQueries() - insertsBefore
+        #expect(inserts <= 10, "upstream inserts: \(inserts)")
     }
 
     @Test func aTableThatCannotBeDescribedGetsClickHousesOwnAnswer() async throws {
