@@ -79,6 +79,9 @@ public struct SealedBatch: Sendable {
     /// The query id it is sent under, kept across retries and, through the spool, across restarts; nil until
     /// delivery gives it one.
     public var queryID: String?
+    /// In service-account mode (the key's identity is `.anonymous`): the identities of the requests whose rows it
+    /// holds, each once, for `read_your_writes`. Empty otherwise: the key's identity is theirs.
+    public var contributors: [ClientIdentity] = []
 
     /// Bytes of row data, in memory or in the spool.
     public var bodyBytes: Int { bodyInSpool ? spooledBytes : data.count }
@@ -192,6 +195,15 @@ public struct BatchStore: Sendable {
         var rule: TableRule
         var firstRowAt: Instant
         var deadline: Instant
+        /// See `SealedBatch.contributors`.
+        var contributors: [ClientIdentity] = []
+
+        /// Records a contributor (service-account mode only); a batch's list is short, and the common case is the
+        /// same identity as the last one.
+        mutating func note(_ contributor: ClientIdentity?) {
+            guard let contributor, contributors.last != contributor, !contributors.contains(contributor) else { return }
+            contributors.append(contributor)
+        }
 
         /// Takes the rule of this request and appends its rows, unless they would cross `max_bytes` (nil: seal
         /// first). Returns the bytes added and the batch's new size.
@@ -243,7 +255,7 @@ public struct BatchStore: Sendable {
     /// have crossed `max_bytes`) and one sealed after it (a size limit reached).
     public mutating func append(
         key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant,
-        token: UInt64 = 0, spoolChunk: UInt64? = nil
+        token: UInt64 = 0, spoolChunk: UInt64? = nil, contributor: ClientIdentity? = nil
     ) -> [SealedBatch] {
         var sealed: [SealedBatch] = []
         let target = adaptiveTarget(key: key, rule: rule, rows: rows, bytes: chunk.count, now: now)
@@ -252,6 +264,7 @@ public struct BatchStore: Sendable {
             if let added = open.values[index].append(
                 chunk, rows: rows, endsWithNewline: endsWithNewline, rule: rule, token: token, spoolChunk: spoolChunk)
             {
+                open.values[index].note(contributor)
                 bufferedRows += rows
                 bufferedBytes += added.bytes
                 if let trigger = FlushPolicy.trigger(
@@ -274,6 +287,7 @@ public struct BatchStore: Sendable {
         )
         let before = batch.buffer.rowBytes
         batch.buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline, token: token, spoolChunk: spoolChunk)
+        batch.note(contributor)
         bufferedRows += rows
         bufferedBytes += batch.buffer.rowBytes - before
         if let trigger = FlushPolicy.trigger(
@@ -295,6 +309,19 @@ public struct BatchStore: Sendable {
         }
         pruneIdleControllers(now: now)
         return due.sorted { $0.id < $1.id }
+    }
+
+    /// Seals every batch holding rows of `identity` whose rule has `read_your_writes` (a read of that identity
+    /// waits for them). Only open batches are looked at: one pass, no index kept on the append path.
+    public mutating func seal(holding identity: ClientIdentity, now: Instant) -> [SealedBatch] {
+        var sealed: [SealedBatch] = []
+        for (key, batch) in open where batch.rule.readYourWrites {
+            guard batch.contributors.isEmpty ? key.identity == identity : batch.contributors.contains(identity)
+            else { continue }
+            open[key] = nil
+            sealed.append(seal(key: key, batch, trigger: .read, now: now))
+        }
+        return sealed.sorted { $0.id < $1.id }
     }
 
     /// The earliest deadline of any open batch.
@@ -415,10 +442,12 @@ public struct BatchStore: Sendable {
         bufferedRows -= batch.buffer.rows
         bufferedBytes -= batch.buffer.rowBytes
         defer { nextID += 1 }
-        return SealedBatch(
+        var sealed = SealedBatch(
             id: nextID, key: key, rule: batch.rule, data: batch.buffer.data, rows: batch.buffer.rows,
             requests: batch.buffer.requests, trigger: trigger, firstRowAt: batch.firstRowAt, sealedAt: now,
             contributions: batch.buffer.contributions
         )
+        sealed.contributors = batch.contributors
+        return sealed
     }
 }

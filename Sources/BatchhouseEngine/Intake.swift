@@ -86,6 +86,9 @@ package final class Intake: Sendable {
     package func accept(_ request: InsertRequest, completion: () -> IntakeCompletion) -> IntakeDecision {
         // Fields are read through the snapshot: copying the whole configuration would retain every string and
         // array in it on each request.
+        // A session's INSERT writes into its own state (a temporary table, its SET): never batched. The server
+        // streams such requests before they reach the intake; this is for other callers.
+        if request.parameters.sessionID != nil { return .passthrough }
         let current = configuration.snapshot
         // Service-account mode: every batch goes up as `upstream.user`, so clients' credentials are not looked at
         // (neither refused, verified, nor kept apart: docs/credentials.md).
@@ -128,6 +131,8 @@ package final class Intake: Sendable {
         // Service-account mode: every batch goes up as `upstream.user`, so clients' identities neither split
         // batches nor reach the spool.
         let identity = serviceAccount ? .anonymous : request.parameters.identity
+        // Who must read these rows back (`read_your_writes`): in service-account mode the batch key does not say.
+        let contributor = serviceAccount ? request.parameters.identity : nil
         let memoryLimit = current.value.limits.maxBufferMemory
         let settings = request.parameters.settings
         if !serviceAccount, let verifier, case .mustVerify(let digest) = verifier.check(identity) {
@@ -146,7 +151,7 @@ package final class Intake: Sendable {
                 case .verified:
                     let decision = scanAndStore(
                         statement: statement, database: database, rule: rule, data: data, settings: settings,
-                        identity: identity, memoryLimit: memoryLimit, completion: { completion })
+                        identity: identity, contributor: nil, memoryLimit: memoryLimit, completion: { completion })
                     if case .answer(let response) = decision { completion(response) }
                 case .refused(let response):
                     metrics.request(.rejected)
@@ -160,14 +165,14 @@ package final class Intake: Sendable {
         }
         return scanAndStore(
             statement: statement, database: database, rule: rule, data: data, settings: settings, identity: identity,
-            memoryLimit: memoryLimit, completion: completion)
+            contributor: contributor, memoryLimit: memoryLimit, completion: completion)
     }
 
     /// Validates and counts the rows, builds the batch key, samples and stores: the part of `accept` after the
     /// credentials are known to be good.
     private func scanAndStore(
         statement: InsertStatement, database: String?, rule: TableRule, data: ByteBuffer, settings: [Setting],
-        identity: ClientIdentity, memoryLimit: Int, completion: () -> IntakeCompletion
+        identity: ClientIdentity, contributor: ClientIdentity?, memoryLimit: Int, completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         data.withUnsafeReadableBytes { bytes -> IntakeDecision in
             let scanned: ScannedRows
@@ -190,18 +195,18 @@ package final class Intake: Sendable {
                 return kept.data.withUnsafeBytes { keptBytes in
                     store(
                         key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
-                        limit: memoryLimit, completion: completion)
+                        limit: memoryLimit, contributor: contributor, completion: completion)
                 }
             }
             return store(
                 key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
-                limit: memoryLimit, completion: completion)
+                limit: memoryLimit, contributor: contributor, completion: completion)
         }
     }
 
     private func store(
         key: BatchKey, rule: TableRule, rows: UnsafeRawBufferPointer, rowCount: Int, endsWithNewline: Bool, limit: Int,
-        completion: () -> IntakeCompletion
+        contributor: ClientIdentity?, completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         if rowCount == 0 && rows.isEmpty { return accepted(rows: 0, bytes: 0, ack: .enqueued) }
         let immediate = rule.strategy == .immediate
@@ -213,7 +218,8 @@ package final class Intake: Sendable {
         if spool == nil && !immediate {
             let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, spooled: false, completion()) : 0
             switch buffering.admitAndAppend(
-                key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token)
+                key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token,
+                contributor: contributor)
             {
             case .success(let sealed):
                 delivery.submit(sealed)
@@ -249,7 +255,7 @@ package final class Intake: Sendable {
         delivery.submit(
             buffering.append(
                 key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token,
-                spoolChunk: position?.chunkID, reservation: reservation))
+                spoolChunk: position?.chunkID, reservation: reservation, contributor: contributor))
         if token == 0, rule.ack == .durable, let position, let spool {
             metrics.request(.batchedInsert)
             metrics.received(table: key.qualifiedTable, rows: rowCount, bytes: rows.count)
