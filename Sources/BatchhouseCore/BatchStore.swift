@@ -199,10 +199,13 @@ public struct BatchStore: Sendable {
         var contributors: [ClientIdentity] = []
 
         /// Records a contributor (service-account mode only); a batch's list is short, and the common case is the
-        /// same identity as the last one.
-        mutating func note(_ contributor: ClientIdentity?) {
-            guard let contributor, contributors.last != contributor, !contributors.contains(contributor) else { return }
+        /// same identity as the last one. True when it is new to the batch.
+        mutating func note(_ contributor: ClientIdentity?) -> Bool {
+            guard let contributor, contributors.last != contributor, !contributors.contains(contributor) else {
+                return false
+            }
             contributors.append(contributor)
+            return true
         }
 
         /// Takes the rule of this request and appends its rows, unless they would cross `max_bytes` (nil: seal
@@ -230,6 +233,10 @@ public struct BatchStore: Sendable {
     static let adaptiveIdleLimit: Duration = .seconds(600)
 
     private var open: [BatchKey: OpenBatch] = [:]
+    /// The open batches holding rows of each identity (the key's, or a contributor's in service-account mode), for
+    /// a read that must seal them (`seal(holding:)`). Changed when a batch opens, gains a contributor or is sealed:
+    /// once per batch, never per request.
+    private var openByIdentity: [ClientIdentity: Set<BatchKey>] = [:]
     /// One controller per `db.table` whose rule says `strategy: adaptive`.
     private var adaptive: [String: AdaptiveTable] = [:]
     private var lastAdaptivePrune: Instant?
@@ -264,7 +271,7 @@ public struct BatchStore: Sendable {
             if let added = open.values[index].append(
                 chunk, rows: rows, endsWithNewline: endsWithNewline, rule: rule, token: token, spoolChunk: spoolChunk)
             {
-                open.values[index].note(contributor)
+                if open.values[index].note(contributor) { openByIdentity[contributor!, default: []].insert(key) }
                 bufferedRows += rows
                 bufferedBytes += added.bytes
                 if let trigger = FlushPolicy.trigger(
@@ -287,7 +294,7 @@ public struct BatchStore: Sendable {
         )
         let before = batch.buffer.rowBytes
         batch.buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline, token: token, spoolChunk: spoolChunk)
-        batch.note(contributor)
+        _ = batch.note(contributor)
         bufferedRows += rows
         bufferedBytes += batch.buffer.rowBytes - before
         if let trigger = FlushPolicy.trigger(
@@ -296,6 +303,9 @@ public struct BatchStore: Sendable {
             sealed.append(seal(key: key, batch, trigger: trigger, now: now))
         } else {
             open[key] = batch
+            for identity in batch.contributors.isEmpty ? [key.identity] : batch.contributors {
+                openByIdentity[identity, default: []].insert(key)
+            }
         }
         return sealed
     }
@@ -312,12 +322,12 @@ public struct BatchStore: Sendable {
     }
 
     /// Seals every batch holding rows of `identity` whose rule has `read_your_writes` (a read of that identity
-    /// waits for them). Only open batches are looked at: one pass, no index kept on the append path.
+    /// waits for them), found through `openByIdentity`: a read costs what its own batches cost.
     public mutating func seal(holding identity: ClientIdentity, now: Instant) -> [SealedBatch] {
+        guard let holding = openByIdentity[identity] else { return [] }
         var sealed: [SealedBatch] = []
-        for (key, batch) in open where batch.rule.readYourWrites {
-            guard batch.contributors.isEmpty ? key.identity == identity : batch.contributors.contains(identity)
-            else { continue }
+        for key in holding {
+            guard let batch = open[key], batch.rule.readYourWrites else { continue }
             open[key] = nil
             sealed.append(seal(key: key, batch, trigger: .read, now: now))
         }
@@ -333,6 +343,7 @@ public struct BatchStore: Sendable {
     public mutating func sealAll(trigger: FlushTrigger, now: Instant) -> [SealedBatch] {
         let all = open.map { seal(key: $0.key, $0.value, trigger: trigger, now: now) }
         open.removeAll()
+        openByIdentity.removeAll()
         return all.sorted { $0.id < $1.id }
     }
 
@@ -439,6 +450,11 @@ public struct BatchStore: Sendable {
     }
 
     private mutating func seal(key: BatchKey, _ batch: OpenBatch, trigger: FlushTrigger, now: Instant) -> SealedBatch {
+        for identity in batch.contributors.isEmpty ? [key.identity] : batch.contributors {
+            if openByIdentity[identity]?.remove(key) != nil, openByIdentity[identity]?.isEmpty == true {
+                openByIdentity[identity] = nil
+            }
+        }
         bufferedRows -= batch.buffer.rows
         bufferedBytes -= batch.buffer.rowBytes
         defer { nextID += 1 }

@@ -102,6 +102,24 @@ import Testing
         await worker.value
     }
 
+    /// The cost of a read that finds nothing of its own: one pass over the open batches and the unsettled ones.
+    @Test func aReadAmongManyOpenBatchesOfOthersCostsOnePassOverThem() throws {
+        let fixture = try EngineFixture("defaults: { max_delay: 1h }\n")
+        var figures: [String] = []
+        for open in [0, 100, 10_000] {
+            for table in 0..<open where table >= (open == 10_000 ? 100 : 0) {
+                fixture.insert("INSERT INTO db.t\(table) VALUES (1)", identity: Self.bob)
+            }
+            let reads = 1000
+            let started = ContinuousClock.now
+            for _ in 0..<reads { #expect(fixture.engine.awaitWrites(of: Self.alice) {} == nil) }
+            let each = (ContinuousClock.now - started) / reads
+            figures.append("\(open) open: \(Double(each.components.attoseconds) / 1e12) µs")
+        }
+        print("[read_your_writes] a read with nothing to wait for, per call: \(figures.joined(separator: ", "))")
+        #expect(fixture.engine.buffering.bufferedRows == 10_000)
+    }
+
     @Test func theBoundIsOneBatchRequestWithItsRetriesWithinTheRequestTimeout() throws {
         let fixture = try EngineFixture(
             "defaults: { retries: 2 }\nlimits: { request_timeout: 5m }\n",
