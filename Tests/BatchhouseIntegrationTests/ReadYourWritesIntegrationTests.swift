@@ -144,8 +144,9 @@ struct ReadYourWritesIntegrationTests {
             "[read_your_writes] SELECT 1 median ms: no open batch \(median(baseline)); another identity's batch open "
                 + "\(median(others)); another identity's batch in flight \(median(duringFlush)); own batch "
                 + "(1 s insert) \(Self.seconds(aliceWaited) * 1000); read_your_writes=false \(Self.seconds(fastWaited) * 1000)")
-        #expect(median(others) < 300 && median(duringFlush) < 300, "not delayed by alice's batches")
-        #expect(fastWaited < .milliseconds(500))
+        // Waiting for alice's batch would take over a second (the view's sleep); a loaded machine adds tens of ms.
+        #expect(median(others) < 800 && median(duringFlush) < 800, "not delayed by alice's batches")
+        #expect(fastWaited < .milliseconds(800))
         try await proxy.stop()
         await database.drop()
     }
