@@ -115,6 +115,7 @@ let package = Package(
                 "BatchhouseServer", "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

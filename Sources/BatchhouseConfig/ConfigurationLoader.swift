@@ -128,7 +128,7 @@ private struct ConfigurationReader {
     static let tlsKeys = ["ca_file", "verify"]
     static let ruleKeys = [
         "strategy", "max_rows", "max_bytes", "max_delay", "priority", "retries", "retry_backoff", "ack", "sample",
-        "passthrough",
+        "passthrough", "read_your_writes",
     ]
     static let limitsKeys = [
         "max_buffer_memory", "max_request_body", "header_timeout", "body_timeout", "request_timeout", "idle_timeout",
@@ -414,6 +414,9 @@ private struct ConfigurationReader {
         }
         if let field = fields["passthrough"] {
             rule.passthrough = try bool(field)
+        }
+        if let field = fields["read_your_writes"] {
+            rule.readYourWrites = try bool(field)
         }
         return rule
     }

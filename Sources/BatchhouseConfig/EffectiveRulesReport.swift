@@ -52,6 +52,7 @@ extension BatchhouseConfiguration {
             "ack=\(rule.ack.rawValue)",
             "sample=\(rule.sample)",
             "passthrough=\(rule.passthrough)",
+            "read_your_writes=\(rule.readYourWrites)",
         ].joined(separator: " ")
     }
 
@@ -67,6 +68,7 @@ extension BatchhouseConfiguration {
         if rule.ack != nil { keys.append("ack") }
         if rule.sample != nil { keys.append("sample") }
         if rule.passthrough != nil { keys.append("passthrough") }
+        if rule.readYourWrites != nil { keys.append("read_your_writes") }
         return keys
     }
 }

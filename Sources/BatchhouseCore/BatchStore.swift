@@ -79,6 +79,9 @@ public struct SealedBatch: Sendable {
     /// The query id it is sent under, kept across retries and, through the spool, across restarts; nil until
     /// delivery gives it one.
     public var queryID: String?
+    /// In service-account mode (the key's identity is `.anonymous`): the identities of the requests whose rows it
+    /// holds, each once, for `read_your_writes`. Empty otherwise: the key's identity is theirs.
+    public var contributors: [ClientIdentity] = []
 
     /// Bytes of row data, in memory or in the spool.
     public var bodyBytes: Int { bodyInSpool ? spooledBytes : data.count }
@@ -198,6 +201,18 @@ public struct BatchStore: Sendable {
         var rule: TableRule
         var firstRowAt: Instant
         var deadline: Instant
+        /// See `SealedBatch.contributors`.
+        var contributors: [ClientIdentity] = []
+
+        /// Records a contributor (service-account mode only); a batch's list is short, and the common case is the
+        /// same identity as the last one. True when it is new to the batch.
+        mutating func note(_ contributor: ClientIdentity?) -> Bool {
+            guard let contributor, contributors.last != contributor, !contributors.contains(contributor) else {
+                return false
+            }
+            contributors.append(contributor)
+            return true
+        }
 
         /// Takes the rule of this request and appends its rows, unless they would cross `max_bytes` (nil: seal
         /// first). Returns the bytes added and the batch's new size.
@@ -224,6 +239,10 @@ public struct BatchStore: Sendable {
     static let adaptiveIdleLimit: Duration = .seconds(600)
 
     private var open: [BatchKey: OpenBatch] = [:]
+    /// The open batches holding rows of each identity (the key's, or a contributor's in service-account mode), for
+    /// a read that must seal them (`seal(holding:)`). Changed when a batch opens, gains a contributor or is sealed:
+    /// once per batch, never per request.
+    private var openByIdentity: [ClientIdentity: Set<BatchKey>] = [:]
     /// One controller per `db.table` whose rule says `strategy: adaptive`.
     private var adaptive: [String: AdaptiveTable] = [:]
     private var lastAdaptivePrune: Instant?
@@ -249,7 +268,7 @@ public struct BatchStore: Sendable {
     /// have crossed `max_bytes`) and one sealed after it (a size limit reached).
     public mutating func append(
         key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool, now: Instant,
-        token: UInt64 = 0, spoolChunk: UInt64? = nil
+        token: UInt64 = 0, spoolChunk: UInt64? = nil, contributor: ClientIdentity? = nil
     ) -> [SealedBatch] {
         var sealed: [SealedBatch] = []
         let target = adaptiveTarget(key: key, rule: rule, rows: rows, bytes: chunk.count, now: now)
@@ -258,6 +277,7 @@ public struct BatchStore: Sendable {
             if let added = open.values[index].append(
                 chunk, rows: rows, endsWithNewline: endsWithNewline, rule: rule, token: token, spoolChunk: spoolChunk)
             {
+                if open.values[index].note(contributor) { openByIdentity[contributor!, default: []].insert(key) }
                 bufferedRows += rows
                 bufferedBytes += added.bytes
                 if let trigger = FlushPolicy.trigger(
@@ -280,6 +300,7 @@ public struct BatchStore: Sendable {
         )
         let before = batch.buffer.rowBytes
         batch.buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline, token: token, spoolChunk: spoolChunk)
+        _ = batch.note(contributor)
         bufferedRows += rows
         bufferedBytes += batch.buffer.rowBytes - before
         if let trigger = FlushPolicy.trigger(
@@ -288,6 +309,9 @@ public struct BatchStore: Sendable {
             sealed.append(seal(key: key, batch, trigger: trigger, now: now))
         } else {
             open[key] = batch
+            for identity in batch.contributors.isEmpty ? [key.identity] : batch.contributors {
+                openByIdentity[identity, default: []].insert(key)
+            }
         }
         return sealed
     }
@@ -303,6 +327,19 @@ public struct BatchStore: Sendable {
         return due.sorted { $0.id < $1.id }
     }
 
+    /// Seals every batch holding rows of `identity` whose rule has `read_your_writes` (a read of that identity
+    /// waits for them), found through `openByIdentity`: a read costs what its own batches cost.
+    public mutating func seal(holding identity: ClientIdentity, now: Instant) -> [SealedBatch] {
+        guard let holding = openByIdentity[identity] else { return [] }
+        var sealed: [SealedBatch] = []
+        for key in holding {
+            guard let batch = open[key], batch.rule.readYourWrites else { continue }
+            open[key] = nil
+            sealed.append(seal(key: key, batch, trigger: .read, now: now))
+        }
+        return sealed.sorted { $0.id < $1.id }
+    }
+
     /// The earliest deadline of any open batch.
     public var nextDeadline: Instant? {
         open.values.lazy.map(\.deadline).min()
@@ -312,6 +349,7 @@ public struct BatchStore: Sendable {
     public mutating func sealAll(trigger: FlushTrigger, now: Instant) -> [SealedBatch] {
         let all = open.map { seal(key: $0.key, $0.value, trigger: trigger, now: now) }
         open.removeAll()
+        openByIdentity.removeAll()
         return all.sorted { $0.id < $1.id }
     }
 
@@ -418,13 +456,20 @@ public struct BatchStore: Sendable {
     }
 
     private mutating func seal(key: BatchKey, _ batch: OpenBatch, trigger: FlushTrigger, now: Instant) -> SealedBatch {
+        for identity in batch.contributors.isEmpty ? [key.identity] : batch.contributors {
+            if openByIdentity[identity]?.remove(key) != nil, openByIdentity[identity]?.isEmpty == true {
+                openByIdentity[identity] = nil
+            }
+        }
         bufferedRows -= batch.buffer.rows
         bufferedBytes -= batch.buffer.rowBytes
         defer { nextID += 1 }
-        return SealedBatch(
+        var sealed = SealedBatch(
             id: nextID, key: key, rule: batch.rule, data: batch.buffer.data, rows: batch.buffer.rows,
             requests: batch.buffer.requests, trigger: trigger, firstRowAt: batch.firstRowAt, sealedAt: now,
             contributions: batch.buffer.contributions
         )
+        sealed.contributors = batch.contributors
+        return sealed
     }
 }

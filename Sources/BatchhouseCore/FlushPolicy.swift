@@ -14,6 +14,8 @@ public enum FlushTrigger: String, Sendable, Hashable, CaseIterable {
     case reload
     /// Rows read back from the spool at start (accepted before a restart).
     case recovery
+    /// A request of an identity whose rows it holds waits to read them (`read_your_writes`).
+    case read
 }
 
 /// The strategies' flush decisions, as pure functions of a rule and a batch's size and age.

@@ -12,6 +12,20 @@ public struct RequestParameters: Sendable, Hashable {
     /// `decompress=1`: the body is in ClickHouse's native compression, which is not batched.
     public var decompress: Bool
 
+    /// `session_id`: the request runs in a ClickHouse session (temporary tables, SET, USE), so it is never
+    /// batched and always goes to the same server (docs/request-path.md, "Sessions").
+    public var sessionID: String?
+
+    /// The non-empty `session_id` of a request target's query string (still percent-encoded), found without
+    /// parsing the rest: a query string that does not mention it costs one byte search.
+    public static func sessionID(uriQuery: Substring) -> String? {
+        guard uriQuery.contains("session_id") else { return nil }
+        for (name, value) in QueryString.parse(uriQuery) where name == "session_id" && !value.isEmpty {
+            return value
+        }
+        return nil
+    }
+
     /// The identity the rows go upstream with; `.anonymous` when the credentials did not resolve to one.
     public var identity: ClientIdentity {
         if case .resolved(let identity) = credentials { return identity }
@@ -49,6 +63,7 @@ public struct RequestParameters: Sendable, Hashable {
         var given = GivenCredentials()
         var settings: [Setting] = []
         var decompress = false
+        var sessionID: String?
         for (name, value) in QueryString.parse(uriQuery) {
             switch name {
             case "query": query = value
@@ -57,6 +72,7 @@ public struct RequestParameters: Sendable, Hashable {
             case "password": given.passwordParameter = value
             case "quota_key": given.hasQuotaKeyParameter = true
             case "decompress": decompress = value != "0" && !value.isEmpty
+            case "session_id": if !value.isEmpty { sessionID = value }
             default:
                 if !Self.nonSettingParameters.contains(name) && !name.hasPrefix("param_") {
                     settings.append(Setting(name: name, value: value))
@@ -79,6 +95,7 @@ public struct RequestParameters: Sendable, Hashable {
             settings: settings,
             decompress: decompress
         )
+        self.sessionID = sessionID
     }
 }
 

@@ -37,6 +37,9 @@ public struct TableRule: Sendable, Hashable {
     public var ack: AckMode
     public var sample: Double
     public var passthrough: Bool
+    /// A request of an identity that is not a batchable INSERT waits until the batches holding that identity's
+    /// acknowledged rows of this table have an outcome (docs/delivery.md, "Read your writes").
+    public var readYourWrites: Bool
 
     public init(
         strategy: FlushStrategy = .hybrid,
@@ -48,7 +51,8 @@ public struct TableRule: Sendable, Hashable {
         retryBackoff: Duration = .milliseconds(200),
         ack: AckMode = .enqueued,
         sample: Double = 1.0,
-        passthrough: Bool = false
+        passthrough: Bool = false,
+        readYourWrites: Bool = true
     ) {
         self.strategy = strategy
         self.maxRows = maxRows
@@ -60,6 +64,7 @@ public struct TableRule: Sendable, Hashable {
         self.ack = ack
         self.sample = sample
         self.passthrough = passthrough
+        self.readYourWrites = readYourWrites
     }
 
     /// The delay after a batch's first row at which it is flushed at the latest.
@@ -86,6 +91,7 @@ public struct PartialTableRule: Sendable, Hashable {
     public var ack: AckMode?
     public var sample: Double?
     public var passthrough: Bool?
+    public var readYourWrites: Bool?
 
     public init() {}
 
@@ -102,6 +108,7 @@ public struct PartialTableRule: Sendable, Hashable {
         if let ack { rule.ack = ack }
         if let sample { rule.sample = sample }
         if let passthrough { rule.passthrough = passthrough }
+        if let readYourWrites { rule.readYourWrites = readYourWrites }
         return rule
     }
 }

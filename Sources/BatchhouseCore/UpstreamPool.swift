@@ -84,6 +84,35 @@ public struct UpstreamPool: Sendable {
         return nil
     }
 
+    /// The server for a request of session `sessionID`: every request of one session goes to the same server
+    /// while its breaker is not open (rendezvous hashing: each server scores the session, the highest closed one
+    /// wins), so a session moves only when its server fails, and only its own sessions move. Nil when the list is
+    /// empty.
+    public func sessionServer(for sessionID: String, now: Instant) -> Int? {
+        var best: (index: Int, score: UInt64)?
+        var fallback: (index: Int, score: UInt64)?
+        for (index, server) in servers.enumerated() {
+            let score = Self.score(sessionID, server.url)
+            if fallback == nil || score > fallback!.score { fallback = (index, score) }
+            guard server.state(now: now) != .open else { continue }
+            if best == nil || score > best!.score { best = (index, score) }
+        }
+        return (best ?? fallback)?.index
+    }
+
+    /// FNV-1a over the session id, a separator and the server's URL, finished by SplitMix64's mixer: stable across
+    /// processes and restarts (Swift's `Hasher` is seeded per process).
+    static func score(_ sessionID: String, _ url: String) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in sessionID.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        hash = (hash ^ 0xff) &* 0x100_0000_01b3
+        for byte in url.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        var z = hash &+ 0x9e37_79b9_7f4a_7c15
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+
     /// A request to server `index` ended; `success` is false for connection errors, timeouts and 5xx.
     public mutating func release(_ index: Int, success: Bool, now: Instant) {
         guard servers.indices.contains(index) else { return }

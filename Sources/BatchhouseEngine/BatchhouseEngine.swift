@@ -25,6 +25,8 @@ package final class BatchhouseEngine: Sendable {
     /// Nil when credentials are not verified (`verifiesCredentials: false`).
     package let verifier: CredentialVerifier?
     package let identityTags: IdentityTags
+    /// The sealed batches reads must wait for (`read_your_writes`).
+    package let writes: ReadYourWrites
     private let logger: Logger
     private let startedAt: Instant
 
@@ -49,12 +51,14 @@ package final class BatchhouseEngine: Sendable {
                 tags: identityTags, gateway: gateway, clock: clock,
                 file: configuration.spool.map { VerifiedIdentityFile(directory: $0.dir) })
             : nil
+        writes = ReadYourWrites()
         buffering = Buffering(
-            clock: clock, maxBufferMemory: configuration.limits.maxBufferMemory, spoolBacked: spool != nil)
+            clock: clock, maxBufferMemory: configuration.limits.maxBufferMemory, spoolBacked: spool != nil,
+            writes: writes)
         settlement = Settlement(
             buffering: buffering, spool: spool, acks: acks, metrics: metrics,
             deadLetters: DeadLetterWriter(directory: configuration.deadLetterDir, logger: logger), clock: clock,
-            logger: logger, tags: identityTags, verifier: verifier)
+            logger: logger, tags: identityTags, verifier: verifier, writes: writes)
         let schemas = TableSchemas<TableDescription>(gateway: gateway, clock: clock) { text in
             TableDescription(describeOutput: String(decoding: text, as: UTF8.self))
         }
@@ -255,6 +259,25 @@ package final class BatchhouseEngine: Sendable {
         // Delivered marks that found no room before are written as soon as there is (one atomic load otherwise).
         spool?.retryUnwrittenMarks()
         return next
+    }
+
+    /// Before a request of `identity` that is not a batchable INSERT goes upstream (`read_your_writes`): seals and
+    /// submits at once the open batches holding its rows, then waits for every unsettled batch that holds them.
+    /// Nil when there is nothing to wait for (`resume` is not called); else a ticket for `writes.cancel`, and
+    /// `resume` runs once they all have an outcome. Other identities' batches are neither sealed nor waited for.
+    package func awaitWrites(of identity: ClientIdentity, resume: @escaping @Sendable () -> Void)
+        -> ReadYourWrites.Ticket?
+    {
+        delivery.submit(buffering.seal(holding: identity))
+        return writes.wait(for: identity, resume: resume)
+    }
+
+    /// How long a read waits for its identity's batches at most: one batch request with every retry of the
+    /// defaults (`upstream.timeout` × (retries + 1)), within `limits.request_timeout`. Then it goes upstream anyway.
+    package var readYourWritesBound: Duration {
+        let current = configuration.snapshot.value
+        let retries = current.rules.defaults.retries
+        return min(current.limits.requestTimeout, current.upstream.timeout * (retries + 1))
     }
 
     /// Shutdown: seals every open batch and closes the delivery queue; `delivery.run()` returns once all is sent.

@@ -35,6 +35,9 @@ package final class BatchhouseMetrics: Sendable {
     private let acceptErrors: Counter
     private let timeouts: [String: Counter]
     private let receivingBytes: Gauge
+    private let readWaits: Counter
+    private let readWaitSeconds: Counter
+    private let readWaitTimeouts: Counter
     /// Open client connections, for `limits.max_connections` (the gauge follows it).
     private let openConnections = Atomic<Int>(0)
     private let perTable = Mutex<[String: TableCounters]>([:])
@@ -120,6 +123,25 @@ package final class BatchhouseMetrics: Sendable {
             descriptor: .init(
                 namespace: "batchhouse", metricName: "receiving", unitName: "bytes",
                 helpText: "Bytes of request bodies still arriving, held against limits.max_buffer_memory"))
+        readWaits = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "read_your_writes_waits", unitName: "total",
+                helpText: "Requests that waited for batches holding their identity's acknowledged rows"))
+        readWaitSeconds = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "read_your_writes_wait", unitName: "seconds_total",
+                helpText: "Time requests spent waiting for their identity's batches (read_your_writes)"))
+        readWaitTimeouts = registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "read_your_writes_timeouts", unitName: "total",
+                helpText: "Waits for an identity's batches that ran out of time; the request went upstream anyway"))
+    }
+
+    /// A request waited `seconds` for its identity's batches; `timedOut` when its bound ran out first.
+    package func readWaited(seconds: Double, timedOut: Bool) {
+        readWaits.increment()
+        readWaitSeconds.increment(by: seconds)
+        if timedOut { readWaitTimeouts.increment() }
     }
 
     // MARK: Connections

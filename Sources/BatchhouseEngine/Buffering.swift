@@ -38,9 +38,14 @@ package final class Buffering: Sendable {
     private let maxBufferMemory: Atomic<Int>
     /// With a spool: sealed batches whose rows are all in it leave memory at once.
     private let spoolBacked: Bool
+    /// Told of every sealed batch under the store's lock, so a batch is never out of the store and unknown there.
+    private let writes: ReadYourWrites?
 
-    package init(clock: any NowProvider, maxBufferMemory: Int, spoolBacked: Bool = false) {
+    package init(
+        clock: any NowProvider, maxBufferMemory: Int, spoolBacked: Bool = false, writes: ReadYourWrites? = nil
+    ) {
         self.clock = clock
+        self.writes = writes
         self.maxBufferMemory = Atomic(maxBufferMemory)
         self.spoolBacked = spoolBacked
     }
@@ -103,9 +108,10 @@ package final class Buffering: Sendable {
     // MARK: Appending
 
     /// Admission and append in one step (no spool write between them). Nil when refused.
+    /// `contributor`: the request's identity in service-account mode (`SealedBatch.contributors`), else nil.
     package func admitAndAppend(
         key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
-        token: UInt64
+        token: UInt64, contributor: ClientIdentity? = nil
     ) -> Result<[SealedBatch], AdmissionRefusal> {
         let limit = self.limit
         let now = clock.now()
@@ -117,14 +123,14 @@ package final class Buffering: Sendable {
                 counted(
                     state.store.append(
                         key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                        token: token)))
+                        token: token, contributor: contributor)))
         }
     }
 
     /// Appends admitted rows (their reservation ends here). Returns the batches that must go upstream now.
     package func append(
         key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, endsWithNewline: Bool,
-        token: UInt64, spoolChunk: UInt64?, reservation: Reservation
+        token: UInt64, spoolChunk: UInt64?, reservation: Reservation, contributor: ClientIdentity? = nil
     ) -> [SealedBatch] {
         let now = clock.now()
         return state.withLock { state in
@@ -132,7 +138,7 @@ package final class Buffering: Sendable {
             return counted(
                 state.store.append(
                     key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: endsWithNewline, now: now,
-                    token: token, spoolChunk: spoolChunk))
+                    token: token, spoolChunk: spoolChunk, contributor: contributor))
         }
     }
 
@@ -158,6 +164,12 @@ package final class Buffering: Sendable {
     package func sealDue() -> (due: [SealedBatch], next: Instant?) {
         let now = clock.now()
         return state.withLock { state in (counted(state.store.sealDue(now: now)), state.store.nextDeadline) }
+    }
+
+    /// Seals the open batches holding rows of `identity` under `read_your_writes`: a read of it waits for them.
+    package func seal(holding identity: ClientIdentity) -> [SealedBatch] {
+        let now = clock.now()
+        return state.withLock { counted($0.store.seal(holding: identity, now: now)) }
     }
 
     package func sealAll(trigger: FlushTrigger) -> [SealedBatch] {
@@ -201,6 +213,7 @@ package final class Buffering: Sendable {
     /// batch whose rows are all in it leaves memory here and counts in the backlog instead.
     private func counted(_ batches: [SealedBatch]) -> [SealedBatch] {
         guard !batches.isEmpty else { return batches }
+        writes?.sealed(batches)
         guard spoolBacked else {
             sealed.add(batches.reduce(0) { $0 + $1.data.count }, ordering: .relaxed)
             return batches

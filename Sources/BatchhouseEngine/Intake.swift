@@ -97,6 +97,9 @@ package final class Intake: Sendable {
     package func accept(_ request: InsertRequest, completion: () -> IntakeCompletion) -> IntakeDecision {
         // Fields are read through the snapshot: copying the whole configuration would retain every string and
         // array in it on each request.
+        // A session's INSERT writes into its own state (a temporary table, its SET): never batched. The server
+        // streams such requests before they reach the intake; this is for other callers.
+        if request.parameters.sessionID != nil { return .passthrough }
         let current = configuration.snapshot
         // Service-account mode: every batch goes up as `upstream.user`, so clients' credentials are not looked at
         // (neither refused, verified, nor kept apart: docs/credentials.md).
@@ -142,6 +145,8 @@ package final class Intake: Sendable {
         // Service-account mode: every batch goes up as `upstream.user`, so clients' identities neither split
         // batches nor reach the spool.
         let identity = serviceAccount ? .anonymous : request.parameters.identity
+        // Who must read these rows back (`read_your_writes`): in service-account mode the batch key does not say.
+        let contributor = serviceAccount ? request.parameters.identity : nil
         let memoryLimit = current.value.limits.maxBufferMemory
         // Settings that judge the statement's text apply to the client's statement, never to the batch's.
         if case .passthrough = StatementTextSettings.verdict(
@@ -166,7 +171,7 @@ package final class Intake: Sendable {
                 case .verified:
                     let decision = scanAndStore(
                         statement: statement, database: database, rule: rule, data: data, settings: settings,
-                        identity: identity, memoryLimit: memoryLimit, completion: { completion })
+                        identity: identity, contributor: nil, memoryLimit: memoryLimit, completion: { completion })
                     Self.complete(decision, completion)
                 case .refused(let response):
                     metrics.request(.rejected)
@@ -180,7 +185,7 @@ package final class Intake: Sendable {
         }
         return scanAndStore(
             statement: statement, database: database, rule: rule, data: data, settings: settings, identity: identity,
-            memoryLimit: memoryLimit, completion: completion)
+            contributor: contributor, memoryLimit: memoryLimit, completion: completion)
     }
 
     /// A decision reached after a wait, passed to the completion the wait was given: an answer now, a pass-through,
@@ -198,7 +203,8 @@ package final class Intake: Sendable {
     /// not read with its columns are refused instead of asking again.
     private func scanAndStore(
         statement: InsertStatement, database: String?, rule: TableRule, data: ByteBuffer, settings: [Setting],
-        identity: ClientIdentity, memoryLimit: Int, described: Bool = false, completion: () -> IntakeCompletion
+        identity: ClientIdentity, contributor: ClientIdentity?, memoryLimit: Int, described: Bool = false,
+        completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         // RowBinary rows are read with the table's columns as the upstream describes them to this identity.
         var columns: ColumnSignature?
@@ -209,7 +215,7 @@ package final class Intake: Sendable {
             guard let description = schemas.cached(key) else {
                 return awaitDescription(
                     key, statement: statement, database: database, rule: rule, data: data, settings: settings,
-                    identity: identity, memoryLimit: memoryLimit, completion: completion)
+                    identity: identity, contributor: contributor, memoryLimit: memoryLimit, completion: completion)
             }
             // RowBinaryWithNames names its columns in its header: any insertable column may appear there.
             let names = statement.format == .rowBinaryWithNames ? description.insertable.map(\.name) : statement.columns
@@ -229,7 +235,8 @@ package final class Intake: Sendable {
                 if let schemaKey, let schemas, !described, schemas.mayRefresh(schemaKey) {
                     return awaitDescription(
                         schemaKey, statement: statement, database: database, rule: rule, data: data,
-                        settings: settings, identity: identity, memoryLimit: memoryLimit, completion: completion)
+                        settings: settings, identity: identity, contributor: contributor, memoryLimit: memoryLimit,
+                        completion: completion)
                 }
                 return refuse(ClickHouseError(code: error.code, name: error.name, message: error.message, status: 400))
             }
@@ -253,12 +260,12 @@ package final class Intake: Sendable {
                 return kept.data.withUnsafeBytes { keptBytes in
                     store(
                         key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
-                        limit: memoryLimit, completion: completion)
+                        limit: memoryLimit, contributor: contributor, completion: completion)
                 }
             }
             return store(
                 key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
-                limit: memoryLimit, completion: completion)
+                limit: memoryLimit, contributor: contributor, completion: completion)
         }
     }
 
@@ -267,7 +274,7 @@ package final class Intake: Sendable {
     /// received, which answers the INSERT itself.
     private func awaitDescription(
         _ key: TableSchemas<TableDescription>.Key, statement: InsertStatement, database: String?, rule: TableRule,
-        data: ByteBuffer, settings: [Setting], identity: ClientIdentity, memoryLimit: Int,
+        data: ByteBuffer, settings: [Setting], identity: ClientIdentity, contributor: ClientIdentity?, memoryLimit: Int,
         completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         guard let schemas else { return .passthrough }
@@ -283,7 +290,8 @@ package final class Intake: Sendable {
             case .described:
                 let decision = scanAndStore(
                     statement: statement, database: database, rule: rule, data: data, settings: settings,
-                    identity: identity, memoryLimit: memoryLimit, described: true, completion: { completion })
+                    identity: identity, contributor: contributor, memoryLimit: memoryLimit, described: true,
+                    completion: { completion })
                 Self.complete(decision, completion)
             case .refused, .unreadable, .unreachable:
                 completion(.passThrough)
@@ -294,7 +302,7 @@ package final class Intake: Sendable {
 
     private func store(
         key: BatchKey, rule: TableRule, rows: UnsafeRawBufferPointer, rowCount: Int, endsWithNewline: Bool, limit: Int,
-        completion: () -> IntakeCompletion
+        contributor: ClientIdentity?, completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         if rowCount == 0 && rows.isEmpty { return accepted(rows: 0, bytes: 0, ack: .enqueued) }
         let immediate = rule.strategy == .immediate
@@ -306,7 +314,8 @@ package final class Intake: Sendable {
         if spool == nil && !immediate {
             let token = waitsForBatch ? register(rows: rowCount, bytes: rows.count, spooled: false, completion()) : 0
             switch buffering.admitAndAppend(
-                key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token)
+                key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token,
+                contributor: contributor)
             {
             case .success(let sealed):
                 delivery.submit(sealed)
@@ -342,7 +351,7 @@ package final class Intake: Sendable {
         delivery.submit(
             buffering.append(
                 key: key, rule: rule, chunk: rows, rows: rowCount, endsWithNewline: endsWithNewline, token: token,
-                spoolChunk: position?.chunkID, reservation: reservation))
+                spoolChunk: position?.chunkID, reservation: reservation, contributor: contributor))
         if token == 0, rule.ack == .durable, let position, let spool {
             metrics.request(.batchedInsert)
             metrics.received(table: key.qualifiedTable, rows: rowCount, bytes: rows.count)

@@ -18,11 +18,15 @@ package final class Settlement: Sendable {
     private let tags: IdentityTags
     private let verifier: CredentialVerifier?
 
+    /// Reads waiting for a batch's outcome (`read_your_writes`) go on once it is settled.
+    private let writes: ReadYourWrites?
+
     package init(
         buffering: Buffering, spool: Spool?, acks: PendingAcks, metrics: BatchhouseMetrics,
         deadLetters: DeadLetterWriter, clock: any EngineClock, logger: Logger, tags: IdentityTags,
-        verifier: CredentialVerifier?
+        verifier: CredentialVerifier?, writes: ReadYourWrites? = nil
     ) {
+        self.writes = writes
         self.tags = tags
         self.verifier = verifier
         self.buffering = buffering
@@ -186,6 +190,7 @@ package final class Settlement: Sendable {
         buffering.release(report.batch)
         metrics.setQueueBytes(buffering.sealedBytes)
         acks.resolve(report)
+        writes?.settled(report.batch.id)
         if let spool {
             let done = report.settledSpoolChunks
             if !done.isEmpty { check(spool.markDelivered(done), batch: report.batch) }

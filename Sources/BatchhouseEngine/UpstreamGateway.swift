@@ -98,10 +98,12 @@ package final class UpstreamGateway: Sendable {
 
     /// Where a passthrough request goes: the least-loaded server whose breaker is closed (else the first).
     /// Passthrough requests are not counted as load: a long SELECT would skew the batch inserts' choice.
-    package func passthroughTarget() -> PassthroughTarget {
+    /// A request of a session (`session_id`) always goes to the same server: `UpstreamPool.sessionServer`.
+    package func passthroughTarget(session: String? = nil) -> PassthroughTarget {
         let now = clock.now()
         let upstream = self.upstream
         let server = pool.withLock { pool in
+            if let session, let index = pool.sessionServer(for: session, now: now) { return pool.servers[index].url }
             let candidates = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
             let best = candidates.min { pool.servers[$0].inFlight < pool.servers[$1].inFlight } ?? 0
             return pool.servers[best].url

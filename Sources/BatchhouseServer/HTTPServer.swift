@@ -49,8 +49,14 @@ final class HTTPServer: Service, Sendable {
         // No outbound header validator: the proxy's own headers are constants, and the headers it relays from
         // ClickHouse are checked by `HeaderPolicy.areValidToSend` (the validator cost ~5% of the CPU of a batched
         // INSERT).
+        // No automatic framing headers either: the encoder would rewrite a relayed `Transfer-Encoding: chunked` as
+        // `transfer-encoding`. Every response the proxy writes carries its own Content-Length, and a relayed one
+        // keeps ClickHouse's framing (`HeaderPolicy.relayedStreamHeaders`).
+        var encoder = HTTPResponseEncoder.Configuration()
+        encoder.automaticallySetFramingHeaders = false
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-            withPipeliningAssistance: true, withErrorHandling: true, withOutboundHeaderValidation: false)
+            withPipeliningAssistance: true, withErrorHandling: true, withOutboundHeaderValidation: false,
+            withEncoderConfiguration: encoder)
         try channel.pipeline.syncOperations.addHandler(RequestHandler(dependencies, clientBytes: clientBytes))
     }
 

@@ -22,13 +22,71 @@ enum HeaderPolicy {
         return forwarded
     }
 
-    /// A streamed passthrough response's headers as they go to the client (framing is the proxy's own).
-    static func relayedStreamHeaders(_ headers: [(String, String)]) -> HTTPHeaders {
-        var relayed = HTTPHeaders()
-        for (name, value) in headers where !hopByHopResponse.contains(name.lowercased()) {
-            relayed.add(name: name, value: value)
+    /// How the proxy's connection to the client goes on after a response: kept open for `idle_timeout`, or closed.
+    enum Persistence: Equatable {
+        case keepAlive(timeoutSeconds: Int)
+        case close
+    }
+
+    /// The two headers that say so, as ClickHouse writes them (`Connection: Keep-Alive`, `Keep-Alive: timeout=N`),
+    /// with the proxy's own idle timeout: the client's connection is to the proxy.
+    static func connectionFields(_ persistence: Persistence) -> [(String, String)] {
+        switch persistence {
+        case .keepAlive(let seconds): [("Connection", "Keep-Alive"), ("Keep-Alive", "timeout=\(seconds)")]
+        case .close: [("Connection", "close")]
         }
-        return relayed
+    }
+
+    /// A streamed passthrough response's headers as they go to the client: ClickHouse's own, in its order and its
+    /// case, framing included (the pipeline's encoder does not rewrite framing headers, which it would lower-case).
+    /// `Connection` and `Keep-Alive` are replaced in place by the proxy's own. A response ClickHouse framed by
+    /// closing its connection is chunked for an HTTP/1.1 client; an HTTP/1.0 client gets no chunking, so such a
+    /// response ends by closing (`closesToFrame`).
+    static func relayedStreamHeaders(
+        _ headers: [(String, String)], persistence: Persistence, clientVersion: HTTPVersion, status: Int,
+        isHead: Bool
+    ) -> (headers: HTTPHeaders, closesToFrame: Bool) {
+        var relayed = HTTPHeaders()
+        let chunkedAllowed = clientVersion.major == 1 && clientVersion.minor >= 1
+        var hasLength = false
+        var hasChunked = false
+        var wroteConnection = false
+        var wroteKeepAlive = false
+        var persistence = persistence
+        let mayHaveBody = !(100..<200).contains(status) && status != 204 && status != 304
+        for (name, _) in headers where name.lowercased() == "content-length" { hasLength = true }
+        if !hasLength && !chunkedAllowed && mayHaveBody && !isHead { persistence = .close }
+        for (name, value) in headers {
+            switch name.lowercased() {
+            case "connection":
+                guard !wroteConnection else { continue }
+                wroteConnection = true
+                for field in connectionFields(persistence) where field.0 == "Connection" {
+                    relayed.add(name: name, value: field.1)
+                }
+            case "keep-alive":
+                guard !wroteKeepAlive, case .keepAlive(let seconds) = persistence else { continue }
+                wroteKeepAlive = true
+                relayed.add(name: name, value: "timeout=\(seconds)")
+            case "transfer-encoding":
+                guard chunkedAllowed, !hasLength, !hasChunked else { continue }
+                hasChunked = true
+                // libcurl has undone the chunking; the encoder chunks again when the value is exactly "chunked".
+                relayed.add(name: name, value: "chunked")
+            case "proxy-connection":
+                continue
+            default:
+                relayed.add(name: name, value: value)
+            }
+        }
+        if mayHaveBody && !hasLength && !hasChunked && chunkedAllowed && !isHead {
+            relayed.add(name: "Transfer-Encoding", value: "chunked")
+        }
+        for (name, value) in connectionFields(persistence) {
+            if name == "Connection" && !wroteConnection { relayed.add(name: name, value: value) }
+            if name == "Keep-Alive" && !wroteKeepAlive { relayed.add(name: name, value: value) }
+        }
+        return (relayed, persistence == .close)
     }
 
     /// A buffered ClickHouse response's headers (its refusal of an INSERT's rows) as they go to the client; the

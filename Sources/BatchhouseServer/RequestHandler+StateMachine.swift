@@ -263,7 +263,11 @@ extension RequestHandler {
                 state = .local(endpoint, head)
                 return .none
             }
-            guard head.method == .POST else { return startPassthrough(head, initialBody: nil, bodyComplete: false) }
+            // A session's requests share ClickHouse's state and its lock: streamed at once, never held back for
+            // classification, so a concurrent one gets ClickHouse's own SESSION_IS_LOCKED (docs/request-path.md).
+            guard head.method == .POST, RequestParameters.sessionID(uriQuery: query) == nil else {
+                return startPassthrough(head, initialBody: nil, bodyComplete: false)
+            }
             let hasLength = head.headers.contains(name: "content-length")
             if !hasLength && !head.headers[canonicalForm: "transfer-encoding"].contains(where: { $0.lowercased() == "chunked" }) {
                 state = .discarding

@@ -26,11 +26,28 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var endpoints: LocalEndpoints
         /// The memory budget that bodies still arriving are held against.
         var buffering: Buffering
+        /// Makes a passthrough wait for its identity's batches first (`read_your_writes`); nil: never waits.
+        var engine: BatchhouseEngine? = nil
     }
 
     private let dependencies: Dependencies
     private var machine = StateMachine()
     private var bridge: PassthroughBridge?
+    /// The relayed response can only end by closing the connection (no length, a client that cannot take chunks).
+    private var passthroughCloses = false
+    /// A passthrough held back until its identity's batches have an outcome (`read_your_writes`), with the body
+    /// parts that arrived meanwhile (reading stops while it waits, so they are what one read had decoded).
+    private struct HeldPassthrough {
+        var head: HTTPRequestHead
+        var body: ByteBuffer?
+        var bodyComplete: Bool
+        var ticket: ReadYourWrites.Ticket
+        var since: NIODeadline
+        var timer: Scheduled<Void>?
+    }
+    private var held: HeldPassthrough?
+    /// Reading stops while a passthrough is held.
+    private var holdPaused = false
     private var readPaused = false
     /// Reading stops while a decoded slice is pending (`decodeMore`).
     private var decodePaused = false
@@ -149,12 +166,24 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .respond(let response, let head):
             respond(response, head: head, context: context)
         case .startPassthrough(let head, let initialBody, let bodyComplete):
-            startPassthrough(head: head, initialBody: initialBody, bodyComplete: bodyComplete, context: context)
-        case .forwardBody(let part):
-            bridge?.writeRequestBody(part)
+            dependencies.metrics.request(.passthrough)
+            if !holdForWrites(head: head, initialBody: initialBody, bodyComplete: bodyComplete, context: context) {
+                startPassthrough(head: head, initialBody: initialBody, bodyComplete: bodyComplete, context: context)
+            }
+        case .forwardBody(var part):
+            if held != nil {
+                if held!.body == nil { held!.body = part } else { held!.body!.writeBuffer(&part) }
+            } else {
+                bridge?.writeRequestBody(part)
+            }
         case .finishPassthroughBody:
-            bridge?.finishRequestBody()
+            if held != nil { held!.bodyComplete = true } else { bridge?.finishRequestBody() }
         case .cancelPassthrough:
+            if let waiting = held {
+                held = nil
+                waiting.timer?.cancel()
+                _ = dependencies.engine?.writes.cancel(waiting.ticket)
+            }
             bridge?.cancel()
             bridge = nil
         case .intake(let request):
@@ -212,7 +241,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Outbound read control (backpressure towards the client)
 
     func read(context: ChannelHandlerContext) {
-        if readPaused || decodePaused {
+        if readPaused || decodePaused || holdPaused {
             readPending = true
         } else {
             context.read()
@@ -226,7 +255,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func resumeReading() {
         guard readPaused else { return }
         readPaused = false
-        if readPending, !decodePaused, let context {
+        if readPending, !decodePaused, !holdPaused, let context {
             readPending = false
             context.read()
         }
@@ -235,7 +264,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func resumeAfterDecoding() {
         guard decodePaused else { return }
         decodePaused = false
-        if readPending, !readPaused, let context {
+        if readPending, !readPaused, !holdPaused, let context {
             readPending = false
             context.read()
         }
@@ -243,11 +272,55 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Passthrough
 
+    /// Read your writes: a request that is not a batchable INSERT waits, before it goes upstream, for the batches
+    /// holding rows already acknowledged to its identity (they are sealed and sent at once), at most
+    /// `readYourWritesBound`. The connection is not read meanwhile. False when there is nothing to wait for.
+    private func holdForWrites(
+        head: HTTPRequestHead, initialBody: ByteBuffer?, bodyComplete: Bool, context: ChannelHandlerContext
+    ) -> Bool {
+        guard let engine = dependencies.engine else { return false }
+        let identity = RequestParameters(uriQuery: HeaderPolicy.split(uri: head.uri).query) { name in
+            head.headers.first(name: name)
+        }.identity
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        let resume: @Sendable () -> Void = {
+            eventLoop.execute { loopBound.value.releaseHeld(timedOut: false) }
+        }
+        guard let ticket = engine.awaitWrites(of: identity, resume: resume) else { return false }
+        holdPaused = true
+        held = HeldPassthrough(
+            head: head, body: initialBody, bodyComplete: bodyComplete, ticket: ticket, since: context.eventLoop.now)
+        let limit = engine.readYourWritesBound.components
+        let bound = TimeAmount.nanoseconds(limit.seconds * 1_000_000_000 + limit.attoseconds / 1_000_000_000)
+        held?.timer = context.eventLoop.assumeIsolated().scheduleTask(in: bound) { [self] in
+            guard let waiting = held, engine.writes.cancel(waiting.ticket) else { return }
+            releaseHeld(timedOut: true)
+        }
+        return true
+    }
+
+    /// The held passthrough goes upstream: its batches have an outcome, or its bound ran out.
+    private func releaseHeld(timedOut: Bool) {
+        guard let waiting = held, let context else { return }
+        held = nil
+        waiting.timer?.cancel()
+        let waited = context.eventLoop.now - waiting.since
+        dependencies.metrics.readWaited(seconds: Double(waited.nanoseconds) / 1e9, timedOut: timedOut)
+        startPassthrough(
+            head: waiting.head, initialBody: waiting.body, bodyComplete: waiting.bodyComplete, context: context)
+        holdPaused = false
+        if readPending, !readPaused, !decodePaused {
+            readPending = false
+            context.read()
+        }
+    }
+
     private func startPassthrough(
         head: HTTPRequestHead, initialBody: ByteBuffer?, bodyComplete: Bool, context: ChannelHandlerContext
     ) {
-        dependencies.metrics.request(.passthrough)
-        let target = dependencies.gateway.passthroughTarget()
+        let target = dependencies.gateway.passthroughTarget(
+            session: RequestParameters.sessionID(uriQuery: HeaderPolicy.split(uri: head.uri).query))
         let hasBody = head.method != .GET && head.method != .HEAD
         let length = head.headers.first(name: "content-length").flatMap(Int.init)
         var request = UpstreamRequest(
@@ -257,6 +330,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         request.tls = target.tls
         let bridge = PassthroughBridge(handler: self, context: context, requestHead: head)
         self.bridge = bridge
+        passthroughCloses = false
         bridge.start(
             client: dependencies.client, request: request, requestBodyLength: hasBody ? length : nil, hasBody: hasBody)
         if let initialBody, initialBody.readableBytes > 0 {
@@ -273,17 +347,26 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        var headers = HeaderPolicy.relayedStreamHeaders(upstreamHeaders)
         let head = bridge.requestHead
-        if !head.isKeepAlive {
-            headers.replaceOrAdd(name: "Connection", value: "close")
-        } else if head.version.minor == 0 {
-            headers.replaceOrAdd(name: "Connection", value: "keep-alive")
-        }
+        let (headers, closes) = HeaderPolicy.relayedStreamHeaders(
+            upstreamHeaders, persistence: persistence(close: false, head: head), clientVersion: head.version,
+            status: status, isHead: head.method == .HEAD)
+        passthroughCloses = closes
         context.writeAndFlush(
             wrapOutboundOut(
                 .head(HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: status), headers: headers))),
             promise: nil)
+    }
+
+    /// Whether the connection stays open after this response, and for how long when idle.
+    private func persistence(close: Bool, head: HTTPRequestHead) -> HeaderPolicy.Persistence {
+        if close || !head.isKeepAlive { return .close }
+        return .keepAlive(timeoutSeconds: keepAliveSeconds)
+    }
+
+    /// `limits.idle_timeout` in whole seconds (at least 1), as `Keep-Alive: timeout=N` announces it.
+    private var keepAliveSeconds: Int {
+        max(1, Int(machine.timeouts.idle.nanoseconds / 1_000_000_000))
     }
 
     func passthroughBody(_ buffer: ByteBuffer, bridge: PassthroughBridge) {
@@ -311,9 +394,13 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if !headSent {
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .badGateway))), promise: nil)
+            var headers = HTTPHeaders([("Content-Length", "0")])
+            headers.add(contentsOf: HeaderPolicy.connectionFields(persistence(close: !requestEnded, head: head)))
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .badGateway, headers: headers))),
+                promise: nil)
         }
-        let close = !head.isKeepAlive || !requestEnded
+        let close = !head.isKeepAlive || !requestEnded || passthroughCloses
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if close { channel.close(promise: nil) }
@@ -359,13 +446,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 "{\"read_rows\":\"0\",\"read_bytes\":\"0\",\"written_rows\":\"\(rows)\",\"written_bytes\":\"\(bytes)\",\"total_rows_to_read\":\"0\"}"
             lastSummary = (rows, bytes, summary)
         }
-        var fields = [("X-ClickHouse-Summary", summary), ("X-Batchhouse-Ack", ack), ("Content-Length", "0")]
         let close = !head.isKeepAlive
-        if close {
-            fields.append(("Connection", "close"))
-        } else if head.version.minor == 0 {
-            fields.append(("Connection", "keep-alive"))
-        }
+        var fields = [("X-ClickHouse-Summary", summary), ("X-Batchhouse-Ack", ack), ("Content-Length", "0")]
+        fields.append(contentsOf: HeaderPolicy.connectionFields(persistence(close: close, head: head)))
         context.write(
             wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: HTTPHeaders(fields)))),
             promise: nil)
@@ -391,11 +474,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var headers = headers
         let close = close || !head.isKeepAlive
         headers.replaceOrAdd(name: "Content-Length", value: String(body.count))
-        if close {
-            headers.replaceOrAdd(name: "Connection", value: "close")
-        } else if head.version.minor == 0 {
-            headers.replaceOrAdd(name: "Connection", value: "keep-alive")
-        }
+        headers.remove(name: "Connection")
+        headers.remove(name: "Keep-Alive")
+        headers.add(contentsOf: HeaderPolicy.connectionFields(persistence(close: close, head: head)))
         context.write(
             wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         if !body.isEmpty {

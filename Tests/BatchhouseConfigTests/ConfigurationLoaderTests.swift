@@ -341,6 +341,7 @@ struct ConfigurationLoaderTests {
                 ack: flushed
                 sample: 0
                 passthrough: no
+                read_your_writes: false
             """
         )
         let rule = config.rules.rule(database: "x", table: "tmp_1")
@@ -348,9 +349,31 @@ struct ConfigurationLoaderTests {
             rule
                 == TableRule(
                     strategy: .memory, maxRows: 1000, maxBytes: 1_572_864, maxDelay: .seconds(90), priority: 5,
-                    retries: 0, retryBackoff: .zero, ack: .flushed, sample: 0, passthrough: false
+                    retries: 0, retryBackoff: .zero, ack: .flushed, sample: 0, passthrough: false,
+                    readYourWrites: false
                 )
         )
+    }
+
+    @Test func readYourWritesDefaultsToTrueAndIsInheritedPerTable() throws {
+        let config = try parse(
+            """
+            defaults: { read_your_writes: false }
+            tables:
+              default.orders: { read_your_writes: true }
+            """
+        )
+        #expect(config.rules.rule(database: "default", table: "orders").readYourWrites)
+        #expect(!config.rules.rule(database: "default", table: "other").readYourWrites)
+        #expect(try parse("").rules.rule(database: "default", table: "t").readYourWrites)
+        let error = parseError(
+            """
+            tables:
+              t:
+                read_your_writes: sometimes
+            """)
+        #expect(error?.line == 3)
+        #expect(error?.message.contains("read_your_writes") == true)
     }
 
     @Test func mergeKeysShareRules() throws {

@@ -9,7 +9,7 @@ struct EffectiveRulesReportTests {
         let defaultsAt = try #require(lines.firstIndex(of: "defaults"))
         #expect(
             lines[defaultsAt + 1]
-                == "  strategy=hybrid max_rows=100000 max_bytes=16MiB max_delay=1s priority=3 retries=3 retry_backoff=200ms ack=enqueued sample=1.0 passthrough=false"
+                == "  strategy=hybrid max_rows=100000 max_bytes=16MiB max_delay=1s priority=3 retries=3 retry_backoff=200ms ack=enqueued sample=1.0 passthrough=false read_your_writes=true"
         )
         // Most specific first: the six exact db.table patterns in file order, then the glob.
         let headers = lines.filter { !$0.hasPrefix("  ") && $0.contains("  (") }
@@ -27,7 +27,7 @@ struct EffectiveRulesReportTests {
         let visitors = try #require(lines.firstIndex { $0.hasPrefix("default.visitors") })
         #expect(
             lines[visitors + 1]
-                == "  strategy=size max_rows=5000 max_bytes=16MiB max_delay=1m (size default) priority=3 retries=3 retry_backoff=200ms ack=enqueued sample=1.0 passthrough=false"
+                == "  strategy=size max_rows=5000 max_bytes=16MiB max_delay=1m (size default) priority=3 retries=3 retry_backoff=200ms ack=enqueued sample=1.0 passthrough=false read_your_writes=true"
         )
         let payments = try #require(lines.firstIndex { $0.hasPrefix("default.payments") })
         #expect(lines[payments + 1].hasPrefix("  strategy=immediate max_rows=100000 max_bytes=16MiB max_delay=1s (immediate default) priority=1 retries=5 "))

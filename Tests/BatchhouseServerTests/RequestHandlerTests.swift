@@ -71,6 +71,31 @@ import Testing
         #expect(response.hasSuffix("\r\n\r\nOk.\n"))
     }
 
+    @Test func everyAnswerOfTheProxyCarriesKeepAliveWithItsIdleTimeout() throws {
+        let fixture = try Fixture("limits: { idle_timeout: 42s }\n")
+        for request in [
+            "GET /ping HTTP/1.1\r\nHost: x\r\n\r\n", "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 25\r\n\r\nINSERT INTO t VALUES (1)\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\nINSERT INTO t VALUES (1, '",
+        ] {
+            let response = try fixture.exchange(request)
+            #expect(response.contains("\r\nConnection: Keep-Alive\r\n"), "\(response)")
+            #expect(response.contains("\r\nKeep-Alive: timeout=42\r\n"), "\(response)")
+            #expect(response.contains("\r\nContent-Length: "), "every answer is framed by its length")
+        }
+    }
+
+    @Test func anAnswerAfterWhichTheConnectionClosesSaysConnectionClose() throws {
+        let fixture = try Fixture()
+        let response = try fixture.exchange("GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        #expect(response.contains("\r\nConnection: close\r\n"))
+        #expect(!response.lowercased().contains("keep-alive"))
+        let refused = try Fixture().exchange("POST / HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(refused.contains("\r\nConnection: close\r\n"))
+        #expect(!refused.lowercased().contains("keep-alive"))
+    }
+
     @Test func postWithoutLengthGets411() throws {
         let fixture = try Fixture()
         let response = try fixture.exchange("POST / HTTP/1.1\r\nHost: x\r\n\r\n")

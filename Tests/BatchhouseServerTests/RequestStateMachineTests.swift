@@ -44,6 +44,19 @@ import Testing
         guard case .idle = machine.state else { Issue.record("back to idle"); return }
     }
 
+    @Test func aSessionsInsertStreamsAtItsHeadUnheld() {
+        var machine = Machine()
+        let head = Self.head(.POST, Self.insertQuery + "&session_id=s1", [("Content-Length", "4")])
+        guard case .startPassthrough(_, nil, false) = machine.receivedHead(head, maxRequestBody: 100) else {
+            Issue.record("a session's request is streamed at its head, not held for classification")
+            return
+        }
+        guard case .forwardBody = machine.receivedBody(ByteBuffer(string: "1\t2\n")) else {
+            Issue.record("its body streams as it comes")
+            return
+        }
+    }
+
     @Test func aPostWithoutALengthGets411AndTheConnectionCloses() {
         var machine = Machine()
         guard case .respondError(let error, _, close: true) = machine.receivedHead(Self.head(.POST, "/"), maxRequestBody: 100)
