@@ -148,6 +148,11 @@ package final class Intake: Sendable {
         // Who must read these rows back (`read_your_writes`): in service-account mode the batch key does not say.
         let contributor = serviceAccount ? request.parameters.identity : nil
         let memoryLimit = current.value.limits.maxBufferMemory
+        // `readonly=1` or `2` forbids writing: ClickHouse refuses the INSERT itself (Code 164), and no client hears
+        // 200 for rows it would not take.
+        if request.parameters.settings.contains(where: { $0.name == "readonly" && $0.value != "0" }) {
+            return .passthrough
+        }
         // Settings that judge the statement's text apply to the client's statement, never to the batch's.
         if case .passthrough = StatementTextSettings.verdict(
             for: statement, settings: request.parameters.settings + statement.settings)

@@ -39,7 +39,8 @@ enum HeaderPolicy {
 
     /// A streamed passthrough response's headers as they go to the client: ClickHouse's own, in its order and its
     /// case, framing included (the pipeline's encoder does not rewrite framing headers, which it would lower-case).
-    /// `Connection` and `Keep-Alive` are replaced in place by the proxy's own. A response ClickHouse framed by
+    /// `Connection` and `Keep-Alive` are replaced in place by the proxy's own, except a `Connection: close`, which is
+    /// kept as written and closes the client's connection after the response too. A response ClickHouse framed by
     /// closing its connection is chunked for an HTTP/1.1 client; an HTTP/1.0 client gets no chunking, so such a
     /// response ends by closing (`closesToFrame`).
     static func relayedStreamHeaders(
@@ -56,11 +57,18 @@ enum HeaderPolicy {
         let mayHaveBody = !(100..<200).contains(status) && status != 204 && status != 304
         for (name, _) in headers where name.lowercased() == "content-length" { hasLength = true }
         if !hasLength && !chunkedAllowed && mayHaveBody && !isHead { persistence = .close }
+        // ClickHouse closes after some answers (18.16's 404 for an unknown path): so does the proxy, as it says.
+        let upstreamCloses = headers.contains { $0.0.lowercased() == "connection" && $0.1.lowercased() == "close" }
+        if upstreamCloses { persistence = .close }
         for (name, value) in headers {
             switch name.lowercased() {
             case "connection":
                 guard !wroteConnection else { continue }
                 wroteConnection = true
+                if upstreamCloses {
+                    relayed.add(name: name, value: value)
+                    continue
+                }
                 for field in connectionFields(persistence) where field.0 == "Connection" {
                     relayed.add(name: name, value: field.1)
                 }

@@ -35,6 +35,16 @@ import Testing
         #expect(closes)
     }
 
+    /// 18.16 answers an unknown path with `Connection: Close` and closes: the client hears the same, and the proxy
+    /// closes its connection after the answer too.
+    @Test func clickHousesConnectionCloseIsKeptAndCloses() {
+        let (headers, closes) = HeaderPolicy.relayedStreamHeaders(
+            [("Connection", "Close"), ("Content-Type", "text/html; charset=UTF-8"), ("Content-Length", "5")],
+            persistence: .keepAlive(timeoutSeconds: 60), clientVersion: .http1_1, status: 404, isHead: false)
+        #expect(Self.fields(headers) == ["Connection: Close", "Content-Type: text/html; charset=UTF-8", "Content-Length: 5"])
+        #expect(closes)
+    }
+
     @Test func aLengthIsKeptAndAnUnframedResponseIsChunkedOrClosed() {
         let sized = HeaderPolicy.relayedStreamHeaders(
             [("Content-Length", "3"), ("Connection", "Keep-Alive")], persistence: .keepAlive(timeoutSeconds: 5),

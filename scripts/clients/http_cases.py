@@ -30,31 +30,11 @@ TOOL = "http-cases"
 # Empty this list as features land; 00379 stays (no proxy can show the client's port).
 EXPECTED_FAILURES = {
     "00379": "system.processes shows the port of the connection ClickHouse sees: the proxy's, never the client's",
-    "00408": "keep-alive headers: the proxy answers with its own Connection/Keep-Alive headers, not ClickHouse's",
-    "00501": "HEAD and keep-alive headers differ from ClickHouse's",
-    "00463": "sessions: an INSERT into the session's temporary table is batched and sent without the session "
-             "(flushed: 404 Code 60; enqueued: acknowledged, then refused at the flush); the lock held by a half-sent "
-             "request is not checked beyond that first difference",
-    "00302-bad": "a body that is not gzip: the proxy answers 400, ClickHouse 500 (18.16 and the modern front); "
-                         "both Code 354",
-    "00305@enqueued": "an INSERT with readonly=1 is acknowledged (enqueued) and refused only at the flush: the client "
-                      "hears 200 for rows that go to the dead-letter folder",
-    "00612": "the batch INSERT the proxy sends is longer than the client's max_query_size allows",
-    # Read your writes (being built): in the default mode a SELECT right after an acknowledged INSERT does not see
-    # the rows still buffered.
-    "00039@enqueued": "read your writes",
-    "00070@enqueued": "read your writes",
-    "00177@enqueued": "read your writes",
-    "00335@enqueued": "read your writes",
-    "00339@enqueued": "read your writes; and a row ClickHouse refuses ([123] for Array(String)) is acknowledged",
-    "00366@enqueued": "read your writes",
-    "00374@enqueued": "read your writes; and a row ClickHouse refuses (an unknown field) is acknowledged",
-    "00485@enqueued": "read your writes",
-    "00497@enqueued": "read your writes",
-    "00520@enqueued": "read your writes",
-    "00728@enqueued": "read your writes",
-    "m-summary@enqueued": "read your writes",
-    "m-x-headers@enqueued": "read your writes",
+    # `ack: enqueued` answers once the rows are read structurally and buffered: values ClickHouse refuses although
+    # they are well-formed (a number where 18.16 wants a string, a JSON field the table lacks) are refused only at
+    # the flush, and go to the dead-letter folder. `ack: flushed` answers with ClickHouse's own refusal.
+    "00339@enqueued@18.16": "18.16 refuses [123] for Array(String) when it reads the values; enqueued answered before",
+    "00374@enqueued@18.16": "18.16 refuses a JSONEachRow field the table lacks; enqueued answered before",
 }
 
 KEEP_HEADERS_NONE = ()
@@ -125,6 +105,12 @@ class Runner:
         text = re.sub(r'"elapsed": ?[0-9.e+-]+', '"elapsed": T', text)
         text = re.sub(r"<elapsed>[^<]*</elapsed>", "<elapsed>T</elapsed>", text)
         text = re.sub(r"(?m)^Date: .*\r?\n?", "", text)
+        # Keep-Alive's timeout is the server's own idle timeout: ClickHouse's config, or the proxy's limits.idle_timeout
+        # for the connection a client has with the proxy (and `max=`, which only a server that counts requests per
+        # connection sends). That the header is there, in its place, is what clients rely on.
+        text = re.sub(r"timeout=[0-9]+(, ?max=[0-9]+)?", "timeout=N", text)
+        text = re.sub(r'"elapsed_ns":"[0-9]+"', '"elapsed_ns":"T"', text)
+        text = re.sub(r"X-ClickHouse-Exception-Tag: [A-Za-z0-9]+", "X-ClickHouse-Exception-Tag: TAG", text)
         text = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "UUID", text)
         return text
 
@@ -237,7 +223,8 @@ def c00339(r):  # a number where an array of strings is due is refused; expressi
     r.note("bad array refused", status != 200 and b"Exception" in body)
     r.records.pop(-2)  # the error text is the server's; what the test checks is that it is an exception
     r.sql("expressions", "INSERT INTO %s.t VALUES (['123', concat('Hello', ' world!'), toString(123)])" % r.db)
-    r.select("read", "SELECT * FROM %s.t" % r.db)
+    # Ordered: a Memory table's two blocks may be read in either order.
+    r.select("read", "SELECT * FROM %s.t ORDER BY length(a)" % r.db)
 
 
 def c00366(r):  # one statement per request; a trailing semicolon is fine
@@ -318,7 +305,8 @@ def c00463(r):  # sessions: check, timeouts, settings and temporary tables kept,
     holder.close()
     time.sleep(0.5)
     q("timeout=1 create", {"session_id": session + "_t", "session_timeout": "1"}, "CREATE TEMPORARY TABLE temp (x UInt8)")
-    time.sleep(2.5)
+    # ClickHouse closes an expired session on its next cleanup pass: a loaded machine may be late by a second or more.
+    time.sleep(4)
     q("expired", {"session_id": session + "_t", "session_check": "1"}, setting)
 
 

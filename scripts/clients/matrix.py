@@ -36,7 +36,7 @@ TOOL = "client-matrix"
 #   native       Native batched (validated with the table's column types), written_rows answered
 #   rowbinary    RowBinary batched, written_rows answered
 #   decompress   decompress=1 (ClickHouse compressed blocks) decoded and batched
-LANDED = set()
+LANDED = {"lz4-body", "zstd-body", "native", "rowbinary", "decompress"}
 
 PASSED = "passed through"
 BATCHED = "batched"
