@@ -26,6 +26,15 @@ public struct RequestParameters: Sendable, Hashable {
         return nil
     }
 
+    /// Whether the URL asks for `decompress=1` (ClickHouse's compressed blocks), without parsing the rest.
+    public static func decompressRequested(uriQuery: Substring) -> Bool {
+        guard uriQuery.contains("decompress") else { return false }
+        for (name, value) in QueryString.parse(uriQuery) where name == "decompress" {
+            return value != "0" && !value.isEmpty
+        }
+        return false
+    }
+
     /// The identity the rows go upstream with; `.anonymous` when the credentials did not resolve to one.
     public var identity: ClientIdentity {
         if case .resolved(let identity) = credentials { return identity }

@@ -30,6 +30,10 @@ package struct ClickHouseError: Error, Sendable, Hashable {
             status: 413)
     }
 
+    /// What ClickHouse answers to a request of a session that another request holds (18.16: 500, Code 373).
+    package static let sessionLocked = ClickHouseError(
+        code: 373, name: "SESSION_IS_LOCKED", message: "Session is locked by a concurrent client", status: 500)
+
     package static let lengthRequired = ClickHouseError(
         code: 1001, name: "STD_EXCEPTION",
         message: "Batchhouse: POST request needs Content-Length or Transfer-Encoding: chunked",

@@ -97,9 +97,6 @@ package final class Intake: Sendable {
     package func accept(_ request: InsertRequest, completion: () -> IntakeCompletion) -> IntakeDecision {
         // Fields are read through the snapshot: copying the whole configuration would retain every string and
         // array in it on each request.
-        // A session's INSERT writes into its own state (a temporary table, its SET): never batched. The server
-        // streams such requests before they reach the intake; this is for other callers.
-        if request.parameters.sessionID != nil { return .passthrough }
         let current = configuration.snapshot
         // Service-account mode: every batch goes up as `upstream.user`, so clients' credentials are not looked at
         // (neither refused, verified, nor kept apart: docs/credentials.md).
@@ -243,7 +240,11 @@ package final class Intake: Sendable {
                         settings: settings, identity: identity, contributor: contributor, memoryLimit: memoryLimit,
                         completion: completion)
                 }
-                return refuse(ClickHouseError(code: error.code, name: error.name, message: error.message, status: 400))
+                // ClickHouse 18.16 answers every exception with 500; later versions answer data errors with 400.
+                // Binary data is refused as the upstream would (text formats keep the proxy's 400).
+                let old = statement.format.isBinary && gateway.capabilities.map { !$0.isAtLeast(19, 1) } == true
+                return refuse(
+                    ClickHouseError(code: error.code, name: error.name, message: error.message, status: old ? 500 : 400))
             }
             let header: [UInt8]?
             if let signature = scanned.signature {

@@ -64,7 +64,7 @@ public final class BatchhouseApplication: Sendable {
             handler: RequestHandler.Dependencies(
                 intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway, client: client,
                 metrics: engine.metrics, endpoints: LocalEndpoints(engine: engine, serving: serving),
-                buffering: engine.buffering, engine: engine),
+                buffering: engine.buffering, engine: engine, sessions: SessionRegistry()),
             serving: serving, logger: logger)
         flushService = FlushService(engine: engine, logger: logger)
         healthService = HealthService(gateway: engine.gateway, logger: logger)

@@ -264,8 +264,21 @@ extension RequestHandler {
                 return .none
             }
             // A session's requests share ClickHouse's state and its lock: streamed at once, never held back for
-            // classification, so a concurrent one gets ClickHouse's own SESSION_IS_LOCKED (docs/request-path.md).
-            guard head.method == .POST, RequestParameters.sessionID(uriQuery: query) == nil else {
+            // classification, so a concurrent one gets ClickHouse's own SESSION_IS_LOCKED. The exception is an
+            // INSERT named in the URL, in a session that holds no state and runs nothing now: it is batched like any
+            // INSERT (clickhouse-connect gives every client a session; docs/request-path.md, "Sessions").
+            if let session = RequestParameters.sessionID(uriQuery: query) {
+                guard let sessions else { return startPassthrough(head, initialBody: nil, bodyComplete: false) }
+                switch sessions.admit(session, mayHold: head.method == .POST && Self.mayBatchInSession(query)) {
+                case .locked:
+                    state = .discarding
+                    return .respondError(.sessionLocked, head, close: true)
+                case .stream:
+                    return startSessionPassthrough(head, session: session, query: query)
+                case .hold:
+                    heldSession = session
+                }
+            } else if head.method != .POST {
                 return startPassthrough(head, initialBody: nil, bodyComplete: false)
             }
             let hasLength = head.headers.contains(name: "content-length")
@@ -303,6 +316,7 @@ extension RequestHandler {
         private var maxRequestBody = Int.max
 
         mutating func receivedBody(_ part: ByteBuffer) -> Action {
+            if sessionSniff != nil { sniffSessionBody(part) }
             switch state {
             case .buffering(var request):
                 state = .idle  // keep `request` uniquely referenced while it grows
@@ -393,6 +407,7 @@ extension RequestHandler {
         /// nil if no passthrough was going on. A body still arriving is dropped, then the connection closes.
         mutating func passthroughFinished() -> (head: HTTPRequestHead, requestEnded: Bool)? {
             guard case .passthrough(let head, let requestEnded) = state else { return nil }
+            endSessionRequest()
             state = requestEnded ? .idle : .discarding
             return (head, requestEnded)
         }
@@ -410,6 +425,8 @@ extension RequestHandler {
 
         /// The connection closed or failed.
         mutating func channelClosed() -> Action {
+            endSessionRequest()
+            releaseHeldSession()
             let wasPassthrough = isPassthrough
             releaseReservation()
             state = .idle
@@ -425,7 +442,13 @@ extension RequestHandler {
         }
 
         /// Stamps the time an answer went out: the connection is idle from then on.
+        /// An answer is about to be written: a session request the proxy held no longer holds its session.
+        mutating func answering() {
+            releaseHeldSession()
+        }
+
         mutating func answered(at now: NIODeadline) {
+            releaseHeldSession()
             if case .idle = state { idleSince = now }
         }
 
@@ -445,6 +468,7 @@ extension RequestHandler {
                 if (tooLarge || error.code == .unsupportedMethod) && !request.classificationDone {
                     // Too large to batch, or in a form the proxy does not decode, and not known to be an INSERT:
                     // ClickHouse gets it as it came.
+                    heldSessionStreams(request.head, decoded: request.body)
                     return startPassthrough(
                         request.head, initialBody: request.encoded ?? ByteBuffer(), bodyComplete: request.ended)
                 }
@@ -476,10 +500,12 @@ extension RequestHandler {
                     request.classificationDone = true
                     request.encoded = nil
                 case .passthrough:
+                    heldSessionStreams(request.head, decoded: request.body)
                     return startPassthrough(
                         request.head, initialBody: request.encoded ?? request.body, bodyComplete: request.ended)
                 case .needMoreData:
                     if request.body.readableBytes > StatementClassifier.limit {
+                        heldSessionStreams(request.head, decoded: request.body)
                         return startPassthrough(
                             request.head, initialBody: request.encoded ?? request.body, bodyComplete: request.ended)
                     }
@@ -492,6 +518,7 @@ extension RequestHandler {
                     return .respondError(.bodyTooLarge(limit: maxRequestBody), request.head, close: true)
                 }
                 // Too large to batch: ClickHouse gets it as it came.
+                heldSessionStreams(request.head, decoded: request.body)
                 return startPassthrough(
                     request.head, initialBody: request.encoded ?? request.body, bodyComplete: request.ended)
             }
@@ -542,9 +569,109 @@ extension RequestHandler {
             reservedBytes = 0
         }
 
+        // MARK: Sessions
+
+        /// The sessions seen by every connection of the server; nil (handler tests): session requests always stream.
+        var sessions: SessionRegistry?
+        /// The session whose request is streaming now.
+        private var streamingSession: String?
+        /// The first bytes of that request's statement while its first word is not known yet.
+        private var sessionSniff: [UInt8]?
+
+        /// The session request held while its body arrives (it may be an INSERT to batch).
+        private var heldSession: String?
+
+        /// A session request the proxy may hold to look at: one without `session_check` or `session_timeout`, which
+        /// ClickHouse acts on for the session itself, and whose statement, if the URL has it, is an INSERT.
+        static func mayBatchInSession(_ uriQuery: Substring) -> Bool {
+            for (name, value) in QueryString.parse(uriQuery) {
+                switch name {
+                case "query":
+                    guard value.utf8.contains(where: { $0 > 0x20 }) else { continue }
+                    var words = value.utf8.drop { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
+                    words = words.prefix { ($0 | 0x20) >= UInt8(ascii: "a") && ($0 | 0x20) <= UInt8(ascii: "z") }
+                    if String(decoding: words, as: UTF8.self).uppercased() != "INSERT" { return false }
+                case "session_check" where value != "0", "session_timeout": return false
+                default: break
+                }
+            }
+            return true
+        }
+
+        /// The held session request was answered by the proxy.
+        private mutating func releaseHeldSession() {
+            guard let session = heldSession else { return }
+            heldSession = nil
+            sessions?.released(session)
+        }
+
+        /// The held session request streams to ClickHouse after all: what its statement does to the session is
+        /// read from the URL's `query` or the start of the body (when the body is not encoded); not known, it
+        /// counts as changing the session's state.
+        private mutating func heldSessionStreams(_ head: HTTPRequestHead, decoded initialBody: ByteBuffer?) {
+            guard let session = heldSession else { return }
+            heldSession = nil
+            let query = HeaderPolicy.split(uri: head.uri).query
+            var statement: String?
+            for (name, value) in QueryString.parse(query) where name == "query" { statement = value }
+            var verdict: Bool?
+            if let statement, statement.utf8.contains(where: { $0 > 0x20 }) {
+                verdict = SessionStatements.leavesStateAlone(statement.utf8, isComplete: true).map { !$0 }
+            } else if let initialBody {
+                verdict = SessionStatements.leavesStateAlone(initialBody.readableBytesView, isComplete: false).map { !$0 }
+            }
+            sessions?.streams(session, changesState: verdict ?? true)
+            streamingSession = session
+        }
+
+        private mutating func startSessionPassthrough(_ head: HTTPRequestHead, session: String, query: Substring)
+            -> Action
+        {
+            var statement: String?
+            for (name, value) in QueryString.parse(query) where name == "query" { statement = value }
+            var verdict: Bool?
+            let hasBody = head.method != .GET && head.method != .HEAD
+            if let statement, statement.utf8.contains(where: { $0 > 0x20 }) {
+                verdict = SessionStatements.leavesStateAlone(statement.utf8, isComplete: true).map { !$0 }
+            } else if !hasBody {
+                verdict = false
+            }
+            sessions?.began(session, changesState: verdict)
+            streamingSession = session
+            sessionSniff = verdict == nil ? [] : nil
+            return startPassthrough(head, initialBody: nil, bodyComplete: false)
+        }
+
+        /// The statement of a streaming session request is in its body: its first word says whether it may
+        /// change the session's state (a body that ends before saying counts as changing it).
+        private mutating func sniffSessionBody(_ part: ByteBuffer) {
+            guard var sniff = sessionSniff, let session = streamingSession else { return }
+            sniff.append(contentsOf: part.readableBytesView.prefix(4096 - sniff.count))
+            let verdict = SessionStatements.leavesStateAlone(sniff, isComplete: sniff.count >= 4096)
+            if let verdict {
+                if !verdict { sessions?.changedState(session) }
+                sessionSniff = nil
+            } else {
+                sessionSniff = sniff
+            }
+        }
+
+        private mutating func endSessionRequest() {
+            guard let session = streamingSession else { return }
+            if sessionSniff != nil { sessions?.changedState(session) }
+            sessionSniff = nil
+            streamingSession = nil
+            sessions?.ended(session)
+        }
+
         private mutating func startPassthrough(_ head: HTTPRequestHead, initialBody: ByteBuffer?, bodyComplete: Bool)
             -> Action
         {
+            // Called from every path to a passthrough; the ones with a decoded body have told it already.
+            let encoded =
+                head.headers.contains(name: "content-encoding")
+                || RequestParameters.decompressRequested(uriQuery: HeaderPolicy.split(uri: head.uri).query)
+            heldSessionStreams(head, decoded: encoded ? nil : initialBody)
             let hasBody = head.method != .GET && head.method != .HEAD
             releaseReservation()
             state = .passthrough(head, requestEnded: bodyComplete || !hasBody)

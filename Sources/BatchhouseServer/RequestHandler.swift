@@ -28,6 +28,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var buffering: Buffering
         /// Makes a passthrough wait for its identity's batches first (`read_your_writes`); nil: never waits.
         var engine: BatchhouseEngine? = nil
+        /// The sessions seen by every connection (which session INSERTs may be batched); nil: session requests
+        /// always stream.
+        var sessions: SessionRegistry? = nil
     }
 
     private let dependencies: Dependencies
@@ -70,6 +73,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         machine = StateMachine(
             budget: dependencies.buffering,
             timeouts: ConnectionTimeouts(dependencies.configuration.snapshot.value.limits), now: context.eventLoop.now)
+        machine.sessions = dependencies.sessions
         clientBytes?.requestHandler = self
         armTimer(context: context)
     }
@@ -279,6 +283,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         head: HTTPRequestHead, initialBody: ByteBuffer?, bodyComplete: Bool, context: ChannelHandlerContext
     ) -> Bool {
         guard let engine = dependencies.engine else { return false }
+        // A statement that reads no rows (clickhouse-connect's DESCRIBE TABLE before every insert) needs no batch
+        // to land first: waiting would flush one batch per insert.
+        if Self.seesNoRows(head: head, initialBody: initialBody) { return false }
         let identity = RequestParameters(uriQuery: HeaderPolicy.split(uri: head.uri).query) { name in
             head.headers.first(name: name)
         }.identity
@@ -298,6 +305,19 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             releaseHeld(timedOut: true)
         }
         return true
+    }
+
+    /// Whether the request's statement (the `query` parameter, else the start of a body that is not encoded)
+    /// begins with a word of a statement that reads no rows.
+    static func seesNoRows(head: HTTPRequestHead, initialBody: ByteBuffer?) -> Bool {
+        let query = HeaderPolicy.split(uri: head.uri).query
+        for (name, value) in QueryString.parse(query) where name == "query" && value.utf8.contains(where: { $0 > 0x20 }) {
+            return SessionStatements.seesNoRows(value.utf8)
+        }
+        guard let initialBody, !head.headers.contains(name: "content-encoding"),
+            !RequestParameters.decompressRequested(uriQuery: query)
+        else { return false }
+        return SessionStatements.seesNoRows(initialBody.readableBytesView)
     }
 
     /// The held passthrough goes upstream: its batches have an outcome, or its bound ran out.
@@ -438,6 +458,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The answer to a batched INSERT: 200, no body (the hot path: headers built in one go, no future).
     private func respondAccepted(head: HTTPRequestHead, rows: Int, bytes: Int, ack: String, context: ChannelHandlerContext) {
         CrashPoint.beforeAck.reach()
+        // Before the answer is written: the client's next request of the session may come on another connection.
+        machine.answering()
         let summary: String
         if let last = lastSummary, last.rows == rows, last.bytes == bytes {
             summary = last.text
@@ -471,6 +493,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         head: HTTPRequestHead, status: HTTPResponseStatus, headers: HTTPHeaders, body: [UInt8], close: Bool,
         context: ChannelHandlerContext
     ) {
+        machine.answering()
         var headers = headers
         let close = close || !head.isKeepAlive
         headers.replaceOrAdd(name: "Content-Length", value: String(body.count))

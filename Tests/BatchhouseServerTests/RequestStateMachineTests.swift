@@ -57,6 +57,52 @@ import Testing
         }
     }
 
+    /// With the server's registry of sessions: an INSERT of a session with no state is held and batched like any
+    /// other; once a SET went through the session, or while a request of it runs upstream, its requests stream;
+    /// a request of a session whose INSERT the proxy holds gets ClickHouse's SESSION_IS_LOCKED.
+    @Test func aSessionsInsertIsBatchedUntilTheSessionHoldsState() {
+        let sessions = SessionRegistry()
+        var first = Machine()
+        first.sessions = sessions
+        let insert = Self.head(.POST, Self.insertQuery + "&session_id=s1", [("Content-Length", "4")])
+        guard case .none = first.receivedHead(insert, maxRequestBody: 100) else {
+            Issue.record("an INSERT of a session without state is held like any INSERT")
+            return
+        }
+        var second = Machine()
+        second.sessions = sessions
+        guard case .respondError(let error, _, close: true) = second.receivedHead(insert, maxRequestBody: 100) else {
+            Issue.record("a concurrent request of the held session is refused as ClickHouse would")
+            return
+        }
+        #expect(error.code == 373 && error.name == "SESSION_IS_LOCKED")
+        first.answering()
+        // A SET through the session: streamed (its statement is in the URL) and the session holds state from then on.
+        var set = Machine()
+        set.sessions = sessions
+        let setHead = Self.head(.POST, "/?session_id=s1&query=SET%20max_threads%3D1", [("Content-Length", "0")])
+        guard case .startPassthrough = set.receivedHead(setHead, maxRequestBody: 100) else {
+            Issue.record("SET streams")
+            return
+        }
+        #expect(sessions.isStateful("s1"))
+        _ = set.passthroughFinished()
+        var later = Machine()
+        later.sessions = sessions
+        guard case .startPassthrough = later.receivedHead(insert, maxRequestBody: 100) else {
+            Issue.record("an INSERT of a session with state streams")
+            return
+        }
+        // session_check asks ClickHouse about the session itself: streamed whatever the session holds.
+        var checked = Machine()
+        checked.sessions = sessions
+        let check = Self.head(.POST, Self.insertQuery + "&session_id=s2&session_check=1", [("Content-Length", "4")])
+        guard case .startPassthrough = checked.receivedHead(check, maxRequestBody: 100) else {
+            Issue.record("session_check streams")
+            return
+        }
+    }
+
     @Test func aPostWithoutALengthGets411AndTheConnectionCloses() {
         var machine = Machine()
         guard case .respondError(let error, _, close: true) = machine.receivedHead(Self.head(.POST, "/"), maxRequestBody: 100)
