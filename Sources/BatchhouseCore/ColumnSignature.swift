@@ -47,6 +47,19 @@ public struct ColumnSignature: Sendable, Hashable {
         return out
     }
 
+    /// The RowBinaryWithNames header inside an `encoded` signature: its count and names, read without parsing the
+    /// types (a spool written by a build that knew a type this one does not still gives the right header). Empty
+    /// when the bytes do not start with a count and that many names.
+    public static func namesPart(of encoded: [UInt8]) -> [UInt8] {
+        encoded.withUnsafeBytes { buffer -> [UInt8] in
+            guard let base = buffer.baseAddress, !buffer.isEmpty else { return [] }
+            var reader = BinaryReader(base.assumingMemoryBound(to: UInt8.self), start: 0, end: buffer.count)
+            guard let count = try? reader.varint(), count > 0, count <= UInt64(buffer.count) else { return [] }
+            for _ in 0..<count { guard (try? reader.string()) != nil else { return [] } }
+            return Array(encoded[..<reader.at])
+        }
+    }
+
     /// Decodes `encoded`; nil when the bytes are not exactly one header or a type is unknown.
     public init?(decoding bytes: [UInt8]) {
         let decoded: ColumnSignature?? = bytes.withUnsafeBytes { buffer in

@@ -81,7 +81,7 @@ public enum InputFormat: String, Sendable, Hashable, CaseIterable {
         case .rowBinary, .native:
             return []
         case .rowBinaryWithNames:
-            return ColumnSignature(decoding: header)?.encodedNames ?? header
+            return ColumnSignature.namesPart(of: header)
         default:
             return header
         }

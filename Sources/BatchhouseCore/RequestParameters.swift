@@ -29,10 +29,12 @@ public struct RequestParameters: Sendable, Hashable {
     /// Whether the URL asks for `decompress=1` (ClickHouse's compressed blocks), without parsing the rest.
     public static func decompressRequested(uriQuery: Substring) -> Bool {
         guard uriQuery.contains("decompress") else { return false }
+        // The last occurrence, as `init(uriQuery:header:)` reads it.
+        var requested = false
         for (name, value) in QueryString.parse(uriQuery) where name == "decompress" {
-            return value != "0" && !value.isEmpty
+            requested = value != "0" && !value.isEmpty
         }
-        return false
+        return requested
     }
 
     /// The identity the rows go upstream with; `.anonymous` when the credentials did not resolve to one.

@@ -112,6 +112,8 @@ package final class BatchhouseEngine: Sendable {
         inDoubt.withLock { $0 = doubts }
         let batches = backlogBatches(recovery.chunks.lazy.filter { !held.contains($0.id) })
         buffering.countBacklog(batches)
+        // Rows acknowledged before the restart: reads of their identity wait for them too.
+        writes.sealed(batches)
         delivery.submit(batches)
         logger.notice(
             "spool recovered",
@@ -238,6 +240,7 @@ package final class BatchhouseEngine: Sendable {
                 await gateway.probeVersion(logger: logger)
             }
             buffering.countBacklog(batches)
+            writes.sealed(batches)
             delivery.submit(batches)
         }
     }

@@ -442,13 +442,14 @@ extension RequestHandler {
         }
 
         /// Stamps the time an answer went out: the connection is idle from then on.
-        /// An answer is about to be written: a session request the proxy held no longer holds its session.
+        /// An answer is about to be written: a session request the proxy held no longer holds its session. Only here,
+        /// before the write: writing an answer can start the next pipelined request (NIO's pipelining handler hands
+        /// it on from inside the write), and that one may hold its own session.
         mutating func answering() {
             releaseHeldSession()
         }
 
         mutating func answered(at now: NIODeadline) {
-            releaseHeldSession()
             if case .idle = state { idleSince = now }
         }
 

@@ -21,8 +21,8 @@ final class SessionRegistry: Sendable {
         var clock: UInt64 = 0
     }
 
-    /// Sessions remembered; beyond it the least recently used idle ones are forgotten (their INSERTs are then
-    /// batched again unless their next request shows state).
+    /// Sessions remembered (only those with state or a request in progress are); beyond it the least recently used
+    /// idle ones are forgotten, and an INSERT of a forgotten session with state would be batched without it.
     static let maxEntries = 100_000
 
     private let state = Mutex(State())
@@ -59,7 +59,7 @@ final class SessionRegistry: Sendable {
         state.withLock { state in
             guard var entry = state.entries[session] else { return }
             entry.held = max(0, entry.held - 1)
-            state.entries[session] = entry
+            Self.store(entry, for: session, in: &state)
         }
     }
 
@@ -92,9 +92,22 @@ final class SessionRegistry: Sendable {
         state.withLock { state in
             guard var entry = state.entries[session] else { return }
             entry.inFlight = max(0, entry.inFlight - 1)
+            Self.store(entry, for: session, in: &state)
+        }
+    }
+
+    /// An idle session without state says nothing an absent one does not: it is forgotten, so the registry holds only
+    /// sessions with state or with requests in progress.
+    private static func store(_ entry: Entry, for session: String, in state: inout State) {
+        if !entry.stateful && entry.inFlight == 0 && entry.held == 0 {
+            state.entries[session] = nil
+        } else {
             state.entries[session] = entry
         }
     }
+
+    /// Sessions remembered now (for tests).
+    var count: Int { state.withLock { $0.entries.count } }
 
     /// Whether `session` is known to hold state (for tests).
     func isStateful(_ session: String) -> Bool { state.withLock { $0.entries[session]?.stateful == true } }

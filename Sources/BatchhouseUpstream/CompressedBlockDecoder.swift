@@ -104,6 +104,13 @@ public final class CompressedBlockDecoder: BodyDecoder {
                 code: .unknownMethod, message: "Unknown codec family code: \(methodByte)",
                 clickHouseCode: 432, clickHouseName: "UNKNOWN_CODEC")
         }
+        if decompressedSize > Self.maxCompressedSize {
+            // ClickHouse's blocks are at most about 1 MiB decoded (max_compress_block_size); LZ4's API takes Int32.
+            throw BodyDecodingError(
+                code: .invalidData,
+                message: "Too large size_decompressed: \(decompressedSize). Most likely corrupted data.",
+                clickHouseCode: 246, clickHouseName: "CORRUPTED_DATA")
+        }
         if compressedSize > Self.maxCompressedSize {
             throw BodyDecodingError(
                 code: .invalidData,
