@@ -27,7 +27,7 @@ struct PassthroughFidelityTests {
         for body in bodies {
             let method = body.isEmpty ? "GET" : "POST"
             let length = body.isEmpty ? "" : "Content-Length: \(body.utf8.count)\r\n"
-            let response = try client.exchange(
+            let response = try await client.exchange(
                 "\(method) \(Self.target) HTTP/1.1\r\nHost: proxy\r\n\(headerText)\(length)\r\n\(body)")
             #expect(response.status == 200, "\(body): \(response.statusLine)")
         }
@@ -71,8 +71,8 @@ struct PassthroughFidelityTests {
         for (name, request, head) in Self.compared {
             // Twice on each connection: the second answer proves the connection was kept.
             for _ in 0..<2 {
-                let expected = try direct.exchange(request, head: head)
-                let got = try proxied.exchange(request, head: head)
+                let expected = try await direct.exchange(request, head: head)
+                let got = try await proxied.exchange(request, head: head)
                 print("[fidelity] \(name) direct:  \(expected.statusLine) | \(expected.headers.map { "\($0.0): \($0.1)" })")
                 print("[fidelity] \(name) proxied: \(got.statusLine) | \(got.headers.map { "\($0.0): \($0.1)" })")
                 #expect(got.statusLine == expected.statusLine, "\(name)")
@@ -103,11 +103,11 @@ struct PassthroughFidelityTests {
             "POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 26\r\n\r\nINSERT INTO t VALUES (1, '",
             "GET /?query=SELECT%201 HTTP/1.1\r\nHost: p\r\n\r\n",
         ] {
-            let response = try client.exchange(request)
+            let response = try await client.exchange(request)
             #expect(response.header("Connection") == "Keep-Alive", "\(request): \(response.headers)")
             #expect(response.header("Keep-Alive") == "timeout=7", "\(request): \(response.headers)")
         }
-        let closing = try client.exchange("GET /ping HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+        let closing = try await client.exchange("GET /ping HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
         #expect(closing.header("Connection") == "close")
         #expect(closing.header("Keep-Alive") == nil)
         try await proxy.stop()

@@ -49,7 +49,13 @@ final class WireClient: @unchecked Sendable {
     deinit { Glibc.close(fd) }
 
     /// Sends `request` (a whole HTTP/1.1 request) and reads its response; `head` says it answers a HEAD.
-    func exchange(_ request: String, head: Bool = false, timeout: Duration = .seconds(30)) throws -> WireResponse {
+    /// `blockingExchange` off the cooperative pool: the in-process proxy's tasks (a credential check, a
+    /// DESCRIBE) need the pool's threads while this one waits for the answer.
+    func exchange(_ request: String, head: Bool = false, timeout: Duration = .seconds(30)) async throws -> WireResponse {
+        try await offPool { try self.blockingExchange(request, head: head, timeout: timeout) }
+    }
+
+    func blockingExchange(_ request: String, head: Bool = false, timeout: Duration = .seconds(30)) throws -> WireResponse {
         let bytes = Array(request.utf8)
         var offset = 0
         while offset < bytes.count {

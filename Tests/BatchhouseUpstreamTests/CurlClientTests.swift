@@ -140,7 +140,9 @@ struct CurlClientTests {
             #expect(error.kind == .connect)
             #expect(!error.message.isEmpty)
         }
-        #expect(ContinuousClock.now - start < .seconds(2))
+        // A refused connect takes microseconds; the bound only tells it from a connect timeout (seconds), with room
+        // for a loaded 2-core machine running the whole suite (2.5 s seen there).
+        #expect(ContinuousClock.now - start < .seconds(8))
     }
 
     @Test("execute: SELECT sleep(3) with a 1 s timeout fails with kind .timeout")
