@@ -131,7 +131,8 @@ package final class Intake: Sendable {
         // A SETTINGS clause the upstream may not take: ClickHouse answers it itself (18.16 refuses the syntax).
         if !statement.settings.isEmpty && gateway.capabilities?.supportsInsertSettingsClause != true { return .passthrough }
         // A format the upstream may not read: ClickHouse answers it itself, before any client is acknowledged.
-        if gateway.capabilities?.readsInput(statement.format) != true && !UpstreamCapabilities.everyVersionReads(statement.format) {
+        // (The version is looked up, under its lock, only for the formats that depend on it.)
+        if !UpstreamCapabilities.everyVersionReads(statement.format) && gateway.capabilities?.readsInput(statement.format) != true {
             return .passthrough
         }
         let database = statement.database ?? request.parameters.database

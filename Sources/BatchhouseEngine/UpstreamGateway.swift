@@ -175,6 +175,17 @@ package final class UpstreamGateway: Sendable {
         return nil
     }
 
+    /// Every server's URL, those whose breaker is closed first: where a question that is not load (a credential
+    /// check, a table's description) is asked, until one answers.
+    private func serversClosedFirst() -> [String] {
+        let now = clock.now()
+        return pool.withLock { pool in
+            let closed = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
+            let others = pool.servers.indices.filter { !closed.contains($0) }
+            return (closed + others).map { pool.servers[$0].url }
+        }
+    }
+
     /// What ClickHouse says to `identity`'s credentials.
     package enum VerificationAnswer: Sendable {
         case accepted
@@ -190,12 +201,7 @@ package final class UpstreamGateway: Sendable {
     /// before it reads the query. Not counted as load and not held against a server's breaker.
     package func verify(_ identity: ClientIdentity) async -> VerificationAnswer {
         let upstream = self.upstream
-        let now = clock.now()
-        let servers = pool.withLock { pool in
-            let closed = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
-            let others = pool.servers.indices.filter { !closed.contains($0) }
-            return (closed + others).map { pool.servers[$0].url }
-        }
+        let servers = serversClosedFirst()
         var last = "no upstream server"
         for server in servers {
             var request = UpstreamRequest(
@@ -240,12 +246,7 @@ package final class UpstreamGateway: Sendable {
     /// (docs/request-path.md, "RowBinary and Native"). Not counted as load.
     package func describe(database: String?, table: String, identity: ClientIdentity) async -> DescribeAnswer {
         let upstream = self.upstream
-        let now = clock.now()
-        let servers = pool.withLock { pool in
-            let closed = pool.servers.indices.filter { pool.servers[$0].state(now: now) == .closed }
-            let others = pool.servers.indices.filter { !closed.contains($0) }
-            return (closed + others).map { pool.servers[$0].url }
-        }
+        let servers = serversClosedFirst()
         let name = (database.map { BatchKey.quote($0) + "." } ?? "") + BatchKey.quote(table)
         var last = "no upstream server"
         for server in servers {

@@ -669,10 +669,12 @@ extension RequestHandler {
             -> Action
         {
             // Called from every path to a passthrough; the ones with a decoded body have told it already.
-            let encoded =
-                head.headers.contains(name: "content-encoding")
-                || RequestParameters.decompressRequested(uriQuery: HeaderPolicy.split(uri: head.uri).query)
-            heldSessionStreams(head, decoded: encoded ? nil : initialBody)
+            if heldSession != nil {
+                let encoded =
+                    head.headers.contains(name: "content-encoding")
+                    || RequestParameters.decompressRequested(uriQuery: HeaderPolicy.split(uri: head.uri).query)
+                heldSessionStreams(head, decoded: encoded ? nil : initialBody)
+            }
             let hasBody = head.method != .GET && head.method != .HEAD
             releaseReservation()
             state = .passthrough(head, requestEnded: bodyComplete || !hasBody)
