@@ -4,7 +4,7 @@ import BatchhouseUpstream
 import Foundation
 import Synchronization
 
-/// Sends sealed batches upstream: a queue with one FIFO per priority, at most `max_concurrent_flushes` batches
+/// Sends sealed batches upstream: a queue per priority, fair across tables, at most `max_concurrent_flushes` batches
 /// in flight, and per batch the attempts, retries and bad-row splitting that the core's `DeliveryPolicy`
 /// decides. Every outcome goes to `Settlement`; nothing here touches the spool, acks or metrics
 /// (docs/architecture.md, "Delivery").
@@ -59,10 +59,15 @@ package final class Delivery: Sendable {
     package func submit(_ batch: SealedBatch) {
         let waiter: CheckedContinuation<SealedBatch?, Never>? = state.withLock { state in
             if !state.waiters.isEmpty { return state.waiters.removeFirst() }
-            state.queue.push(batch, priority: batch.rule.priority)
+            state.queue.push(batch, priority: batch.rule.priority, lane: Self.lane(of: batch))
             return nil
         }
         waiter?.resume(returning: batch)
+    }
+
+    /// What the queue is fair across: the batch's table, as the client named it.
+    static func lane(of batch: SealedBatch) -> String {
+        (batch.key.database.map { $0 + "." } ?? "") + batch.key.table
     }
 
     package func submit(_ batches: [SealedBatch]) {
@@ -462,30 +467,80 @@ extension Delivery {
     }
 }
 
-/// One FIFO per priority 1...5; `pop` takes from the highest priority that has anything.
-package struct PriorityQueue<Element: Sendable>: Sendable {
-    private var queues: [[Element]] = Array(repeating: [], count: 5)
-    private var heads: [Int] = Array(repeating: 0, count: 5)
+/// The batches of one priority, fair across lanes (tables): each lane is a FIFO, and `pop` serves the lanes in
+/// turn, one batch each, so a table with a backlog of batches cannot keep another table's batch waiting behind all
+/// of them. A lane that had nothing queued is served before the lanes that have been waiting in turn (as FQ-CoDel
+/// serves new flows first): a table that sends one batch now and then goes ahead of a backlog (docs/delivery.md,
+/// "The queue and the workers").
+package struct FairQueue<Element: Sendable>: Sendable {
+    private var lanes: [String: Fifo<Element>] = [:]
+    /// Lanes that were empty when their first batch came, in the order they came: served first.
+    private var fresh = Fifo<String>()
+    /// Lanes that were served and still have batches: served in turn after the fresh ones.
+    private var waiting = Fifo<String>()
     package private(set) var count = 0
 
     package init() {}
 
-    package mutating func push(_ element: Element, priority: Int) {
-        queues[min(max(priority, 1), 5) - 1].append(element)
+    package mutating func push(_ element: Element, lane: String) {
+        if lanes[lane] == nil { fresh.append(lane) }
+        lanes[lane, default: Fifo()].append(element)
         count += 1
     }
 
     package mutating func pop() -> Element? {
-        for priority in 0..<5 where heads[priority] < queues[priority].count {
-            let element = queues[priority][heads[priority]]
-            heads[priority] += 1
-            // Compact now and then instead of removing from the front every time.
-            if heads[priority] > 64 && heads[priority] * 2 > queues[priority].count {
-                queues[priority].removeFirst(heads[priority])
-                heads[priority] = 0
-            }
+        guard let lane = fresh.popFirst() ?? waiting.popFirst(), let element = lanes[lane]?.popFirst() else { return nil }
+        if lanes[lane]!.isEmpty {
+            lanes[lane] = nil
+        } else {
+            waiting.append(lane)
+        }
+        count -= 1
+        return element
+    }
+}
+
+/// An array read from a moving head, compacted now and then instead of removing from the front every time.
+private struct Fifo<Element: Sendable>: Sendable {
+    private var elements: [Element] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == elements.count }
+
+    mutating func append(_ element: Element) { elements.append(element) }
+
+    mutating func popFirst() -> Element? {
+        guard head < elements.count else { return nil }
+        let element = elements[head]
+        head += 1
+        if head == elements.count {
+            elements.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head > 64 && head * 2 > elements.count {
+            elements.removeFirst(head)
+            head = 0
+        }
+        return element
+    }
+}
+
+/// One `FairQueue` per priority 1...5; `pop` takes from the highest priority that has anything.
+package struct PriorityQueue<Element: Sendable>: Sendable {
+    private var queues = Array(repeating: FairQueue<Element>(), count: 5)
+    package private(set) var count = 0
+
+    package init() {}
+
+    /// `lane`: what the queue is fair across (Delivery passes the table).
+    package mutating func push(_ element: Element, priority: Int, lane: String = "") {
+        queues[min(max(priority, 1), 5) - 1].push(element, lane: lane)
+        count += 1
+    }
+
+    package mutating func pop() -> Element? {
+        for priority in 0..<5 where queues[priority].count > 0 {
             count -= 1
-            return element
+            return queues[priority].pop()
         }
         return nil
     }

@@ -461,6 +461,51 @@ import Testing
         #expect(delivery.queuedBatches == 0)
     }
 
+    /// A table with a backlog of bad batches does not keep another table's batch behind all of them: the queue
+    /// serves tables in turn, and a table that had nothing queued first. In one FIFO, `b` went after the isolation
+    /// of every batch of `a` (each helping send of `a` split in full).
+    @Test func aBacklogOfOneTableDoesNotHoldUpAnotherTablesBatch() async throws {
+        let transport = ScriptedTransport { _, body in
+            body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        }
+        let fixture = try EngineFixture(
+            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let delivery = fixture.engine.delivery
+        let backlog = (1...10).map { n in
+            valuesBatch(id: UInt64(n), table: "a", values: (0..<4).map { "('oops\(n)-\($0)')" })
+        }
+        delivery.submit(backlog + [valuesBatch(id: 11, table: "b", rows: 1)])
+        delivery.close()
+        await delivery.run()
+
+        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        // a's first batch is refused whole; before its first half the worker helps: b, the fresh table, goes.
+        #expect(tables.prefix(2) == ["a", "b"], "\(tables)")
+        #expect(tables.filter { $0 == "a" }.count == 70, "10 batches of 4 bad rows, 7 inserts each")
+        #expect(try Self.deadLetters(fixture).count == 40)
+        #expect(delivery.queuedBatches == 0)
+    }
+
+    @Test func theQueueServesTablesInTurnAndAFreshTableFirst() {
+        var queue = PriorityQueue<String>()
+        for n in 1...3 { queue.push("a\(n)", priority: 3, lane: "a") }
+        for n in 1...2 { queue.push("b\(n)", priority: 3, lane: "b") }
+        #expect(queue.pop() == "a1")
+        #expect(queue.pop() == "b1")
+        queue.push("c1", priority: 3, lane: "c")  // fresh: ahead of a and b, which wait in turn
+        queue.push("p1", priority: 1, lane: "a")  // a higher priority goes first whatever the lane
+        #expect(queue.pop() == "p1")
+        #expect(queue.pop() == "c1")
+        #expect(queue.pop() == "a2")
+        #expect(queue.pop() == "b2")
+        #expect(queue.pop() == "a3")
+        #expect(queue.count == 0)
+        #expect(queue.pop() == nil)
+        queue.push("a4", priority: 3, lane: "a")  // a lane that emptied starts fresh again
+        #expect(queue.count == 1)
+        #expect(queue.pop() == "a4")
+    }
+
     /// A waiting batch that must be retried is not retried in place by a worker that is splitting: it goes back to
     /// the queue, the split goes on without more help, and the batch lands once afterwards.
     @Test func aHelpedBatchThatMustBeRetriedGoesBackToTheQueue() async throws {
