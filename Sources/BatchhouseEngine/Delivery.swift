@@ -35,6 +35,10 @@ package final class Delivery: Sendable {
     /// Told of a RowBinary batch that ClickHouse refused: the table's columns may have changed since the rows were
     /// read, so they are described again before the next request's rows are (`TableSchemas.forget`).
     private let refusedBinaryBatch: @Sendable (BatchKey) -> Void
+    /// Batches that a helping send found refused for their data and put back in the queue, by id: the worker that
+    /// takes one as its own starts its split with this answer instead of sending it whole again (see
+    /// `helpOneWaiting`).
+    private let refusedWhole = Mutex<[UInt64: (response: UpstreamResponse, attempts: Int)]>([:])
 
     package init(
         gateway: UpstreamGateway, settlement: Settlement, clock: any EngineClock, concurrency: Int,
@@ -113,7 +117,7 @@ package final class Delivery: Sendable {
 
     private func work() async {
         while let batch = await next() {
-            if let report = await deliverQueued(batch) { settlement.settle(report) }
+            if case .settled(let report) = await deliverQueued(batch) { settlement.settle(report) }
         }
     }
 
@@ -132,48 +136,66 @@ package final class Delivery: Sendable {
     }
 
     /// Between two steps of a split, a worker first sends one batch that waits in the queue, so that a table whose
-    /// rows ClickHouse refuses cannot hold every worker while other tables wait. After a batch it could not finish
-    /// (put back in the queue), the worker stops helping for the rest of this split.
+    /// rows ClickHouse refuses cannot hold every worker while other tables wait. A helping send gets one attempt:
+    /// refused for its data, the batch goes back to the queue for a worker of its own to split (which helps in
+    /// turn), so no worker is ever more than one insert away from its next help. After a batch that must be
+    /// retried (put back too), the worker stops helping for the rest of this split.
     private func helpOneWaiting(_ helping: inout Bool) async {
         guard helping, let waiting = takeWaiting() else { return }
-        if let report = await deliverQueued(waiting, mode: .helping) {
-            settlement.settle(report)
-        } else {
-            helping = false
+        if refusedWhole.withLock({ $0[waiting.id] != nil }) {
+            // Already refused whole: only a worker of its own splits it.
+            submit(waiting)
+            return
         }
+        switch await deliverQueued(waiting, mode: .helping) {
+        case .settled(let report): settlement.settle(report)
+        case .putBack(let keepHelping): helping = keepHelping
+        }
+    }
+
+    /// What became of a batch taken from the queue.
+    package enum QueuedOutcome: Sendable {
+        case settled(FlushReport)
+        /// It went back to the queue. `keepHelping`: it was refused whole for its data, and its split is left to
+        /// a worker of its own; otherwise it must be retried or read again, and a helping worker stops helping.
+        case putBack(keepHelping: Bool)
     }
 
     /// The query id of batch `id`, made unique to this process.
     package func queryID(for id: UInt64) -> String { "batchhouse-\(instance)-\(id)" }
 
-    /// A batch from the queue: its rows read back from the spool first if they are there. Nil when it went back to
-    /// the queue: the spool could not be read for now (a failed system call, not damage; after a pause unless
-    /// `helping`), or a `helping` send must be retried.
-    package func deliverQueued(_ queued: SealedBatch, mode: Mode = .own) async -> FlushReport? {
+    /// A batch from the queue: its rows read back from the spool first if they are there. Put back in the queue
+    /// when the spool could not be read for now (a failed system call, not damage; after a pause unless
+    /// `helping`), or when a `helping` send must be retried or split.
+    package func deliverQueued(_ queued: SealedBatch, mode: Mode = .own) async -> QueuedOutcome {
         var batch = queued
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
         guard batch.bodyInSpool, let spool else { return await deliver(batch, mode: mode) }
         // Shutting down with the upstream unwell: the rows wait in the spool for the next start, unread.
-        if isClosed && gateway.isDegraded { return deferUnread(batch) }
+        if isClosed && gateway.isDegraded { return .settled(deferUnread(batch)) }
         let read = spool.readChunks(batch.spooled.chunks)
         if !read.failed.isEmpty {
             settlement.readBackFailed(batch, reason: read.failed.values.first ?? "")
             if mode == .helping {
                 submit(queued)
-                return nil
+                return .putBack(keepHelping: false)
             }
             await pause(for: .seconds(1))
-            if isClosed { return deferUnread(batch) }
+            if isClosed { return .settled(deferUnread(batch)) }
             submit(queued)
-            return nil
+            return .putBack(keepHelping: false)
         }
         let (loaded, lost) = Self.readBack(batch, read)
         settlement.readBack(batch, as: loaded, lost: lost)
-        guard loaded.rows > 0 || lost == nil else { return FlushReport(batch: loaded, failures: lost.map { [$0] } ?? []) }
+        guard loaded.rows > 0 || lost == nil else {
+            return .settled(FlushReport(batch: loaded, failures: lost.map { [$0] } ?? []))
+        }
         // Put back with its rows in memory, as read (the budget counts them so since `readBack`).
-        guard var report = await deliver(loaded, mode: mode) else { return nil }
+        // With a part unreadable, the batch is settled in place (never put back), so that the part is settled with it.
+        let outcome = await deliver(loaded, mode: mode, inPlace: lost != nil)
+        guard case .settled(var report) = outcome else { return outcome }
         if let lost { report.failures.append(lost) }
-        return report
+        return .settled(report)
     }
 
     /// A batch left in the spool unread at shutdown. The report answers whoever waits for its rows, so it needs them
@@ -236,23 +258,37 @@ package final class Delivery: Sendable {
         let batch = recorded(batch)
         var report = FlushReport(batch: batch)
         var helping = true
-        await isolate(batch, original: batch, into: &report, helping: &helping)
+        if let refused = refusedWhole.withLock({ $0.removeValue(forKey: batch.id) }) {
+            // A helping send found it refused whole: split it without sending it whole again.
+            await handle(
+                .split(refused.response, attempts: refused.attempts), of: batch, original: batch, into: &report,
+                helping: &helping)
+        } else {
+            await isolate(batch, original: batch, into: &report, helping: &helping)
+        }
         return report
     }
 
-    /// `deliver` in either mode; nil when a `helping` send went back to the queue.
-    private func deliver(_ batch: SealedBatch, mode: Mode) async -> FlushReport? {
-        guard mode == .helping else { return await deliver(batch) }
+    /// `deliver` in either mode. A `helping` send that must be retried, or that ClickHouse refused whole for its
+    /// data, goes back to the queue, unless `inPlace`.
+    private func deliver(_ batch: SealedBatch, mode: Mode, inPlace: Bool = false) async -> QueuedOutcome {
+        guard mode == .helping else { return .settled(await deliver(batch)) }
         let batch = recorded(batch)
-        let outcome = await attempt(batch, putBackOnRetry: true)
-        if case .putBack = outcome {
+        let outcome = await attempt(batch, putBackOnRetry: !inPlace)
+        switch outcome {
+        case .putBack:
             submit(batch)
-            return nil
+            return .putBack(keepHelping: false)
+        case .split(let response, let attempts) where !inPlace:
+            refusedWhole.withLock { $0[batch.id] = (response, attempts) }
+            submit(batch)
+            return .putBack(keepHelping: true)
+        default:
+            var report = FlushReport(batch: batch)
+            var helping = false
+            await handle(outcome, of: batch, original: batch, into: &report, helping: &helping)
+            return .settled(report)
         }
-        var report = FlushReport(batch: batch)
-        var helping = false
-        await handle(outcome, of: batch, original: batch, into: &report, helping: &helping)
-        return report
     }
 
     /// `batch` with its query id, recorded in the spool as being sent (docs/spool-and-acks.md, "Exactly once").

@@ -130,6 +130,34 @@ private func damage(_ fixture: EngineFixture, where text: String, with replaceme
         #expect(transport.inserts.map(\.body) == ["(1)"])
     }
 
+    /// A batch with a damaged record, sent between the halves of another table's split, whose attempt must be
+    /// retried: it is retried in place, not put back, so the client of the damaged row is answered too (a put-back
+    /// batch used to drop that part, and its client waited for ever).
+    @Test func aHelpedBatchWithADamagedRecordIsSettledWholeWhenItMustBeRetried() async throws {
+        let overloadedOnce = Atomic<Bool>(true)
+        let transport = ScriptedTransport { _, body in
+            if body.contains("'oops") { return .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") }
+            if body == "(1)" && overloadedOnce.exchange(false, ordering: .relaxed) {
+                return .error(status: 500, code: 252, message: "Too many parts")
+            }
+            return .ok
+        }
+        let fixture = try EngineFixture(
+            "defaults: { max_rows: 2, ack: flushed }", transport: transport, spool: true,
+            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+        let answers = Answers()
+        fixture.insert("INSERT INTO db.a VALUES ('oops1'),('oops2')")
+        fixture.insert("INSERT INTO db.t VALUES (1)", answers: answers)
+        fixture.insert("INSERT INTO db.t VALUES (77)", answers: answers)
+        try damage(fixture, where: "77", with: "8")
+        await fixture.drain()
+        let received = await answers.wait(for: 2, timeout: .seconds(5))
+        #expect(received.count == 2, "both clients are answered")
+        #expect(received.filter { $0.refusal == nil }.count == 1, "the intact row's client gets its 200")
+        #expect(transport.inserts.map(\.body).filter { $0 == "(1)" }.count == 2, "refused once, then landed")
+        #expect(fixture.spool?.undeliveredChunks == 0)
+    }
+
     @Test func anAttemptWhoseOutcomeCouldNotBeToldStaysInDoubtWhenItIsDeferred() async throws {
         let directory = TemporaryDirectory()
         do {

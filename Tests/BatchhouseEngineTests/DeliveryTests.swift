@@ -486,6 +486,35 @@ import Testing
         #expect(delivery.queuedBatches == 0)
     }
 
+    /// A helping send that ClickHouse refuses whole goes back to the queue for a worker of its own to split,
+    /// instead of being split in full by the helper (which then helps nobody): a batch of another table that comes
+    /// meanwhile goes at the splitting worker's next help.
+    @Test func aHelpedBatchRefusedWholeIsSplitByAWorkerOfItsOwn() async throws {
+        let delivery = Mutex<Delivery?>(nil)
+        let arrived = Atomic<Bool>(false)
+        let transport = ScriptedTransport { _, body in
+            // a2 sent whole (by the helper): b's batch is sealed now.
+            if body.contains("oops2-0") && body.contains("oops2-15") && !arrived.exchange(true, ordering: .relaxed) {
+                delivery.withLock { $0 }?.submit(valuesBatch(id: 3, table: "b", rows: 1))
+            }
+            return body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        }
+        let fixture = try EngineFixture(
+            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        delivery.withLock { $0 = fixture.engine.delivery }
+        let bad = { (n: Int) in valuesBatch(id: UInt64(n), table: "a", values: (0..<16).map { "('oops\(n)-\($0)')" }) }
+        fixture.engine.delivery.submit([bad(1), bad(2)])
+        fixture.engine.delivery.close()
+        await fixture.engine.delivery.run()
+
+        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        // a1 whole, a2 whole (helping; put back), a1's first half, then b at the next help.
+        #expect(tables.prefix(4) == ["a", "a", "a", "b"], "\(tables)")
+        #expect(tables.filter { $0 == "a" }.count == 62, "31 inserts per batch of 16 bad rows, a2's whole sent once")
+        #expect(try Self.deadLetters(fixture).count == 32)
+        #expect(fixture.engine.delivery.queuedBatches == 0)
+    }
+
     @Test func theQueueServesTablesInTurnAndAFreshTableFirst() {
         var queue = PriorityQueue<String>()
         for n in 1...3 { queue.push("a\(n)", priority: 3, lane: "a") }
