@@ -200,6 +200,12 @@ package final class Buffering: Sendable {
         sealed.add(loaded.data.count, ordering: .relaxed)
     }
 
+    /// The inverse of `readBack`: a batch read back goes back to the queue with its rows in the spool only.
+    package func putBackUnread(_ original: SealedBatch, readAs loaded: SealedBatch) {
+        sealed.subtract(loaded.data.count, ordering: .relaxed)
+        backlog.add(original.spooledBytes, ordering: .relaxed)
+    }
+
     /// Batches made from spooled chunks (at start), counted in the backlog.
     package func countBacklog(_ batches: [SealedBatch]) {
         backlog.add(batches.reduce(0) { $0 + $1.spooledBytes }, ordering: .relaxed)

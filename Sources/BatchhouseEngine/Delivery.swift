@@ -11,6 +11,9 @@ import Synchronization
 package final class Delivery: Sendable {
     private struct State: Sendable {
         var queue = PriorityQueue<SealedBatch>()
+        /// Batches that a helping send found refused whole for their data: taken by the next worker that is free,
+        /// before the queue, and never by a helper (see `helpOneWaiting`).
+        var parked = Fifo<SealedBatch>()
         var waiters: [CheckedContinuation<SealedBatch?, Never>] = []
         var closed = false
     }
@@ -35,9 +38,8 @@ package final class Delivery: Sendable {
     /// Told of a RowBinary batch that ClickHouse refused: the table's columns may have changed since the rows were
     /// read, so they are described again before the next request's rows are (`TableSchemas.forget`).
     private let refusedBinaryBatch: @Sendable (BatchKey) -> Void
-    /// Batches that a helping send found refused for their data and put back in the queue, by id: the worker that
-    /// takes one as its own starts its split with this answer instead of sending it whole again (see
-    /// `helpOneWaiting`).
+    /// The refusals of parked batches, by id: the worker that takes one as its own starts its split with this answer
+    /// instead of sending it whole again (see `helpOneWaiting`).
     private let refusedWhole = Mutex<[UInt64: (response: UpstreamResponse, attempts: Int)]>([:])
 
     package init(
@@ -79,7 +81,17 @@ package final class Delivery: Sendable {
     }
 
     /// Batches waiting for a worker.
-    package var queuedBatches: Int { state.withLock { $0.queue.count } }
+    package var queuedBatches: Int { state.withLock { $0.queue.count + $0.parked.count } }
+
+    /// A batch refused whole by a helping send: for the next free worker, or the first idle one.
+    private func park(_ batch: SealedBatch) {
+        let waiter: CheckedContinuation<SealedBatch?, Never>? = state.withLock { state in
+            if !state.waiters.isEmpty { return state.waiters.removeFirst() }
+            state.parked.append(batch)
+            return nil
+        }
+        waiter?.resume(returning: batch)
+    }
 
     package var isClosed: Bool { state.withLock { $0.closed } }
 
@@ -106,7 +118,7 @@ package final class Delivery: Sendable {
     private func next() async -> SealedBatch? {
         await withCheckedContinuation { (continuation: CheckedContinuation<SealedBatch?, Never>) in
             let immediate: SealedBatch?? = state.withLock { state in
-                if let batch = state.queue.pop() { return .some(batch) }
+                if let batch = state.parked.popFirst() ?? state.queue.pop() { return .some(batch) }
                 if state.closed { return .some(nil) }
                 state.waiters.append(continuation)
                 return nil
@@ -137,16 +149,12 @@ package final class Delivery: Sendable {
 
     /// Between two steps of a split, a worker first sends one batch that waits in the queue, so that a table whose
     /// rows ClickHouse refuses cannot hold every worker while other tables wait. A helping send gets one attempt:
-    /// refused for its data, the batch goes back to the queue for a worker of its own to split (which helps in
-    /// turn), so no worker is ever more than one insert away from its next help. After a batch that must be
-    /// retried (put back too), the worker stops helping for the rest of this split.
+    /// refused whole for its data, the batch is parked for a worker of its own to split (which helps in turn), and
+    /// the helper goes on helping; so a helper does not split in full without helping (except a batch with a
+    /// damaged spool record, settled in place). After a batch that must be retried (put back in the queue), the
+    /// worker stops helping for the rest of this split.
     private func helpOneWaiting(_ helping: inout Bool) async {
         guard helping, let waiting = takeWaiting() else { return }
-        if refusedWhole.withLock({ $0[waiting.id] != nil }) {
-            // Already refused whole: only a worker of its own splits it.
-            submit(waiting)
-            return
-        }
         switch await deliverQueued(waiting, mode: .helping) {
         case .settled(let report): settlement.settle(report)
         case .putBack(let keepHelping): helping = keepHelping
@@ -156,7 +164,7 @@ package final class Delivery: Sendable {
     /// What became of a batch taken from the queue.
     package enum QueuedOutcome: Sendable {
         case settled(FlushReport)
-        /// It went back to the queue. `keepHelping`: it was refused whole for its data, and its split is left to
+        /// It went back to the queue. `keepHelping`: it was refused whole for its data and parked, its split left to
         /// a worker of its own; otherwise it must be retried or read again, and a helping worker stops helping.
         case putBack(keepHelping: Bool)
     }
@@ -192,7 +200,7 @@ package final class Delivery: Sendable {
         }
         // Put back with its rows in memory, as read (the budget counts them so since `readBack`).
         // With a part unreadable, the batch is settled in place (never put back), so that the part is settled with it.
-        let outcome = await deliver(loaded, mode: mode, inPlace: lost != nil)
+        let outcome = await deliver(loaded, mode: mode, inPlace: lost != nil, unread: queued)
         guard case .settled(var report) = outcome else { return outcome }
         if let lost { report.failures.append(lost) }
         return .settled(report)
@@ -269,9 +277,12 @@ package final class Delivery: Sendable {
         return report
     }
 
-    /// `deliver` in either mode. A `helping` send that must be retried, or that ClickHouse refused whole for its
-    /// data, goes back to the queue, unless `inPlace`.
-    private func deliver(_ batch: SealedBatch, mode: Mode, inPlace: Bool = false) async -> QueuedOutcome {
+    /// `deliver` in either mode. A `helping` send that must be retried goes back to the queue, and one that
+    /// ClickHouse refused whole for its data is parked, unless `inPlace`. `unread`: the batch as it was queued, its
+    /// rows in the spool; parked so, its rows leave memory until its own worker reads them again.
+    private func deliver(
+        _ batch: SealedBatch, mode: Mode, inPlace: Bool = false, unread: SealedBatch? = nil
+    ) async -> QueuedOutcome {
         guard mode == .helping else { return .settled(await deliver(batch)) }
         let batch = recorded(batch)
         let outcome = await attempt(batch, putBackOnRetry: !inPlace)
@@ -280,8 +291,14 @@ package final class Delivery: Sendable {
             submit(batch)
             return .putBack(keepHelping: false)
         case .split(let response, let attempts) where !inPlace:
+            if batch.key.format.needsTableColumns { refusedBinaryBatch(batch.key) }
             refusedWhole.withLock { $0[batch.id] = (response, attempts) }
-            submit(batch)
+            if let unread {
+                settlement.putBackUnread(unread, readAs: batch)
+                park(unread)
+            } else {
+                park(batch)
+            }
             return .putBack(keepHelping: true)
         default:
             var report = FlushReport(batch: batch)
@@ -505,14 +522,16 @@ extension Delivery {
 
 /// The batches of one priority, fair across lanes (tables): each lane is a FIFO, and `pop` serves the lanes in
 /// turn, one batch each, so a table with a backlog of batches cannot keep another table's batch waiting behind all
-/// of them. A lane that had nothing queued is served before the lanes that have been waiting in turn (as FQ-CoDel
-/// serves new flows first): a table that sends one batch now and then goes ahead of a backlog (docs/delivery.md,
-/// "The queue and the workers").
+/// of them. A new lane (a table not served in the last round) is served before the lanes that wait in turn, as
+/// FQ-CoDel serves new flows first: a table that sends one batch now and then goes ahead of a backlog
+/// (docs/delivery.md, "The queue and the workers").
 package struct FairQueue<Element: Sendable>: Sendable {
+    /// A lane stays here, possibly empty, while it is on one of the two lists.
     private var lanes: [String: Fifo<Element>] = [:]
-    /// Lanes that were empty when their first batch came, in the order they came: served first.
+    /// Lanes that were new when their first batch came, in the order they came: served first.
     private var fresh = Fifo<String>()
-    /// Lanes that were served and still have batches: served in turn after the fresh ones.
+    /// Lanes that were served: served in turn after the fresh ones. A lane is dropped when its turn finds it empty,
+    /// so a table that sends one batch at a time is fresh only once per round and cannot keep the others waiting.
     private var waiting = Fifo<String>()
     package private(set) var count = 0
 
@@ -525,23 +544,26 @@ package struct FairQueue<Element: Sendable>: Sendable {
     }
 
     package mutating func pop() -> Element? {
-        guard let lane = fresh.popFirst() ?? waiting.popFirst(), let element = lanes[lane]?.popFirst() else { return nil }
-        if lanes[lane]!.isEmpty {
-            lanes[lane] = nil
-        } else {
+        while let lane = fresh.popFirst() ?? waiting.popFirst() {
+            guard let element = lanes[lane]?.popFirst() else {
+                lanes[lane] = nil
+                continue
+            }
             waiting.append(lane)
+            count -= 1
+            return element
         }
-        count -= 1
-        return element
+        return nil
     }
 }
 
 /// An array read from a moving head, compacted now and then instead of removing from the front every time.
-private struct Fifo<Element: Sendable>: Sendable {
+fileprivate struct Fifo<Element: Sendable>: Sendable {
     private var elements: [Element] = []
     private var head = 0
 
     var isEmpty: Bool { head == elements.count }
+    var count: Int { elements.count - head }
 
     mutating func append(_ element: Element) { elements.append(element) }
 

@@ -137,6 +137,12 @@ package final class Settlement: Sendable {
             ])
     }
 
+    /// A batch read back and refused whole by a helping send goes back to the queue unread (docs/delivery.md,
+    /// "Splitting to isolate bad rows"): its bytes leave the budget for the backlog again.
+    package func putBackUnread(_ batch: SealedBatch, readAs loaded: SealedBatch) {
+        buffering.putBackUnread(batch, readAs: loaded)
+    }
+
     /// The spool could not be read for `batch` just now (a failed system call): it is tried again.
     package func readBackFailed(_ batch: SealedBatch, reason: String) {
         logger.error(

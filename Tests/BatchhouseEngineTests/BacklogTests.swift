@@ -158,6 +158,34 @@ private func damage(_ fixture: EngineFixture, where text: String, with replaceme
         #expect(fixture.spool?.undeliveredChunks == 0)
     }
 
+    /// A backlog of bad batches on disk is not pulled into memory by the helps of a split: a batch a helper read
+    /// back and found refused whole goes back unread, its rows in the spool only. In memory at any insert: the
+    /// worker's own batch and the one it is helping with.
+    @Test func helpsDoNotPullABacklogOfBadBatchesIntoMemory() async throws {
+        let buffering = Mutex<Buffering?>(nil)
+        let mostInMemory = Atomic<Int>(0)
+        let transport = ScriptedTransport { _, body in
+            if let sealed = buffering.withLock({ $0?.sealedBytes }) { mostInMemory.max(sealed, ordering: .relaxed) }
+            return body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        }
+        let fixture = try EngineFixture(
+            "defaults: { max_rows: 4 }", transport: transport, spool: true,
+            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+        buffering.withLock { $0 = fixture.engine.buffering }
+        let padding = String(repeating: "x", count: 100)
+        for batch in 0..<10 {
+            fixture.insert("INSERT INTO db.a VALUES " + (0..<4).map { "('oops\(batch)-\($0)\(padding)')" }.joined(separator: ","))
+        }
+        #expect(fixture.engine.delivery.queuedBatches == 10)
+        let batchBytes = fixture.engine.buffering.backlogBytes / 10
+        await fixture.drain()
+        #expect(mostInMemory.load(ordering: .relaxed) <= 2 * batchBytes, "at most two batches read back at a time")
+        #expect(fixture.engine.buffering.memoryInUse == 0)
+        #expect(fixture.engine.buffering.backlogBytes == 0)
+        #expect(fixture.spool?.undeliveredChunks == 0)
+        #expect(fixture.deadLetterFiles.filter { $0.hasSuffix(".data") }.count == 40)
+    }
+
     @Test func anAttemptWhoseOutcomeCouldNotBeToldStaysInDoubtWhenItIsDeferred() async throws {
         let directory = TemporaryDirectory()
         do {

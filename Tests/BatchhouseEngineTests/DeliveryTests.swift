@@ -515,6 +515,29 @@ import Testing
         #expect(fixture.engine.delivery.queuedBatches == 0)
     }
 
+    /// A parked batch (refused whole by a helper) is left to a worker of its own and never offered to a helper
+    /// again, so later helps go to other tables' batches: b's second batch goes at the third help, not after the
+    /// whole split (a parked batch put back in the queue came out first at every help).
+    @Test func aParkedBatchDoesNotUseUpTheHelpsOfASplit() async throws {
+        let transport = ScriptedTransport { _, body in
+            body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        }
+        let fixture = try EngineFixture(
+            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let delivery = fixture.engine.delivery
+        let bad = { (n: Int) in valuesBatch(id: UInt64(n), table: "a", values: (0..<16).map { "('oops\(n)-\($0)')" }) }
+        delivery.submit([bad(1), bad(2), valuesBatch(id: 3, table: "b", rows: 1), valuesBatch(id: 4, table: "b", rows: 1)])
+        delivery.close()
+        await delivery.run()
+
+        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        // a1 whole; help: b1 (fresh); a1's half; help: a2 whole (parked); a1's quarter; help: b2.
+        #expect(tables.prefix(6) == ["a", "b", "a", "a", "a", "b"], "\(tables)")
+        #expect(tables.filter { $0 == "a" }.count == 62, "31 inserts each: a2's whole sent once, by the helper")
+        #expect(try Self.deadLetters(fixture).count == 32)
+        #expect(delivery.queuedBatches == 0)
+    }
+
     @Test func theQueueServesTablesInTurnAndAFreshTableFirst() {
         var queue = PriorityQueue<String>()
         for n in 1...3 { queue.push("a\(n)", priority: 3, lane: "a") }
@@ -530,9 +553,21 @@ import Testing
         #expect(queue.pop() == "a3")
         #expect(queue.count == 0)
         #expect(queue.pop() == nil)
-        queue.push("a4", priority: 3, lane: "a")  // a lane that emptied starts fresh again
+        queue.push("a4", priority: 3, lane: "a")  // a lane dropped when found empty starts fresh again
         #expect(queue.count == 1)
         #expect(queue.pop() == "a4")
+        #expect(queue.pop() == nil)
+        // A table that sends one batch at a time is fresh once per round, not each time: y's backlog gets its turn.
+        for n in 1...3 { queue.push("y\(n)", priority: 3, lane: "y") }
+        #expect(queue.pop() == "y1")
+        queue.push("x1", priority: 3, lane: "x")
+        #expect(queue.pop() == "x1")
+        queue.push("x2", priority: 3, lane: "x")
+        #expect(queue.pop() == "y2")
+        #expect(queue.pop() == "x2")
+        #expect(queue.pop() == "y3")
+        #expect(queue.pop() == nil)
+        #expect(queue.count == 0)
     }
 
     /// A waiting batch that must be retried is not retried in place by a worker that is splitting: it goes back to
