@@ -419,6 +419,27 @@ import Testing
 
     // MARK: Queue
 
+    /// A one-worker fixture whose upstream refuses, for their data, the batches holding an `'oops` row.
+    static func oneWorkerRefusingOops() throws -> EngineFixture {
+        try EngineFixture(
+            transport: ScriptedTransport { _, body in Self.refusingOops(body) },
+            upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+    }
+
+    static func refusingOops(_ body: String) -> Reply {
+        body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+    }
+
+    /// The table of each insert sent, in order.
+    static func tables(_ fixture: EngineFixture) -> [String] {
+        fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+    }
+
+    /// A batch of table `a` with `count` bad rows, tagged `n`.
+    static func bad(_ n: Int, rows count: Int = 16) -> SealedBatch {
+        valuesBatch(id: UInt64(n), table: "a", values: (0..<count).map { "('oops\(n)-\($0)')" })
+    }
+
     @Test func higherPriorityBatchesAreDeliveredFirst() async throws {
         let fixture = try EngineFixture(upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
         let batches = [("p5a", 5), ("p1a", 1), ("p3", 3), ("p1b", 1), ("p5b", 5), ("p2", 2)].enumerated().map {
@@ -438,11 +459,7 @@ import Testing
     /// One table's bad rows do not hold the only worker while other tables wait: before each half of a split it
     /// sends a waiting batch first. Without that, the other tables went after all 31 inserts of `a`'s isolation.
     @Test func aSplittingWorkerSendsAWaitingBatchBeforeEachHalf() async throws {
-        let transport = ScriptedTransport { _, body in
-            body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
-        }
-        let fixture = try EngineFixture(
-            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let fixture = try Self.oneWorkerRefusingOops()
         let delivery = fixture.engine.delivery
         let bad = (0..<16).map { "('oops\($0)')" }
         let others = (1...40).map { valuesBatch(id: UInt64($0 + 1), table: "o\($0)", rows: 1) }
@@ -450,7 +467,7 @@ import Testing
         delivery.close()
         await delivery.run()
 
-        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        let tables = Self.tables(fixture)
         #expect(tables.prefix(4) == ["a", "o1", "a", "o2"], "\(tables)")
         // 15 splits, two helps each; the other 10 go after.
         let lastOfA = try #require(tables.lastIndex(of: "a"))
@@ -465,20 +482,14 @@ import Testing
     /// serves tables in turn, and a table that had nothing queued first. In one FIFO, `b` went after the isolation
     /// of every batch of `a` (each helping send of `a` split in full).
     @Test func aBacklogOfOneTableDoesNotHoldUpAnotherTablesBatch() async throws {
-        let transport = ScriptedTransport { _, body in
-            body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
-        }
-        let fixture = try EngineFixture(
-            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let fixture = try Self.oneWorkerRefusingOops()
         let delivery = fixture.engine.delivery
-        let backlog = (1...10).map { n in
-            valuesBatch(id: UInt64(n), table: "a", values: (0..<4).map { "('oops\(n)-\($0)')" })
-        }
+        let backlog = (1...10).map { Self.bad($0, rows: 4) }
         delivery.submit(backlog + [valuesBatch(id: 11, table: "b", rows: 1)])
         delivery.close()
         await delivery.run()
 
-        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        let tables = Self.tables(fixture)
         // a's first batch is refused whole; before its first half the worker helps: b, the fresh table, goes.
         #expect(tables.prefix(2) == ["a", "b"], "\(tables)")
         #expect(tables.filter { $0 == "a" }.count == 70, "10 batches of 4 bad rows, 7 inserts each")
@@ -497,17 +508,16 @@ import Testing
             if body.contains("oops2-0") && body.contains("oops2-15") && !arrived.exchange(true, ordering: .relaxed) {
                 delivery.withLock { $0 }?.submit(valuesBatch(id: 3, table: "b", rows: 1))
             }
-            return body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+            return Self.refusingOops(body)
         }
         let fixture = try EngineFixture(
             transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
         delivery.withLock { $0 = fixture.engine.delivery }
-        let bad = { (n: Int) in valuesBatch(id: UInt64(n), table: "a", values: (0..<16).map { "('oops\(n)-\($0)')" }) }
-        fixture.engine.delivery.submit([bad(1), bad(2)])
+        fixture.engine.delivery.submit([Self.bad(1), Self.bad(2)])
         fixture.engine.delivery.close()
         await fixture.engine.delivery.run()
 
-        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        let tables = Self.tables(fixture)
         // a1 whole, a2 whole (helping; put back), a1's first half, then b at the next help.
         #expect(tables.prefix(4) == ["a", "a", "a", "b"], "\(tables)")
         #expect(tables.filter { $0 == "a" }.count == 62, "31 inserts per batch of 16 bad rows, a2's whole sent once")
@@ -519,18 +529,13 @@ import Testing
     /// again, so later helps go to other tables' batches: b's second batch goes at the third help, not after the
     /// whole split (a parked batch put back in the queue came out first at every help).
     @Test func aParkedBatchDoesNotUseUpTheHelpsOfASplit() async throws {
-        let transport = ScriptedTransport { _, body in
-            body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
-        }
-        let fixture = try EngineFixture(
-            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let fixture = try Self.oneWorkerRefusingOops()
         let delivery = fixture.engine.delivery
-        let bad = { (n: Int) in valuesBatch(id: UInt64(n), table: "a", values: (0..<16).map { "('oops\(n)-\($0)')" }) }
-        delivery.submit([bad(1), bad(2), valuesBatch(id: 3, table: "b", rows: 1), valuesBatch(id: 4, table: "b", rows: 1)])
+        delivery.submit([Self.bad(1), Self.bad(2), valuesBatch(id: 3, table: "b", rows: 1), valuesBatch(id: 4, table: "b", rows: 1)])
         delivery.close()
         await delivery.run()
 
-        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        let tables = Self.tables(fixture)
         // a1 whole; help: b1 (fresh); a1's half; help: a2 whole (parked); a1's quarter; help: b2.
         #expect(tables.prefix(6) == ["a", "b", "a", "a", "a", "b"], "\(tables)")
         #expect(tables.filter { $0 == "a" }.count == 62, "31 inserts each: a2's whole sent once, by the helper")
@@ -592,7 +597,7 @@ import Testing
         delivery.close()
         await delivery.run()
 
-        let tables = fixture.transport.inserts.map { String($0.statement?.split(separator: "`")[3] ?? "") }
+        let tables = Self.tables(fixture)
         // b is refused (TOO_MANY_PARTS) and put back; no more help for this split; b goes again after c.
         #expect(tables == ["a", "b", "a", "a", "a", "a", "a", "a", "c", "b"], "\(tables)")
         #expect(fixture.clock.sleeps.isEmpty, "the split never waited for b's backoff")
