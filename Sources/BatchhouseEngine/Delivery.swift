@@ -142,8 +142,9 @@ package final class Delivery: Sendable {
     package enum Mode: Sendable {
         /// Its own batch, from the queue: while splitting it, the worker sends one waiting batch before each half.
         case own
-        /// A waiting batch sent between two halves of another: it does not help in turn, and if its first attempt
-        /// must be retried (and surely did not land) it goes back to the queue instead of holding up the split.
+        /// A waiting batch sent between two halves of another: it does not help in turn; if its first attempt must
+        /// be retried (and surely did not land) it goes back to the queue, and if it is refused whole for its data
+        /// it is parked, instead of holding up the split.
         case helping
     }
 
@@ -174,7 +175,7 @@ package final class Delivery: Sendable {
 
     /// A batch from the queue: its rows read back from the spool first if they are there. Put back in the queue
     /// when the spool could not be read for now (a failed system call, not damage; after a pause unless
-    /// `helping`), or when a `helping` send must be retried or split.
+    /// `helping`), or when a `helping` send must be retried; parked when a `helping` send is refused whole.
     package func deliverQueued(_ queued: SealedBatch, mode: Mode = .own) async -> QueuedOutcome {
         var batch = queued
         if batch.queryID == nil { batch.queryID = queryID(for: batch.id) }
@@ -185,20 +186,21 @@ package final class Delivery: Sendable {
         if !read.failed.isEmpty {
             settlement.readBackFailed(batch, reason: read.failed.values.first ?? "")
             if mode == .helping {
-                submit(queued)
+                requeue(queued)
                 return .putBack(keepHelping: false)
             }
             await pause(for: .seconds(1))
             if isClosed { return .settled(deferUnread(batch)) }
-            submit(queued)
+            requeue(queued)
             return .putBack(keepHelping: false)
         }
         let (loaded, lost) = Self.readBack(batch, read)
         settlement.readBack(batch, as: loaded, lost: lost)
+        // A refusal of the whole batch says nothing about what is left of it: that is sent again.
+        if lost != nil { forgetRefusal(of: batch.id) }
         guard loaded.rows > 0 || lost == nil else {
             return .settled(FlushReport(batch: loaded, failures: lost.map { [$0] } ?? []))
         }
-        // Put back with its rows in memory, as read (the budget counts them so since `readBack`).
         // With a part unreadable, the batch is settled in place (never put back), so that the part is settled with it.
         let outcome = await deliver(loaded, mode: mode, inPlace: lost != nil, unread: queued)
         guard case .settled(var report) = outcome else { return outcome }
@@ -210,6 +212,7 @@ package final class Delivery: Sendable {
     /// as contributions again. Not sent by this process: a `sending` record it has (a batch in doubt from before)
     /// stays as it is.
     private func deferUnread(_ batch: SealedBatch) -> FlushReport {
+        forgetRefusal(of: batch.id)
         var batch = batch
         batch.contributions = batch.spooled.expanded
         settlement.deferred(batch, mayHaveLanded: true)
@@ -279,7 +282,8 @@ package final class Delivery: Sendable {
 
     /// `deliver` in either mode. A `helping` send that must be retried goes back to the queue, and one that
     /// ClickHouse refused whole for its data is parked, unless `inPlace`. `unread`: the batch as it was queued, its
-    /// rows in the spool; parked so, its rows leave memory until its own worker reads them again.
+    /// rows in the spool; put back so, its rows leave memory until a worker reads them again, so that helps cannot
+    /// pull a backlog into memory (docs/spool-and-acks.md, "The budget").
     private func deliver(
         _ batch: SealedBatch, mode: Mode, inPlace: Bool = false, unread: SealedBatch? = nil
     ) async -> QueuedOutcome {
@@ -288,17 +292,12 @@ package final class Delivery: Sendable {
         let outcome = await attempt(batch, putBackOnRetry: !inPlace)
         switch outcome {
         case .putBack:
-            submit(batch)
+            submit(putBackForm(of: batch, unread: unread))
             return .putBack(keepHelping: false)
         case .split(let response, let attempts) where !inPlace:
             if batch.key.format.needsTableColumns { refusedBinaryBatch(batch.key) }
             refusedWhole.withLock { $0[batch.id] = (response, attempts) }
-            if let unread {
-                settlement.putBackUnread(unread, readAs: batch)
-                park(unread)
-            } else {
-                park(batch)
-            }
+            park(putBackForm(of: batch, unread: unread))
             return .putBack(keepHelping: true)
         default:
             var report = FlushReport(batch: batch)
@@ -306,6 +305,27 @@ package final class Delivery: Sendable {
             await handle(outcome, of: batch, original: batch, into: &report, helping: &helping)
             return .settled(report)
         }
+    }
+
+    /// What goes back to the queue of a batch a helper sent: its unread form when it came from the spool (its
+    /// bytes leave the budget for the backlog again), else the batch itself.
+    private func putBackForm(of batch: SealedBatch, unread: SealedBatch?) -> SealedBatch {
+        guard let unread else { return batch }
+        settlement.putBackUnread(unread, readAs: batch)
+        return unread
+    }
+
+    /// Back to the queue; parked if a helper found it refused whole, so that no helper sends it whole again.
+    private func requeue(_ batch: SealedBatch) {
+        if refusedWhole.withLock({ $0[batch.id] != nil }) {
+            park(batch)
+        } else {
+            submit(batch)
+        }
+    }
+
+    private func forgetRefusal(of id: UInt64) {
+        _ = refusedWhole.withLock { $0.removeValue(forKey: id) }
     }
 
     /// `batch` with its query id, recorded in the spool as being sent (docs/spool-and-acks.md, "Exactly once").
@@ -572,7 +592,7 @@ fileprivate struct Fifo<Element: Sendable>: Sendable {
         let element = elements[head]
         head += 1
         if head == elements.count {
-            elements.removeAll(keepingCapacity: true)
+            elements.removeAll()
             head = 0
         } else if head > 64 && head * 2 > elements.count {
             elements.removeFirst(head)

@@ -30,7 +30,11 @@ private func upstream(
 /// Changes the first byte of `text` in the fixture's spool segment to `replacement`: the record holding it no
 /// longer verifies.
 private func damage(_ fixture: EngineFixture, where text: String, with replacement: Character) throws {
-    let directory = try #require(fixture.spoolDirectory).path + "/spool"
+    try damage(spool: try #require(fixture.spoolDirectory).path, where: text, with: replacement)
+}
+
+private func damage(spool: String, where text: String, with replacement: Character) throws {
+    let directory = spool + "/spool"
     let segment = try #require(
         try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasPrefix("segment-") })
     let url = URL(fileURLWithPath: directory + "/" + segment)
@@ -184,6 +188,71 @@ private func damage(_ fixture: EngineFixture, where text: String, with replaceme
         #expect(fixture.engine.buffering.backlogBytes == 0)
         #expect(fixture.spool?.undeliveredChunks == 0)
         #expect(fixture.deadLetterFiles.filter { $0.hasSuffix(".data") }.count == 40)
+    }
+
+    /// The same bound when the batches helpers send must be retried (ClickHouse overloaded once for each): each goes
+    /// back to the queue unread, not with its rows in memory.
+    @Test func helpsThatMustBeRetriedDoNotPullABacklogIntoMemory() async throws {
+        let buffering = Mutex<Buffering?>(nil)
+        let mostInMemory = Atomic<Int>(0)
+        let refusedOnce = Mutex<Set<String>>([])
+        let transport = ScriptedTransport { _, body in
+            if let sealed = buffering.withLock({ $0?.sealedBytes }) { mostInMemory.max(sealed, ordering: .relaxed) }
+            if body.contains("'oops") { return .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") }
+            if refusedOnce.withLock({ $0.insert(body).inserted }) {
+                return .error(status: 500, code: 252, message: "Too many parts")
+            }
+            return .ok
+        }
+        let fixture = try EngineFixture(
+            "defaults: { max_rows: 4, retry_backoff: 1ms }", transport: transport, spool: true,
+            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+        buffering.withLock { $0 = fixture.engine.buffering }
+        let padding = String(repeating: "x", count: 100)
+        for batch in 0..<5 {
+            fixture.insert("INSERT INTO db.a VALUES " + (0..<4).map { "('oops\(batch)-\($0)\(padding)')" }.joined(separator: ","))
+            fixture.insert("INSERT INTO db.t VALUES " + (0..<4).map { "('ok\(batch)-\($0)\(padding)')" }.joined(separator: ","))
+        }
+        #expect(fixture.engine.delivery.queuedBatches == 10)
+        let batchBytes = fixture.engine.buffering.backlogBytes / 10
+        await fixture.drain()
+        #expect(mostInMemory.load(ordering: .relaxed) <= 2 * batchBytes, "at most two batches read back at a time")
+        #expect(fixture.engine.buffering.memoryInUse == 0)
+        #expect(fixture.spool?.undeliveredChunks == 0)
+        let landed = fixture.transport.inserts.filter { $0.statement?.contains("`t`") == true }.map(\.body)
+        #expect(Set(landed).count == 5, "each of t's batches sent until it landed")
+        #expect(fixture.deadLetterFiles.filter { $0.hasSuffix(".data") }.count == 20)
+    }
+
+    /// A parked batch (a helper found it refused whole) that loses a record when its own worker reads it again: the
+    /// refusal was of the whole, so what is left is sent again, not dead-lettered unsent.
+    @Test func aParkedBatchThatLosesARecordSendsWhatIsLeftAgain() async throws {
+        let spoolPath = Mutex<String?>(nil)
+        let damaged = Atomic<Bool>(false)
+        let transport = ScriptedTransport { _, body in
+            // a2 sent whole by the helper: its bad row's record is damaged before its own worker reads it again.
+            if body.contains("oops3") && body.contains("good") && !damaged.exchange(true, ordering: .relaxed),
+                let path = spoolPath.withLock({ $0 })
+            {
+                try? damage(spool: path, where: "oops3", with: "X")
+            }
+            return body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        }
+        let fixture = try EngineFixture(
+            "defaults: { max_rows: 2 }", transport: transport, spool: true,
+            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+        spoolPath.withLock { $0 = fixture.spoolDirectory?.path }
+        fixture.insert("INSERT INTO db.a VALUES ('oops1'),('oops2')")
+        fixture.insert("INSERT INTO db.a VALUES ('oops3')")
+        fixture.insert("INSERT INTO db.a VALUES ('good')")
+        await fixture.drain()
+        let wasDamaged = damaged.load(ordering: .relaxed)
+        #expect(wasDamaged)
+        #expect(fixture.transport.inserts.map(\.body).last == "('good')", "\(fixture.transport.inserts.map(\.body))")
+        #expect(fixture.deadLetterFiles.filter { $0.hasSuffix(".data") }.count == 2, "a1's two rows only")
+        let text = String(decoding: fixture.engine.prometheusText(), as: UTF8.self)
+        #expect(text.contains("batchhouse_spool_corruptions_total 1"))
+        #expect(fixture.spool?.undeliveredChunks == 0)
     }
 
     @Test func anAttemptWhoseOutcomeCouldNotBeToldStaysInDoubtWhenItIsDeferred() async throws {

@@ -497,7 +497,7 @@ import Testing
         #expect(delivery.queuedBatches == 0)
     }
 
-    /// A helping send that ClickHouse refuses whole goes back to the queue for a worker of its own to split,
+    /// A helping send that ClickHouse refuses whole is parked for a worker of its own to split,
     /// instead of being split in full by the helper (which then helps nobody): a batch of another table that comes
     /// meanwhile goes at the splitting worker's next help.
     @Test func aHelpedBatchRefusedWholeIsSplitByAWorkerOfItsOwn() async throws {
@@ -518,7 +518,7 @@ import Testing
         await fixture.engine.delivery.run()
 
         let tables = Self.tables(fixture)
-        // a1 whole, a2 whole (helping; put back), a1's first half, then b at the next help.
+        // a1 whole, a2 whole (helping; parked), a1's first half, then b at the next help.
         #expect(tables.prefix(4) == ["a", "a", "a", "b"], "\(tables)")
         #expect(tables.filter { $0 == "a" }.count == 62, "31 inserts per batch of 16 bad rows, a2's whole sent once")
         #expect(try Self.deadLetters(fixture).count == 32)
