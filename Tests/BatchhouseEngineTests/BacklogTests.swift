@@ -46,6 +46,33 @@ private func damage(spool: String, where text: String, with replacement: Charact
 }
 
 @Suite struct BacklogTests {
+    /// Four rows of about 100 bytes, tagged `tag`: `('tag-0xxx...'),...`.
+    static func paddedRows(_ tag: String) -> String {
+        let padding = String(repeating: "x", count: 100)
+        return (0..<4).map { "('\(tag)-\($0)\(padding)')" }.joined(separator: ",")
+    }
+
+    /// Sends the ten batches `insert` makes (4 rows each) through one worker and a spool, answered by `reply`. Returns
+    /// the most bytes read back from the spool at once (seen at every request sent), the bytes of one batch, and the
+    /// fixture, drained.
+    static func peakReadBack(
+        _ configuration: String, reply: @escaping @Sendable (String) -> Reply, insert: (EngineFixture) -> Void
+    ) async throws -> (peak: Int, batchBytes: Int, fixture: EngineFixture) {
+        let buffering = Mutex<Buffering?>(nil)
+        let peak = Atomic<Int>(0)
+        let transport = ScriptedTransport { _, body in
+            if let sealed = buffering.withLock({ $0?.sealedBytes }) { peak.max(sealed, ordering: .relaxed) }
+            return reply(body)
+        }
+        let fixture = try EngineFixture(configuration, transport: transport, spool: true, upstream: oneWorkerUpstream)
+        buffering.withLock { $0 = fixture.engine.buffering }
+        insert(fixture)
+        #expect(fixture.engine.delivery.queuedBatches == 10)
+        let batchBytes = fixture.engine.buffering.backlogBytes / 10
+        await fixture.drain()
+        return (peak.load(ordering: .relaxed), batchBytes, fixture)
+    }
+
     @Test func aSealedBatchLeavesMemoryAndIsReadBackWhenItsTurnComes() async throws {
         let transport = ScriptedTransport()
         let fixture = try EngineFixture("defaults: { max_rows: 3 }", transport: transport, spool: true)
@@ -97,7 +124,7 @@ private func damage(spool: String, where text: String, with replacement: Charact
             defaults: { max_rows: 1 }
             tables: { db.low: { priority: 5 }, db.high: { priority: 1 } }
             """, transport: transport, spool: true,
-            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+            upstream: oneWorkerUpstream)
         for id in 0..<50 { fixture.insert("INSERT INTO db.low VALUES (\(id))") }
         fixture.insert("INSERT INTO db.high VALUES (1000)")
         #expect(fixture.engine.delivery.queuedBatches == 51)
@@ -138,17 +165,11 @@ private func damage(spool: String, where text: String, with replacement: Charact
     /// retried: it is retried in place, not put back, so the client of the damaged row is answered too (a put-back
     /// batch used to drop that part, and its client waited for ever).
     @Test func aHelpedBatchWithADamagedRecordIsSettledWholeWhenItMustBeRetried() async throws {
-        let overloadedOnce = Atomic<Bool>(true)
-        let transport = ScriptedTransport { _, body in
-            if body.contains("'oops") { return .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") }
-            if body == "(1)" && overloadedOnce.exchange(false, ordering: .relaxed) {
-                return .error(status: 500, code: 252, message: "Too many parts")
-            }
-            return .ok
-        }
+        let answer = refusingOops(overloadingOnce: "(1)")
+        let transport = ScriptedTransport { _, body in answer(body) }
         let fixture = try EngineFixture(
             "defaults: { max_rows: 2, ack: flushed }", transport: transport, spool: true,
-            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+            upstream: oneWorkerUpstream)
         let answers = Answers()
         fixture.insert("INSERT INTO db.a VALUES ('oops1'),('oops2')")
         fixture.insert("INSERT INTO db.t VALUES (1)", answers: answers)
@@ -166,24 +187,12 @@ private func damage(spool: String, where text: String, with replacement: Charact
     /// back and found refused whole goes back unread, its rows in the spool only. In memory at any insert: the
     /// worker's own batch and the one it is helping with.
     @Test func helpsDoNotPullABacklogOfBadBatchesIntoMemory() async throws {
-        let buffering = Mutex<Buffering?>(nil)
-        let mostInMemory = Atomic<Int>(0)
-        let transport = ScriptedTransport { _, body in
-            if let sealed = buffering.withLock({ $0?.sealedBytes }) { mostInMemory.max(sealed, ordering: .relaxed) }
-            return body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        let (peak, batchBytes, fixture) = try await Self.peakReadBack(
+            "defaults: { max_rows: 4 }", reply: refusingOops()
+        ) { fixture in
+            for batch in 0..<10 { fixture.insert("INSERT INTO db.a VALUES " + Self.paddedRows("oops\(batch)")) }
         }
-        let fixture = try EngineFixture(
-            "defaults: { max_rows: 4 }", transport: transport, spool: true,
-            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
-        buffering.withLock { $0 = fixture.engine.buffering }
-        let padding = String(repeating: "x", count: 100)
-        for batch in 0..<10 {
-            fixture.insert("INSERT INTO db.a VALUES " + (0..<4).map { "('oops\(batch)-\($0)\(padding)')" }.joined(separator: ","))
-        }
-        #expect(fixture.engine.delivery.queuedBatches == 10)
-        let batchBytes = fixture.engine.buffering.backlogBytes / 10
-        await fixture.drain()
-        #expect(mostInMemory.load(ordering: .relaxed) <= 2 * batchBytes, "at most two batches read back at a time")
+        #expect(peak <= 2 * batchBytes, "at most two batches read back at a time")
         #expect(fixture.engine.buffering.memoryInUse == 0)
         #expect(fixture.engine.buffering.backlogBytes == 0)
         #expect(fixture.spool?.undeliveredChunks == 0)
@@ -193,30 +202,24 @@ private func damage(spool: String, where text: String, with replacement: Charact
     /// The same bound when the batches helpers send must be retried (ClickHouse overloaded once for each): each goes
     /// back to the queue unread, not with its rows in memory.
     @Test func helpsThatMustBeRetriedDoNotPullABacklogIntoMemory() async throws {
-        let buffering = Mutex<Buffering?>(nil)
-        let mostInMemory = Atomic<Int>(0)
-        let refusedOnce = Mutex<Set<String>>([])
-        let transport = ScriptedTransport { _, body in
-            if let sealed = buffering.withLock({ $0?.sealedBytes }) { mostInMemory.max(sealed, ordering: .relaxed) }
-            if body.contains("'oops") { return .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") }
-            if refusedOnce.withLock({ $0.insert(body).inserted }) {
-                return .error(status: 500, code: 252, message: "Too many parts")
+        let sentBefore = Mutex<Set<String>>([])
+        let (peak, batchBytes, fixture) = try await Self.peakReadBack(
+            "defaults: { max_rows: 4, retry_backoff: 1ms }",
+            reply: { body in
+                if let refusal = oopsRefusal(body) { return refusal }
+                // Each of t's batches: overloaded the first time it is sent.
+                if sentBefore.withLock({ $0.insert(body).inserted }) {
+                    return .error(status: 500, code: 252, message: "Too many parts")
+                }
+                return .ok
             }
-            return .ok
+        ) { fixture in
+            for batch in 0..<5 {
+                fixture.insert("INSERT INTO db.a VALUES " + Self.paddedRows("oops\(batch)"))
+                fixture.insert("INSERT INTO db.t VALUES " + Self.paddedRows("ok\(batch)"))
+            }
         }
-        let fixture = try EngineFixture(
-            "defaults: { max_rows: 4, retry_backoff: 1ms }", transport: transport, spool: true,
-            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
-        buffering.withLock { $0 = fixture.engine.buffering }
-        let padding = String(repeating: "x", count: 100)
-        for batch in 0..<5 {
-            fixture.insert("INSERT INTO db.a VALUES " + (0..<4).map { "('oops\(batch)-\($0)\(padding)')" }.joined(separator: ","))
-            fixture.insert("INSERT INTO db.t VALUES " + (0..<4).map { "('ok\(batch)-\($0)\(padding)')" }.joined(separator: ","))
-        }
-        #expect(fixture.engine.delivery.queuedBatches == 10)
-        let batchBytes = fixture.engine.buffering.backlogBytes / 10
-        await fixture.drain()
-        #expect(mostInMemory.load(ordering: .relaxed) <= 2 * batchBytes, "at most two batches read back at a time")
+        #expect(peak <= 2 * batchBytes, "at most two batches read back at a time")
         #expect(fixture.engine.buffering.memoryInUse == 0)
         #expect(fixture.spool?.undeliveredChunks == 0)
         let landed = fixture.transport.inserts.filter { $0.statement?.contains("`t`") == true }.map(\.body)
@@ -236,11 +239,11 @@ private func damage(spool: String, where text: String, with replacement: Charact
             {
                 try? damage(spool: path, where: "oops3", with: "X")
             }
-            return body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+            return oopsRefusal(body) ?? .ok
         }
         let fixture = try EngineFixture(
             "defaults: { max_rows: 2 }", transport: transport, spool: true,
-            upstream: "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }")
+            upstream: oneWorkerUpstream)
         spoolPath.withLock { $0 = fixture.spoolDirectory?.path }
         fixture.insert("INSERT INTO db.a VALUES ('oops1'),('oops2')")
         fixture.insert("INSERT INTO db.a VALUES ('oops3')")

@@ -421,13 +421,8 @@ import Testing
 
     /// A one-worker fixture whose upstream refuses, for their data, the batches holding an `'oops` row.
     static func oneWorkerRefusingOops() throws -> EngineFixture {
-        try EngineFixture(
-            transport: ScriptedTransport { _, body in Self.refusingOops(body) },
-            upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
-    }
-
-    static func refusingOops(_ body: String) -> Reply {
-        body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : .ok
+        let answer = refusingOops()
+        return try EngineFixture(transport: ScriptedTransport { _, body in answer(body) }, upstream: oneWorkerUpstream)
     }
 
     /// The table of each insert sent, in order.
@@ -508,7 +503,7 @@ import Testing
             if body.contains("oops2-0") && body.contains("oops2-15") && !arrived.exchange(true, ordering: .relaxed) {
                 delivery.withLock { $0 }?.submit(valuesBatch(id: 3, table: "b", rows: 1))
             }
-            return Self.refusingOops(body)
+            return oopsRefusal(body) ?? .ok
         }
         let fixture = try EngineFixture(
             transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
@@ -578,16 +573,8 @@ import Testing
     /// A waiting batch that must be retried is not retried in place by a worker that is splitting: it goes back to
     /// the queue, the split goes on without more help, and the batch lands once afterwards.
     @Test func aHelpedBatchThatMustBeRetriedGoesBackToTheQueue() async throws {
-        let overloadedOnce = Atomic<Bool>(true)
-        let transport = ScriptedTransport { _, body in
-            if body.contains("'oops") { return .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") }
-            if body == "(1)" && overloadedOnce.exchange(false, ordering: .relaxed) {
-                return .error(status: 500, code: 252, message: "Too many parts")
-            }
-            return .ok
-        }
-        let fixture = try EngineFixture(
-            transport: transport, upstream: Self.upstream("compression: none, max_concurrent_flushes: 1"))
+        let answer = refusingOops(overloadingOnce: "(1)")
+        let fixture = try EngineFixture(transport: ScriptedTransport { _, body in answer(body) }, upstream: oneWorkerUpstream)
         let delivery = fixture.engine.delivery
         let bad = (0..<4).map { "('oops\($0)')" }
         delivery.submit([

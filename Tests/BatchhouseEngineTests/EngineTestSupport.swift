@@ -44,6 +44,28 @@ enum Reply: Sendable {
     case failure(UpstreamError.Kind)
 }
 
+/// One upstream, bodies sent as they are, one delivery worker: batches go in queue order, one at a time.
+let oneWorkerUpstream = "{ servers: [\"http://upstream.test:8123\"], compression: none, max_concurrent_flushes: 1 }"
+
+/// How an upstream answers a body holding an `'oops` row: refused for its data (a parse error). Nil for other
+/// bodies.
+func oopsRefusal(_ body: String) -> Reply? {
+    body.contains("'oops") ? .error(status: 500, code: 53, message: "Cannot parse input: 'oops'") : nil
+}
+
+/// Answers for an upstream that refuses the bodies holding an `'oops` row for their data, answers `overloaded`
+/// with TOO_MANY_PARTS the first time it is sent, and takes the rest.
+func refusingOops(overloadingOnce overloaded: String? = nil) -> @Sendable (String) -> Reply {
+    let first = Atomic<Bool>(true)
+    return { body in
+        if let refusal = oopsRefusal(body) { return refusal }
+        if body == overloaded && first.exchange(false, ordering: .relaxed) {
+            return .error(status: 500, code: 252, message: "Too many parts")
+        }
+        return .ok
+    }
+}
+
 /// An upstream transport that answers from a script and records every request (bodies in plain text: the
 /// engines here use `compression: none`).
 final class ScriptedTransport: UpstreamTransport {
