@@ -180,7 +180,8 @@ package final class BatchhouseEngine: Sendable {
             } else {
                 var wait = Duration.seconds(1)
                 asking: while true {
-                    switch await gateway.queryOutcome(queryID: doubt.queryID, identity: identity) {
+                    // Sent before this process started: a ClickHouse that started after the proxy did is seen restarted.
+                    switch await gateway.queryOutcome(queryID: doubt.queryID, identity: identity, firstSent: startedAt) {
                     case .finished:
                         outcome = .landed
                         break asking
@@ -192,7 +193,10 @@ package final class BatchhouseEngine: Sendable {
                         note += "; \(reason.prefix(200))"
                         logger.warning(
                             "cannot tell whether a batch sent before the restart landed; sending it again (at least once)",
-                            metadata: ["query_id": "\(doubt.queryID)", "reason": "\(reason.prefix(300))"])
+                            metadata: [
+                                "table": "\(chunks[0].key.qualifiedTable)", "rows": "\(chunks.reduce(0) { $0 + $1.rows })",
+                                "query_id": "\(doubt.queryID)", "reason": "\(reason.prefix(300))",
+                            ])
                         break asking
                     case .running:
                         if delivery.isClosed {

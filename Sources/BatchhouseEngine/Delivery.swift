@@ -426,7 +426,7 @@ package final class Delivery: Sendable {
         var mayHaveLanded = false
         while true {
             if unsure, let queryID = part.queryID {
-                switch await settledUpstream(queryID: queryID, part: part) {
+                switch await settledUpstream(queryID: queryID, part: part, firstSent: started) {
                 case .finished:
                     settlement.landed(
                         part, whole: part.id < Self.firstPartID, attempts: attempt, elapsed: clock.now() - started)
@@ -507,9 +507,9 @@ extension Delivery {
     }
 
     /// Whether the query sent for `part` finished upstream; waits while it still runs.
-    fileprivate func settledUpstream(queryID: String, part: SealedBatch) async -> UpstreamKnowledge {
+    fileprivate func settledUpstream(queryID: String, part: SealedBatch, firstSent: Instant) async -> UpstreamKnowledge {
         while true {
-            switch await gateway.queryOutcome(queryID: queryID, identity: part.key.identity) {
+            switch await gateway.queryOutcome(queryID: queryID, identity: part.key.identity, firstSent: firstSent) {
             case .finished:
                 settlement.foundFinished(part, queryID: queryID)
                 return .finished

@@ -172,7 +172,7 @@ package final class Settlement: Sendable {
         logger.warning(
             "cannot tell whether a batch without an answer landed; sending it again (at least once)",
             metadata: [
-                "table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "query_id": "\(queryID)",
+                "table": "\(part.key.qualifiedTable)", "batch": "\(part.id)", "rows": "\(part.rows)", "query_id": "\(queryID)",
                 "reason": "\(reason.prefix(300))",
             ])
     }

@@ -278,7 +278,8 @@ package final class UpstreamGateway: Sendable {
         case failed
         /// Still in `system.processes`: wait for it.
         case running
-        /// Neither logged nor running: it never arrived, or its server stopped before finishing it.
+        /// Neither logged nor running: it never arrived, or its server stopped before finishing it. Only said of a
+        /// server that has been up since the query was first sent, so its log cannot have lost the query.
         case absent
         /// It cannot be told: no `system.query_log`, or this identity may not read it.
         case unknown(String)
@@ -289,7 +290,12 @@ package final class UpstreamGateway: Sendable {
     /// Asks every server (a batch may have gone to any of them) whether the query `queryID` finished: `SYSTEM FLUSH
     /// LOGS` first (or, where the identity may not run it, a wait of 8 s for the log's own 7.5 s flush), then
     /// `system.query_log`, then `system.processes` (docs/spool-and-acks.md, "Exactly once").
-    package func queryOutcome(queryID: String, identity: ClientIdentity) async -> QueryOutcome {
+    ///
+    /// `firstSent` is when the query was first sent, or a later instant when that is not known (a batch from before
+    /// a restart of the proxy: then a restart of ClickHouse between the two goes unseen). A server that started
+    /// since then may have committed the rows and died before its log was written: its silence says nothing, and
+    /// the answer is `unknown` instead of `absent` or `failed`.
+    package func queryOutcome(queryID: String, identity: ClientIdentity, firstSent: Instant) async -> QueryOutcome {
         let upstream = self.upstream
         let servers = pool.withLock { $0.servers.map(\.url) }
         let quoted = "'" + queryID.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
@@ -362,6 +368,27 @@ package final class UpstreamGateway: Sendable {
             if let answer = await running() {
                 answers.append(answer)
                 continue
+            }
+            // A log kept since the query was sent is the whole story; one that began later may lack its end.
+            switch await run("SELECT uptime() FORMAT TSV") {
+            case .failure(let error):
+                answers.append(.unreachable("\(error.kind) at \(redacted(server)): \(error.message)"))
+                continue
+            case .success(let uptime):
+                let elapsed = (clock.now() - firstSent).seconds
+                guard uptime.status == 200, uptime.code == nil,
+                    let seconds = Double(uptime.text.trimmingCharacters(in: .whitespacesAndNewlines))
+                else {
+                    answers.append(.unknown("uptime() cannot be read on \(redacted(server))"))
+                    continue
+                }
+                // uptime() counts whole seconds: within a second of the first send counts as a restart since.
+                if seconds < elapsed + 1 {
+                    answers.append(.unknown(
+                        "\(redacted(server)) restarted \(Int(seconds)) s ago, after the query was sent \(Int(elapsed)) s ago; "
+                            + "its query log may have lost it"))
+                    continue
+                }
             }
             let failed = types.contains { ["ExceptionWhileProcessing", "ExceptionBeforeStart", "3", "4"].contains($0) }
             answers.append(failed ? .failed : .absent)

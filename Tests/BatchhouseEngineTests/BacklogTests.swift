@@ -8,10 +8,12 @@ import Testing
 @testable import BatchhouseEngine
 
 /// An upstream that answers the questions the engine asks about earlier queries (`SYSTEM FLUSH LOGS`,
-/// `system.query_log`, `system.processes`) from `log`, and inserts from `insert`.
+/// `system.query_log`, `system.processes`, `uptime()`: up for a day unless told) from `log`, and inserts from
+/// `insert`.
 private func upstream(
     log: @escaping @Sendable (_ queryID: String) -> Reply = { _ in .status(200, body: "") },
     processes: @escaping @Sendable () -> Reply = { .status(200, body: "0\n") },
+    uptime: @escaping @Sendable () -> Reply = { .status(200, body: "86400\n") },
     insert: @escaping @Sendable (_ index: Int) -> Reply = { _ in .ok }
 ) -> ScriptedTransport {
     let inserts = Atomic<Int>(0)
@@ -23,6 +25,7 @@ private func upstream(
             return log(queryID)
         }
         if statement.contains("system.processes") { return processes() }
+        if statement.hasPrefix("SELECT uptime()") { return uptime() }
         return insert(inserts.add(1, ordering: .relaxed).oldValue)
     })
 }
@@ -291,16 +294,27 @@ private func damage(spool: String, where text: String, with replacement: Charact
         #expect(fixture.spool?.undeliveredChunks == 0)
     }
 
-    @Test func anAttemptWithoutAnAnswerIsSentAgainUnderTheSameIDWhenItsQueryDidNotFinish() async throws {
-        let transport = upstream(log: { _ in .status(200, body: "") }, insert: { index in
-            index == 0 ? .failure(.transport) : .ok
-        })
+    /// An attempt without an answer whose query the log does not know is sent again under the same id. From a server
+    /// up since the attempt that silence is an answer. From one that restarted since (ClickHouse SIGKILLed between
+    /// committing the batch and logging it) it proves nothing, and the batch counts as sent again at least once.
+    @Test(arguments: [("86400", false), ("0", true)])
+    func anAttemptWithoutAnAnswerIsSentAgainUnderTheSameIDWhenItsQueryDidNotFinish(uptime: String, restarted: Bool)
+        async throws
+    {
+        let transport = upstream(log: { _ in .status(200, body: "") }, uptime: { .status(200, body: uptime + "\n") }) {
+            index in index == 0 ? .failure(.transport) : .ok
+        }
         let fixture = try EngineFixture(transport: transport, spool: true)
         fixture.insert("INSERT INTO db.t VALUES (1)")
         await fixture.drain()
         #expect(transport.inserts.count == 2)
         #expect(Set(transport.inserts.map { $0.parameter("query_id") }).count == 1, "the same query id")
         #expect(transport.requests.contains { $0.statement?.contains("system.processes") == true })
+        #expect(transport.requests.contains { $0.statement?.hasPrefix("SELECT uptime()") == true })
+        let text = String(decoding: fixture.engine.prometheusText(), as: UTF8.self)
+        let unknown = "batchhouse_unanswered_attempts_settled_total{outcome=\"unknown\"} 1"
+        #expect(text.contains(unknown) == restarted, "\(text)")
+        #expect(fixture.spool?.undeliveredChunks == 0)
     }
 
     /// ClickHouse stopped with SIGTERM: it commits the insert in flight, hangs up unanswered, and is down for a
@@ -383,6 +397,19 @@ private func damage(spool: String, where text: String, with replacement: Charact
         #expect(transport.inserts.map(\.body) == ["(1),(2)"])
         let text = String(decoding: restarted.engine.prometheusText(), as: UTF8.self)
         #expect(text.contains("batchhouse_in_doubt_batches_total{outcome=\"at_least_once\"} 1"))
+        restarted.spool?.close()
+    }
+
+    @Test func aBatchInDoubtOnAClickHouseThatRestartedSinceIsSentAgainAtLeastOnce() async throws {
+        let directory = TemporaryDirectory()
+        _ = try await crashedWithABatchInDoubt(directory)
+        let transport = upstream(log: { _ in .status(200, body: "") }, uptime: { .status(200, body: "0\n") })
+        let restarted = try EngineFixture(transport: transport, spoolDirectory: directory)
+        await restarted.engine.settleInDoubt()
+        await restarted.drain()
+        #expect(transport.inserts.map(\.body) == ["(1),(2)"])
+        let text = String(decoding: restarted.engine.prometheusText(), as: UTF8.self)
+        #expect(text.contains("batchhouse_in_doubt_batches_total{outcome=\"at_least_once\"} 1"), "\(text)")
         restarted.spool?.close()
     }
 
