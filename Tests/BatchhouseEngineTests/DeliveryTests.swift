@@ -601,7 +601,9 @@ import Testing
         let delivery = fixture.engine.delivery
         let clock = fixture.clock
         let attempt = Task { await delivery.deliver(valuesBatch(rows: 2)) }
-        #expect(await Self.eventually { clock.sleeps.count >= 10 }, "still retrying after 3 retries")
+        // A generous bound: each retry hops through the cooperative pool several times, and the whole suite shares it
+        // (once 30 s were not enough there).
+        #expect(await Self.eventually(timeout: .seconds(120)) { clock.sleeps.count >= 10 }, "still retrying after 3 retries")
         delivery.close()
         let report = await attempt.value
 
