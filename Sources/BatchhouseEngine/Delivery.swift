@@ -424,16 +424,21 @@ package final class Delivery: Sendable {
         var unsure = false
         // Some attempt may have landed and no answer since says it did not: a deferral must leave the batch in doubt.
         var mayHaveLanded = false
+        // When the first of those attempts went out: a server that started after it may have lost its log entry.
+        var firstUnanswered: Instant?
         while true {
             if unsure, let queryID = part.queryID {
-                switch await settledUpstream(queryID: queryID, part: part, firstSent: started) {
+                switch await settledUpstream(queryID: queryID, part: part, firstSent: firstUnanswered ?? started) {
                 case .finished:
                     settlement.landed(
                         part, whole: part.id < Self.firstPartID, attempts: attempt, elapsed: clock.now() - started)
                     return .landed
                 case .send(let definitive):
                     unsure = false
-                    if definitive { mayHaveLanded = false }
+                    if definitive {
+                        mayHaveLanded = false
+                        firstUnanswered = nil
+                    }
                 case .unreachable:
                     // Sending now could land the rows a second time: wait until the question can be answered.
                     if isClosed { return .deferred(lastError, mayHaveLanded: true) }
@@ -457,6 +462,7 @@ package final class Delivery: Sendable {
             if spool != nil, case .failure(let error) = result, error.kind == .timeout || error.kind == .transport {
                 unsure = true
                 mayHaveLanded = true
+                if firstUnanswered == nil { firstUnanswered = attemptStarted }
             }
             let decision = policy.decide(answer, attempt: attempt, closing: isClosed, jitter: jitter())
             switch (decision, result) {

@@ -291,8 +291,9 @@ package final class UpstreamGateway: Sendable {
     /// LOGS` first (or, where the identity may not run it, a wait of 8 s for the log's own 7.5 s flush), then
     /// `system.query_log`, then `system.processes` (docs/spool-and-acks.md, "Exactly once").
     ///
-    /// `firstSent` is when the query was first sent, or a later instant when that is not known (a batch from before
-    /// a restart of the proxy: then a restart of ClickHouse between the two goes unseen). A server that started
+    /// `firstSent` is when the first attempt that may have landed was sent (no answer came back), or a later instant
+    /// when that is not known (a batch from before a restart of the proxy: then a restart of ClickHouse between the
+    /// two goes unseen). A server that started
     /// since then may have committed the rows and died before its log was written: its silence says nothing, and
     /// the answer is `unknown` instead of `absent` or `failed`.
     package func queryOutcome(queryID: String, identity: ClientIdentity, firstSent: Instant) async -> QueryOutcome {
@@ -358,7 +359,9 @@ package final class UpstreamGateway: Sendable {
                 continue
             }
             guard log.code == nil, log.status == 200 else {
-                let reason = log.text.prefix(300).trimmingCharacters(in: .whitespacesAndNewlines)
+                // One line, so that the log line it goes into stays one.
+                let reason = log.text.prefix(300).split(whereSeparator: \.isNewline).joined(separator: " ")
+                    .trimmingCharacters(in: .whitespaces)
                 answers.append(.unknown("system.query_log cannot be read on \(redacted(server)): \(reason)"))
                 continue
             }
@@ -373,6 +376,9 @@ package final class UpstreamGateway: Sendable {
             switch await run("SELECT uptime() FORMAT TSV") {
             case .failure(let error):
                 answers.append(.unreachable("\(error.kind) at \(redacted(server)): \(error.message)"))
+                continue
+            case .success(let uptime) where uptime.status >= 500 && uptime.code == nil:
+                answers.append(.unreachable("HTTP \(uptime.status) from \(redacted(server))"))
                 continue
             case .success(let uptime):
                 let elapsed = (clock.now() - firstSent).seconds

@@ -317,6 +317,23 @@ private func damage(spool: String, where text: String, with replacement: Charact
         #expect(fixture.spool?.undeliveredChunks == 0)
     }
 
+    /// Refused connections say the rows did not land, so a server restart during them is no reason to doubt: only a
+    /// restart after the first attempt without an answer is.
+    @Test func aRestartBeforeTheFirstAttemptWithoutAnAnswerLeavesTheLogsSilenceAnAnswer() async throws {
+        // Refused at 0 s and 0.5 s, a timeout at 1.5 s, asked at 3.5 s (backoffs 0.5, 1 and 2 s): up for 4 s, so it
+        // started after the first refusal but before the timeout.
+        let transport = upstream(log: { _ in .status(200, body: "") }, uptime: { .status(200, body: "4\n") }) {
+            index in index < 2 ? .failure(.connect) : index == 2 ? .failure(.timeout) : .ok
+        }
+        let fixture = try EngineFixture("defaults: { retry_backoff: 1s }", transport: transport, spool: true)
+        fixture.insert("INSERT INTO db.t VALUES (1)")
+        await fixture.drain()
+        #expect(transport.inserts.count == 4)
+        #expect(fixture.clock.sleeps.map(DeliveryTests.ms) == [500, 1000, 2000])
+        let text = String(decoding: fixture.engine.prometheusText(), as: UTF8.self)
+        #expect(!text.contains("batchhouse_unanswered_attempts_settled_total{outcome=\"unknown\"}"), "\(text)")
+    }
+
     /// ClickHouse stopped with SIGTERM: it commits the insert in flight, hangs up unanswered, and is down for a
     /// while. Not being able to ask is not "cannot be told": the batch waits for an answer instead of going again.
     @Test func anAttemptWithoutAnAnswerWaitsWhileNoServerCanBeAsked() async throws {
