@@ -281,7 +281,8 @@ package final class UpstreamGateway: Sendable {
         /// Neither logged nor running: it never arrived, or its server stopped before finishing it. Only said of a
         /// server that has been up since the query was first sent, so its log cannot have lost the query.
         case absent
-        /// It cannot be told: no `system.query_log`, or this identity may not read it.
+        /// It cannot be told: no `system.query_log`, this identity may not read it, or the server restarted since the
+        /// query was sent.
         case unknown(String)
         /// No server answered.
         case unreachable(String)
@@ -293,9 +294,8 @@ package final class UpstreamGateway: Sendable {
     ///
     /// `firstSent` is when the first attempt that may have landed was sent (no answer came back), or a later instant
     /// when that is not known (a batch from before a restart of the proxy: then a restart of ClickHouse between the
-    /// two goes unseen). A server that started
-    /// since then may have committed the rows and died before its log was written: its silence says nothing, and
-    /// the answer is `unknown` instead of `absent` or `failed`.
+    /// two goes unseen). A server that started since then may have committed the rows and died before its log was
+    /// written: its silence says nothing, and the answer is `unknown` instead of `absent` or `failed`.
     package func queryOutcome(queryID: String, identity: ClientIdentity, firstSent: Instant) async -> QueryOutcome {
         let upstream = self.upstream
         let servers = pool.withLock { $0.servers.map(\.url) }
