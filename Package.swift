@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // Already in the graph through swift-nio: atomics at a pointer, for the per-thread request counters.
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
         // Tests only: property-based checks with seeds and shrinking (Tests/BatchhouseSpoolTests/SpoolModelTests.swift).
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
@@ -49,6 +51,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 // HMAC-SHA256 for identity tags and the credential cache (docs/credentials.md).
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         .target(

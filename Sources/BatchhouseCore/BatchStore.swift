@@ -239,6 +239,8 @@ public struct BatchStore: Sendable {
     static let adaptiveIdleLimit: Duration = .seconds(600)
 
     private var open: [BatchKey: OpenBatch] = [:]
+    /// Rows and row bytes of the batches sealed so far, per `db.table` (`receivedByTable`).
+    private var sealedByTable: [String: (rows: Int, bytes: Int)] = [:]
     /// The open batches holding rows of each identity (the key's, or a contributor's in service-account mode), for
     /// a read that must seal them (`seal(holding:)`). Changed when a batch opens, gains a contributor or is sealed:
     /// once per batch, never per request.
@@ -383,6 +385,23 @@ public struct BatchStore: Sendable {
         return sealed.sorted { $0.id < $1.id }
     }
 
+    /// Rows and row bytes each `db.table` has received: those of the batches sealed so far and those still open.
+    /// Counted per batch when it is sealed, never per request; a row moves from open to sealed under the same
+    /// lock, so the figures only grow.
+    public func receivedByTable() -> [String: (rows: Int, bytes: Int)] {
+        var result = sealedByTable
+        for (key, batch) in open {
+            let current = result[key.qualifiedTable] ?? (0, 0)
+            result[key.qualifiedTable] = (current.rows + batch.buffer.rows, current.bytes + batch.buffer.rowBytes)
+        }
+        return result
+    }
+
+    private mutating func countSealed(table: String, rows: Int, bytes: Int) {
+        let current = sealedByTable[table] ?? (0, 0)
+        sealedByTable[table] = (current.rows + rows, current.bytes + bytes)
+    }
+
     /// Buffered rows and bytes per `db.table`, for gauges.
     public func bufferedByTable() -> [String: (rows: Int, bytes: Int)] {
         var result: [String: (rows: Int, bytes: Int)] = [:]
@@ -448,6 +467,7 @@ public struct BatchStore: Sendable {
     ) -> SealedBatch {
         var buffer = BatchBuffer(format: key.format, header: key.header, reservingCapacity: chunk.count + 1)
         buffer.append(chunk, rows: rows, endsWithNewline: endsWithNewline, token: token, spoolChunk: spoolChunk)
+        countSealed(table: key.qualifiedTable, rows: rows, bytes: buffer.rowBytes)
         defer { nextID += 1 }
         return SealedBatch(
             id: nextID, key: key, rule: rule, data: buffer.data, rows: rows, requests: 1,
@@ -463,6 +483,7 @@ public struct BatchStore: Sendable {
         }
         bufferedRows -= batch.buffer.rows
         bufferedBytes -= batch.buffer.rowBytes
+        countSealed(table: key.qualifiedTable, rows: batch.buffer.rows, bytes: batch.buffer.rowBytes)
         defer { nextID += 1 }
         var sealed = SealedBatch(
             id: nextID, key: key, rule: batch.rule, data: batch.buffer.data, rows: batch.buffer.rows,

@@ -346,6 +346,11 @@ package final class BatchhouseEngine: Sendable {
         package var spoolBytes: Int
         package var uptime: Duration
         package var totals: BatchhouseMetrics.Totals
+        /// The per-thread request counters, summed.
+        package var requests: BatchhouseMetrics.RequestFigures
+        /// Client connections open now.
+        package var connections: Int
+        package var startTimeUnix: Double
     }
 
     package func status() -> Status {
@@ -354,11 +359,19 @@ package final class BatchhouseEngine: Sendable {
             bufferedRows: buffering.bufferedRows, bufferedBytes: buffering.bufferedBytes,
             queuedBytes: buffering.sealedBytes, backlogBytes: buffering.backlogBytes,
             memoryInUse: buffering.memoryInUse, spoolBytes: spool?.sizeBytes ?? 0, uptime: clock.now() - startedAt,
-            totals: metrics.snapshot)
+            totals: metrics.snapshot, requests: metrics.requestFigures, connections: metrics.connectionsOpenCount,
+            startTimeUnix: metrics.startTimeUnix)
     }
 
-    /// Prometheus text, with the gauges that are read at scrape time brought up to date.
-    package func prometheusText() -> [UInt8] {
+    /// Prometheus text, with the gauges that are read at scrape time brought up to date. `health`: the status
+    /// `/health` answers now (it depends on the server's state too); nil leaves it out.
+    package func prometheusText(health: String? = nil) -> [UInt8] {
+        if let health { metrics.updateHealth(health) }
+        metrics.updateUpstreams(gateway.serverStates().map { ($0.url, $0.state, $0.healthy) })
+        metrics.updateReceived(buffering.receivedByTable())
+        metrics.updateLimits(
+            memoryInUse: buffering.memoryInUse, memoryLimit: buffering.limit,
+            spoolMaxBytes: spool?.maxSize)
         metrics.setQueueBytes(buffering.sealedBytes)
         metrics.setBacklog(bytes: buffering.backlogBytes, batches: delivery.queuedBatches)
         metrics.setReceivingBytes(buffering.incomingBytes)

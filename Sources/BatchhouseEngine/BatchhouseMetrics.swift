@@ -1,5 +1,6 @@
 import BatchhouseCore
 import BatchhouseSpool
+import Foundation
 import Prometheus
 import Synchronization
 
@@ -19,13 +20,26 @@ package final class BatchhouseMetrics: Sendable {
         package var failedBatches = 0
         package var flushLatencySeconds = 0.0
         package var lastFlushUnixSeconds: Double?
-        package var rowsReceived = 0
-        package var bytesReceived = 0
+    }
+
+    /// What the per-thread counters add up to (`ThreadCounters`), for the JSON view.
+    package struct RequestFigures: Sendable {
+        /// Requests by kind.
+        package var requests: [RequestKind: Int] = [:]
+        /// Requests answered with an error, by reason.
+        package var refused: [RefusalReason: Int] = [:]
+        /// INSERTs answered with an ack, and the seconds their answers took.
+        package var answered = 0
+        package var answerSeconds = 0.0
+
+        /// Every request but those of the local endpoints: what the JSON view calls an event.
+        package var events: Int { requests.filter { $0.key != .local }.values.reduce(0, +) }
+        package var errors: Int { refused.values.reduce(0, +) }
     }
 
     package let registry = PrometheusCollectorRegistry()
-    private let requests: [RequestKind: Counter]
-    private let flushDuration: DurationHistogram
+    /// Requests, refusals and answer latency: moved by every request, so kept per thread (`ThreadCounters`).
+    private let threadCounters = ThreadCounterBlocks()
     private let retries: Counter
     private let queueBytes: Gauge
     private let configReloads: Counter
@@ -43,11 +57,12 @@ package final class BatchhouseMetrics: Sendable {
     private let perTable = Mutex<[String: TableCounters]>([:])
     private let bufferedTables = Mutex<Set<String>>([])
     private let totals = Mutex(Totals())
-    /// Received rows and bytes change on every request, from every event loop: atomics, not the `totals` lock.
-    private let rowsReceivedTotal = Atomic<Int>(0)
-    private let bytesReceivedTotal = Atomic<Int>(0)
+    /// Rows and bytes received per table at the last scrape (`updateReceived`), so each scrape adds the growth.
+    private let receivedAtLastScrape = Mutex<[String: (rows: Int, bytes: Int)]>([:])
     /// The spool's counters at the last scrape, so each scrape adds what they grew by.
     private let spoolCounters = Mutex<[String: Int]>([:])
+    /// Wall-clock seconds since 1970 when these metrics were made (the proxy's start).
+    package let startTimeUnix: Double
 
     struct TableCounters: Sendable {
         var rowsReceived: Counter
@@ -57,31 +72,34 @@ package final class BatchhouseMetrics: Sendable {
         var flushFailures: Counter
         var rowsDeadLettered: Counter
         var rowsSampledOut: Counter
+        var flushDuration: DurationHistogram
+        var batchRows: ValueHistogram
+        var batchBytes: ValueHistogram
+        var timeInBuffer: DurationHistogram
     }
+
+    /// Buckets of `batchhouse_flush_duration_seconds`.
+    static let flushDurationBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+        .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5),
+        .seconds(10), .seconds(30),
+    ]
+    /// Buckets of `batchhouse_time_in_buffer_seconds`: up to the longest `max_delay` anyone sets, and a backlog's waits.
+    static let timeInBufferBuckets: [Duration] = [
+        .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+        .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30),
+        .seconds(60), .seconds(120), .seconds(300),
+    ]
+    static let batchRowsBuckets: [Double] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000]
+    /// Powers of 4 from 1 KiB to 256 MiB.
+    static let batchBytesBuckets: [Double] = (0..<10).map { Double(1024 << (2 * $0)) }
 
     /// The `kind` labels of `batchhouse_timeouts_total`.
     package static let timeoutKinds = ["header", "body", "request", "idle"]
 
-    package init() {
-        var requests: [RequestKind: Counter] = [:]
-        for kind in RequestKind.allCases {
-            requests[kind] = registry.makeCounter(
-                descriptor: .init(
-                    namespace: "batchhouse", metricName: "requests", unitName: "total",
-                    helpText: "HTTP requests by kind: batched_insert, immediate_insert, passthrough, local, rejected"),
-                labels: [("kind", kind.rawValue)])
-        }
-        self.requests = requests
-        flushDuration = registry.makeDurationHistogram(
-            descriptor: .init(
-                namespace: "batchhouse", metricName: "flush_duration", unitName: "seconds",
-                helpText: "Time from a batch's first upstream attempt to its outcome, retries included"),
-            labels: [],
-            buckets: [
-                .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
-                .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5),
-                .seconds(10), .seconds(30),
-            ])
+    /// `startTimeUnix`: the wall clock at the proxy's start (tests pass their own).
+    package init(startTimeUnix: Double = Date().timeIntervalSince1970) {
+        self.startTimeUnix = startTimeUnix
         retries = registry.makeCounter(
             descriptor: .init(
                 namespace: "batchhouse", metricName: "upstream_retries", unitName: "total",
@@ -169,8 +187,36 @@ package final class BatchhouseMetrics: Sendable {
 
     package func setReceivingBytes(_ bytes: Int) { receivingBytes.set(Double(bytes)) }
 
+    /// Counted on the calling thread's own block: no lock, no lookup (`ThreadCounters`).
+    @inline(__always)
     package func request(_ kind: RequestKind) {
-        requests[kind]?.increment()
+        threadCounters.current().request(kind)
+    }
+
+    /// A request answered with an error of the proxy's own, or with ClickHouse's refusal of rows it waited for.
+    @inline(__always)
+    package func refused(_ reason: RefusalReason) {
+        threadCounters.current().refused(reason)
+    }
+
+    /// An INSERT the proxy took in was answered with `ack` after `nanoseconds` (from its head to the answer).
+    @inline(__always)
+    package func answered(ack: ThreadCounters.LatencyAck, nanoseconds: Int64) {
+        threadCounters.current().answered(ack, nanoseconds: nanoseconds)
+    }
+
+    /// The per-thread counters, summed.
+    package var requestFigures: RequestFigures {
+        let sums = threadCounters.sums()
+        typealias Layout = ThreadCounters.Layout
+        var figures = RequestFigures()
+        for kind in RequestKind.allCases { figures.requests[kind] = sums[Layout.requests + kind.index] }
+        for reason in RefusalReason.allCases { figures.refused[reason] = sums[Layout.refused + reason.index] }
+        for ack in ThreadCounters.LatencyAck.allCases {
+            for bucket in 0...Layout.latencyBounds.count { figures.answered += sums[Layout.latencyBucket(ack, bucket)] }
+            figures.answerSeconds += Double(sums[Layout.latencySum(ack)]) / 1e9
+        }
+        return figures
     }
 
     private func table(_ name: String) -> TableCounters {
@@ -180,6 +226,7 @@ package final class BatchhouseMetrics: Sendable {
                 descriptor: .init(namespace: "batchhouse", metricName: metric, unitName: "total", helpText: help),
                 labels: [("table", name)])
         }
+        let labels = [("table", name)]
         let counters = TableCounters(
             rowsReceived: counter("received_rows", "Rows accepted from clients into batches"),
             bytesReceived: counter("received_bytes", "Row bytes accepted from clients into batches"),
@@ -187,7 +234,27 @@ package final class BatchhouseMetrics: Sendable {
             batchesFlushed: counter("flushed_batches", "Batch inserts ClickHouse accepted"),
             flushFailures: counter("flush_failures", "Batch inserts that failed for good (after retries)"),
             rowsDeadLettered: counter("dead_lettered_rows", "Rows written to the dead-letter folder"),
-            rowsSampledOut: counter("sampled_out_rows", "Rows dropped on purpose by a table's `sample` rule")
+            rowsSampledOut: counter("sampled_out_rows", "Rows dropped on purpose by a table's `sample` rule"),
+            flushDuration: registry.makeDurationHistogram(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "flush_duration", unitName: "seconds",
+                    helpText: "Time from a batch's first upstream attempt to its outcome, retries included"),
+                labels: labels, buckets: Self.flushDurationBuckets),
+            batchRows: registry.makeValueHistogram(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "batch_rows", unitName: "",
+                    helpText: "Rows per batch insert ClickHouse accepted (each part of a split batch is one)"),
+                labels: labels, buckets: Self.batchRowsBuckets),
+            batchBytes: registry.makeValueHistogram(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "batch_bytes", unitName: "",
+                    helpText: "Row bytes per batch insert ClickHouse accepted (each part of a split batch is one)"),
+                labels: labels, buckets: Self.batchBytesBuckets),
+            timeInBuffer: registry.makeDurationHistogram(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "time_in_buffer", unitName: "seconds",
+                    helpText: "Time from a batch's first row to the start of the delivery that landed it"),
+                labels: labels, buckets: Self.timeInBufferBuckets)
         )
         return perTable.withLock { tables in
             if let existing = tables[name] { return existing }
@@ -196,23 +263,39 @@ package final class BatchhouseMetrics: Sendable {
         }
     }
 
-    package func received(table name: String, rows: Int, bytes: Int) {
-        let counters = table(name)
-        counters.rowsReceived.increment(by: Int64(rows))
-        counters.bytesReceived.increment(by: Int64(bytes))
-        rowsReceivedTotal.add(rows, ordering: .relaxed)
-        bytesReceivedTotal.add(bytes, ordering: .relaxed)
+    /// Moves the received counters to the store's figures (`Buffering.receivedByTable`: rows of sealed batches
+    /// plus open ones, counted per batch under the store's lock, never per request). Called at scrape time.
+    package func updateReceived(_ byTable: [String: (rows: Int, bytes: Int)]) {
+        let growth = receivedAtLastScrape.withLock { last in
+            defer { last = byTable }
+            return byTable.map { name, now in
+                let before = last[name] ?? (0, 0)
+                return (name: name, rows: now.rows - before.rows, bytes: now.bytes - before.bytes)
+            }
+        }
+        for (name, rows, bytes) in growth where rows > 0 || bytes > 0 {
+            let counters = table(name)
+            if rows > 0 { counters.rowsReceived.increment(by: Int64(rows)) }
+            if bytes > 0 { counters.bytesReceived.increment(by: Int64(bytes)) }
+        }
     }
 
     package func sampledOut(table name: String, rows: Int) {
         table(name).rowsSampledOut.increment(by: Int64(rows))
     }
 
-    package func flushed(table name: String, rows: Int, duration: Duration, unixTime: Double) {
+    /// ClickHouse took a batch insert of `rows` rows and `bytes` row bytes after `duration`; `inBuffer`: for a
+    /// whole batch (not a part of a split one), its first row to the start of this delivery.
+    package func flushed(
+        table name: String, rows: Int, bytes: Int, duration: Duration, inBuffer: Duration?, unixTime: Double
+    ) {
         let counters = table(name)
         counters.rowsFlushed.increment(by: Int64(rows))
         counters.batchesFlushed.increment()
-        flushDuration.record(duration)
+        counters.flushDuration.record(duration)
+        counters.batchRows.record(Double(rows))
+        counters.batchBytes.record(Double(bytes))
+        if let inBuffer { counters.timeInBuffer.record(max(inBuffer, .zero)) }
         totals.withLock {
             $0.batches += 1
             $0.rowsFlushed += rows
@@ -222,8 +305,9 @@ package final class BatchhouseMetrics: Sendable {
     }
 
     package func flushFailed(table name: String, duration: Duration) {
-        table(name).flushFailures.increment()
-        flushDuration.record(duration)
+        let counters = table(name)
+        counters.flushFailures.increment()
+        counters.flushDuration.record(duration)
         totals.withLock { $0.failedBatches += 1 }
     }
 
@@ -239,12 +323,7 @@ package final class BatchhouseMetrics: Sendable {
 
     package func setQueueBytes(_ bytes: Int) { queueBytes.set(Double(bytes)) }
 
-    package var snapshot: Totals {
-        var snapshot = totals.withLock { $0 }
-        snapshot.rowsReceived = rowsReceivedTotal.load(ordering: .relaxed)
-        snapshot.bytesReceived = bytesReceivedTotal.load(ordering: .relaxed)
-        return snapshot
-    }
+    package var snapshot: Totals { totals.withLock { $0 } }
 
     /// Sets the per-table buffer gauges from the store's figures (tables that emptied go to 0).
     package func updateBuffered(_ byTable: [String: (rows: Int, bytes: Int)]) {
@@ -377,9 +456,101 @@ package final class BatchhouseMetrics: Sendable {
         }
     }
 
+    // MARK: Scrape-time figures
+
+    /// The `/health` statuses, each a series of `batchhouse_health_status` (1 for the current one).
+    package static let healthStatuses = ["initializing", "healthy", "degraded", "unhealthy", "disconnected"]
+
+    /// Each server's last `/ping` (once checked) and breaker, by its URL without credentials.
+    package func updateUpstreams(_ servers: [(url: String, state: UpstreamPool.BreakerState, healthy: Bool?)]) {
+        for server in servers {
+            let labels = [("upstream", server.url)]
+            if let healthy = server.healthy {
+                registry.makeGauge(
+                    descriptor: .init(
+                        namespace: "batchhouse", metricName: "upstream_up", unitName: "",
+                        helpText: "1 when the server answered its last /ping health check, 0 when it did not"),
+                    labels: labels
+                ).set(Double(healthy ? 1 : 0))
+            }
+            let state: Double =
+                switch server.state {
+                case .closed: 0
+                case .halfOpen: 1
+                case .open: 2
+                }
+            registry.makeGauge(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "upstream_breaker_state", unitName: "",
+                    helpText: "The server's circuit breaker: 0 closed, 1 half-open (one trial insert), 2 open"),
+                labels: labels
+            ).set(state)
+        }
+    }
+
+    /// `status`: the one `/health` answers now.
+    package func updateHealth(_ status: String) {
+        for candidate in Self.healthStatuses {
+            registry.makeGauge(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "health_status", unitName: "",
+                    helpText: "1 for the status /health answers now, 0 for the others"),
+                labels: [("status", candidate)]
+            ).set(Double(candidate == status ? 1 : 0))
+        }
+    }
+
+    /// The memory budget and what it counts; the spool's bound when there is a spool; when the proxy started.
+    package func updateLimits(memoryInUse: Int, memoryLimit: Int, spoolMaxBytes: Int?) {
+        func gauge(_ name: String, _ help: String, _ value: Double) {
+            registry.makeGauge(
+                descriptor: .init(namespace: "batchhouse", metricName: name, unitName: "", helpText: help)
+            ).set(value)
+        }
+        gauge(
+            "memory_in_use_bytes",
+            "Bytes counted in limits.max_buffer_memory: open batches, bodies arriving, reserved and sealed in memory",
+            Double(memoryInUse))
+        gauge("memory_limit_bytes", "limits.max_buffer_memory", Double(memoryLimit))
+        if let spoolMaxBytes { gauge("spool_max_bytes", "spool.max_size: the bound on spool_live_bytes", Double(spoolMaxBytes)) }
+        gauge("start_time_seconds", "When the proxy started, in seconds since 1970", startTimeUnix)
+    }
+
     package func prometheusText() -> [UInt8] {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
+        emitThreadCounters(into: &buffer)
         return buffer
+    }
+
+    /// The per-thread counters, summed, in Prometheus text (the registry cannot hold them: it has no bulk add).
+    private func emitThreadCounters(into buffer: inout [UInt8]) {
+        let sums = threadCounters.sums()
+        typealias Layout = ThreadCounters.Layout
+        var text = ""
+        text += "# HELP batchhouse_requests_total HTTP requests by kind: batched_insert, immediate_insert, passthrough, local, rejected\n"
+        text += "# TYPE batchhouse_requests_total counter\n"
+        for kind in RequestKind.allCases {
+            text += "batchhouse_requests_total{kind=\"\(kind.rawValue)\"} \(sums[Layout.requests + kind.index])\n"
+        }
+        text += "# HELP batchhouse_refused_requests_total Requests answered with an error, by reason: memory, spool, limit, auth, syntax, upstream, clickhouse, other\n"
+        text += "# TYPE batchhouse_refused_requests_total counter\n"
+        for reason in RefusalReason.allCases {
+            text += "batchhouse_refused_requests_total{reason=\"\(reason.rawValue)\"} \(sums[Layout.refused + reason.index])\n"
+        }
+        text += "# HELP batchhouse_insert_latency_seconds Time from an INSERT's head to its answer, by ack mode (immediate tables answer as flushed)\n"
+        text += "# TYPE batchhouse_insert_latency_seconds histogram\n"
+        for ack in ThreadCounters.LatencyAck.allCases {
+            var cumulative = 0
+            for (bucket, bound) in Layout.latencyBounds.enumerated() {
+                cumulative += sums[Layout.latencyBucket(ack, bucket)]
+                text += "batchhouse_insert_latency_seconds_bucket{ack=\"\(ack.rawValue)\",le=\"\(bound)\"} \(cumulative)\n"
+            }
+            cumulative += sums[Layout.latencyBucket(ack, Layout.latencyBounds.count)]
+            text += "batchhouse_insert_latency_seconds_bucket{ack=\"\(ack.rawValue)\",le=\"+Inf\"} \(cumulative)\n"
+            text += "batchhouse_insert_latency_seconds_sum{ack=\"\(ack.rawValue)\"} \(Double(sums[Layout.latencySum(ack)]) / 1e9)\n"
+            text += "batchhouse_insert_latency_seconds_count{ack=\"\(ack.rawValue)\"} \(cumulative)\n"
+        }
+        buffer.append(contentsOf: text.utf8)
     }
 }

@@ -261,6 +261,11 @@ package final class Buffering: Sendable {
         state.withLock { $0.store.bufferedByTable() }
     }
 
+    /// Rows and row bytes received per `db.table`, sealed or still open (`BatchStore.receivedByTable`).
+    package func receivedByTable() -> [String: (rows: Int, bytes: Int)] {
+        state.withLock { $0.store.receivedByTable() }
+    }
+
     package func now() -> Instant { clock.now() }
 }
 

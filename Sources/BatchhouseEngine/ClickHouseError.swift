@@ -10,13 +10,33 @@ package struct ClickHouseError: Error, Sendable, Hashable {
     /// The HTTP status ClickHouse would answer with.
     package var status: Int
     package var retryAfterSeconds: Int?
+    /// What `batchhouse_refused_requests_total` counts it under.
+    package var reason: RefusalReason
 
-    package init(code: Int, name: String, message: String, status: Int, retryAfterSeconds: Int? = nil) {
+    /// `reason` nil: from the status and code (400 syntax, 401 and 403 auth, 408, 411 and 413 limit, 241 memory,
+    /// 243 spool, 210 upstream, else other).
+    package init(
+        code: Int, name: String, message: String, status: Int, retryAfterSeconds: Int? = nil,
+        reason: RefusalReason? = nil
+    ) {
         self.code = code
         self.name = name
         self.message = message
         self.status = status
         self.retryAfterSeconds = retryAfterSeconds
+        self.reason = reason ?? Self.reason(code: code, status: status)
+    }
+
+    private static func reason(code: Int, status: Int) -> RefusalReason {
+        switch (code, status) {
+        case (241, _): .memory
+        case (243, _): .spool
+        case (210, _): .upstream
+        case (_, 400): .syntax
+        case (_, 401), (_, 403): .auth
+        case (_, 408), (_, 411), (_, 413): .limit
+        default: .other
+        }
     }
 
     package static func syntax(_ message: String) -> ClickHouseError {
@@ -63,7 +83,7 @@ package struct ClickHouseError: Error, Sendable, Hashable {
     }
 
     package static func spoolFailed(_ message: String) -> ClickHouseError {
-        ClickHouseError(code: 1001, name: "STD_EXCEPTION", message: message, status: 500)
+        ClickHouseError(code: 1001, name: "STD_EXCEPTION", message: message, status: 500, reason: .spool)
     }
 
     /// A request body the proxy could not decode, answered as ClickHouse answers it: each decoder's own code (354
@@ -71,7 +91,8 @@ package struct ClickHouseError: Error, Sendable, Hashable {
     /// `BodyDecodingError`) and HTTP 500, since exceptionCodeToHTTPStatus (src/Server/HTTPHandler.cpp) maps none
     /// of them to a 4xx.
     package static func bodyDecoding(_ error: BodyDecodingError) -> ClickHouseError {
-        ClickHouseError(code: error.clickHouseCode, name: error.clickHouseName, message: error.message, status: 500)
+        ClickHouseError(
+            code: error.clickHouseCode, name: error.clickHouseName, message: error.message, status: 500, reason: .syntax)
     }
 
     /// `X-ClickHouse-User`/`X-ClickHouse-Key` together with `Authorization` or `?user=`/`?password=`, refused as
@@ -96,7 +117,7 @@ package struct ClickHouseError: Error, Sendable, Hashable {
         ClickHouseError(
             code: 210, name: "NETWORK_ERROR",
             message: "Batchhouse: cannot check these credentials with ClickHouse (\(reason)); nothing was stored, retry later",
-            status: 503, retryAfterSeconds: 1)
+            status: 503, retryAfterSeconds: 1, reason: .auth)
     }
 
     /// A client too slow with its request (`limits.header_timeout`, `body_timeout`, `request_timeout`).
@@ -111,12 +132,12 @@ package struct ClickHouseError: Error, Sendable, Hashable {
         ClickHouseError(
             code: 202, name: "TOO_MANY_SIMULTANEOUS_QUERIES",
             message: "Batchhouse: too many open connections (limits.max_connections \(limit)); retry later",
-            status: 503, retryAfterSeconds: 1)
+            status: 503, retryAfterSeconds: 1, reason: .limit)
     }
 
     package static let shuttingDown = ClickHouseError(
         code: 202, name: "TOO_MANY_SIMULTANEOUS_QUERIES", message: "Batchhouse is shutting down",
-        status: 503, retryAfterSeconds: 1)
+        status: 503, retryAfterSeconds: 1, reason: .other)
 
     /// `Code: N. DB::Exception: message. (NAME)`, as current ClickHouse releases write it.
     package var body: String {

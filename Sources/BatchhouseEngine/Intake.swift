@@ -361,7 +361,6 @@ package final class Intake: Sendable {
                 spoolChunk: position?.chunkID, reservation: reservation, contributor: contributor))
         if token == 0, rule.ack == .durable, let position, let spool {
             metrics.request(.batchedInsert)
-            metrics.received(table: key.qualifiedTable, rows: rowCount, bytes: rows.count)
             waitDurable(position, spool: spool, rows: rowCount, bytes: rows.count, completion: completion())
             return .awaitDurable(position)
         }
@@ -372,7 +371,6 @@ package final class Intake: Sendable {
 
     private func admitted(key: BatchKey, rows: Int, bytes: Int, token: UInt64, immediate: Bool) -> IntakeDecision {
         metrics.request(immediate ? .immediateInsert : .batchedInsert)
-        metrics.received(table: key.qualifiedTable, rows: rows, bytes: bytes)
         if token != 0 { return .awaitBatch(token: token) }
         return .answer(.accepted(rows: rows, bytes: bytes, ack: .enqueued))
     }

@@ -53,7 +53,12 @@ package final class Settlement: Sendable {
             if !chunks.isEmpty { check(spool.markDelivered(chunks), batch: part) }
         }
         let table = part.key.qualifiedTable
-        metrics.flushed(table: table, rows: part.rows, duration: elapsed, unixTime: clock.wallClockSeconds())
+        // Time in buffer: the batch's first row to the start of the delivery that landed it (whole batches only:
+        // a part of a split one was already counted by the whole's first attempts).
+        let inBuffer = whole && part.trigger != .recovery ? clock.now() - part.firstRowAt - elapsed : nil
+        metrics.flushed(
+            table: table, rows: part.rows, bytes: part.data.count, duration: elapsed, inBuffer: inBuffer,
+            unixTime: clock.wallClockSeconds())
         logger.info(
             "flushed batch",
             metadata: [

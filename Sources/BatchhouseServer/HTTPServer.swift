@@ -108,6 +108,9 @@ final class HTTPServer: Service, Sendable {
                 let limit = min(configuration.snapshot.value.limits.maxConnections, ceiling)
                 if open > limit {
                     metrics.connectionRefused()
+                    // Its client's request is answered 503 unread: an event refused for a limit.
+                    metrics.request(.rejected)
+                    metrics.refused(.limit)
                     // Refused connections linger (so the 503 is read, not reset) only while few do; beyond that
                     // they close at once, keeping the process's descriptors below its limit.
                     let linger: TimeAmount = open <= limit + lingeringRefusals ? .seconds(1) : .zero

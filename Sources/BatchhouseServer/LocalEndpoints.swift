@@ -55,30 +55,29 @@ final class LocalEndpoints: Sendable {
             let wantsJSON =
                 QueryString.parse(query).contains { $0.name == "format" && $0.value.lowercased() == "json" }
                 || (acceptHeader?.contains("application/json") ?? false)
-            if wantsJSON { return metricsJSON(engine.status()) }
+            let status = engine.status()
+            if wantsJSON { return metricsJSON(status) }
             return Response(
-                status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: engine.prometheusText())
+                status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                body: engine.prometheusText(health: healthStatus(status)))
         }
     }
 
     /// `initializing` until the first health check; `healthy` when every server answers `/ping` and no breaker
     /// is open; `degraded` when some are down; `unhealthy` (503) when none can take inserts; `disconnected`
     /// once shutdown began.
-    private func health(_ status: BatchhouseEngine.Status) -> Response {
+    private func healthStatus(_ status: BatchhouseEngine.Status) -> String {
         let servers = status.upstreams
         let usable = servers.filter { $0.state != .open && $0.healthy != false }.count
-        let state: String
-        if !serving.isAccepting {
-            state = "disconnected"
-        } else if !status.hasCheckedHealth {
-            state = "initializing"
-        } else if usable == servers.count {
-            state = "healthy"
-        } else if usable > 0 {
-            state = "degraded"
-        } else {
-            state = "unhealthy"
-        }
+        if !serving.isAccepting { return "disconnected" }
+        if !status.hasCheckedHealth { return "initializing" }
+        if usable == servers.count { return "healthy" }
+        return usable > 0 ? "degraded" : "unhealthy"
+    }
+
+    private func health(_ status: BatchhouseEngine.Status) -> Response {
+        let servers = status.upstreams
+        let state = healthStatus(status)
         let object: [String: Any] = [
             "status": state,
             "upstreams": servers.map { server -> [String: Any] in
@@ -119,11 +118,25 @@ final class LocalEndpoints: Sendable {
         } else {
             batching["last_flush_time"] = NSNull()
         }
+        // Events: requests other than those of the local endpoints; errors: those answered with an error
+        // (batchhouse_refused_requests_total). Latency: INSERTs the proxy took in, head to answer.
+        let requests = status.requests
+        let metrics: [String: Any] = [
+            "event_count": requests.events,
+            "error_count": requests.errors,
+            "avg_latency_ms": requests.answered > 0 ? requests.answerSeconds * 1000 / Double(requests.answered) : 0,
+            "connection_count": status.connections,
+            "health_status": healthStatus(status),
+            "start_time_unix": status.startTimeUnix,
+            "uptime_seconds": status.uptime.seconds.rounded(),
+        ]
         let object: [String: Any] = [
             "batching": batching,
+            "metrics": metrics,
             "calculated": [
                 "batch_success_rate": attempts > 0 ? Double(totals.batches) / Double(attempts) : 1.0,
-                "events_per_second": Double(totals.rowsReceived) / uptime,
+                "events_per_second": Double(requests.events) / uptime,
+                "error_rate": requests.events > 0 ? Double(requests.errors) / Double(requests.events) : 0,
             ],
         ]
         let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()

@@ -449,6 +449,9 @@ extension RequestHandler {
             releaseHeldSession()
         }
 
+        /// When the current request's head arrived (its answer's latency counts from here).
+        var requestStarted: NIODeadline { requestStartedAt }
+
         mutating func answered(at now: NIODeadline) {
             if case .idle = state { idleSince = now }
         }

@@ -206,6 +206,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         case .respondRawError(let error):
             dependencies.metrics.request(.rejected)
+            dependencies.metrics.refused(error.reason)
             if let clientBytes {
                 clientBytes.writeAndClose(Self.rawResponse(error))
             } else {
@@ -443,6 +444,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     code: 1001, name: "STD_EXCEPTION", message: "Batchhouse: a pass-through came after the request ended",
                     status: 500), head: head, close: true, context: context)
         case .relayed(let upstream):
+            // ClickHouse refused the rows this request waited for, or its credentials.
+            let refusal = RefusalKind(status: upstream.status, code: clickHouseErrorCode(in: upstream.body))
+            dependencies.metrics.refused(refusal == .authentication || refusal == .permission ? .auth : .clickhouse)
+            answered(ack: .flushed, context: context)
             guard HeaderPolicy.areValidToSend(upstream.headers) else {
                 context.close(promise: nil)
                 return
@@ -458,6 +463,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The answer to a batched INSERT: 200, no body (the hot path: headers built in one go, no future).
     private func respondAccepted(head: HTTPRequestHead, rows: Int, bytes: Int, ack: String, context: ChannelHandlerContext) {
         CrashPoint.beforeAck.reach()
+        if let ack = ThreadCounters.LatencyAck(rawValue: ack) { answered(ack: ack, context: context) }
         // Before the answer is written: the client's next request of the session may come on another connection.
         machine.answering()
         let summary: String
@@ -483,7 +489,14 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         machine.answered(at: context.eventLoop.now)
     }
 
+    /// The answer latency of an INSERT taken in, from its head to now.
+    private func answered(ack: ThreadCounters.LatencyAck, context: ChannelHandlerContext) {
+        let nanoseconds = context.eventLoop.now.uptimeNanoseconds &- machine.requestStarted.uptimeNanoseconds
+        dependencies.metrics.answered(ack: ack, nanoseconds: Int64(truncatingIfNeeded: nanoseconds))
+    }
+
     private func respondError(_ error: ClickHouseError, head: HTTPRequestHead, close: Bool, context: ChannelHandlerContext) {
+        dependencies.metrics.refused(error.reason)
         respond(
             head: head, status: HTTPResponseStatus(statusCode: error.status), headers: HTTPHeaders(error.headers),
             body: Array(error.body.utf8), close: close, context: context)

@@ -38,7 +38,7 @@ public final class Spool: Sendable {
     /// Shared with the sync thread, which must not keep the spool itself alive.
     let core: SpoolCore
     let directory: String
-    let maxSize: Int
+    public let maxSize: Int
     let segmentSize: Int
     let rolloverSize: Int
 
