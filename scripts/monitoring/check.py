@@ -59,8 +59,17 @@ ALERT = "BatchhouseUpstreamDown"
 failures = []
 
 
+class Aborted(Exception):
+    """A failed check after which the rest cannot run (already reported)."""
+
+
 def say(*parts):
     print("monitoring-check:", *parts, file=sys.stderr, flush=True)
+
+
+def shown(path):
+    """A path relative to the repository when it is inside it."""
+    return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
 
 
 def fail(message):
@@ -346,14 +355,21 @@ class Loader(threading.Thread):
 
 # --- the run --------------------------------------------------------------------------------------------------------
 
-def promtool_checks(promtool, rules, config_path):
+def promtool_checks(promtool, rules, config_path, work):
+    # The unit tests beside the example rules, pointed at the rule file under test.
+    with open(os.path.join(REPO, "examples/prometheus/alerts_test.yml")) as handle:
+        tests = handle.read()
+    tests_path = os.path.join(work, "alerts_test.yml")
+    with open(tests_path, "w") as handle:
+        handle.write(re.sub(r"(?m)^rule_files:\n  - alerts\.yml$", "rule_files:\n  - %s" % json.dumps(rules), tests))
     for argv in ([promtool, "check", "rules", rules], [promtool, "check", "config", config_path],
-                 [promtool, "check", "config", os.path.join(REPO, "examples/prometheus/prometheus.yml")]):
+                 [promtool, "check", "config", os.path.join(REPO, "examples/prometheus/prometheus.yml")],
+                 [promtool, "test", "rules", tests_path]):
         result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if result.returncode != 0:
             fail("%s: exit %d\n%s" % (" ".join(argv), result.returncode, result.stdout.strip()))
             return False
-        say(" ".join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in argv[1:]) + ": ok")
+        say(" ".join(shown(a) for a in argv[1:]) + ": ok")
     return True
 
 
@@ -500,8 +516,7 @@ def main():
         if not path or not os.access(path, os.X_OK):
             say("%s not found (%s); scripts/monitoring-check installs Debian's prometheus package" % (what, path))
             return 1
-    say("binary %s; dashboard %s; rules %s" % (binary, os.path.relpath(dashboard_path, REPO),
-                                              os.path.relpath(rules_path, REPO)))
+    say("binary %s; dashboard %s; rules %s" % (binary, shown(dashboard_path), shown(rules_path)))
     with open(dashboard_path) as handle:
         try:
             dashboard = json.load(handle)
@@ -509,6 +524,8 @@ def main():
             say("FAIL: %s is not JSON: %s" % (dashboard_path, error))
             return 1
 
+    # A TERM (scripts/test interrupted, a timeout) still stops what was started: the finally block below runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="bh-monitoring-check.")
     started = Started()
     timings = {}
@@ -519,8 +536,8 @@ def main():
             prometheus_port = free_port()
         prometheus_config = os.path.join(work, "prometheus.yml")
         write_prometheus_config(prometheus_config, rules_path, proxy_port)
-        if not promtool_checks(promtool, rules_path, prometheus_config):
-            return 1
+        if not promtool_checks(promtool, rules_path, prometheus_config, work):
+            raise Aborted()
         alerts = rule_alerts(rules_path)
 
         step = time.monotonic()
@@ -663,6 +680,8 @@ def main():
                                                                             events or "never pending"))
         elif "pending" not in seen:
             fail("%s fired without being seen pending first (its `for:` did not hold)" % ALERT)
+    except Aborted:
+        pass
     except Exception as error:  # noqa: BLE001: report, stop everything, fail
         fail("%s: %s" % (type(error).__name__, error))
     finally:
