@@ -253,7 +253,7 @@ package final class BatchhouseMetrics: Sendable {
             timeInBuffer: registry.makeDurationHistogram(
                 descriptor: .init(
                     namespace: "batchhouse", metricName: "time_in_buffer", unitName: "seconds",
-                    helpText: "Time from a batch's first row to the start of the delivery that landed it"),
+                    helpText: "Time from a batch's first row to its flush trigger (sealed for delivery), once per batch"),
                 labels: labels, buckets: Self.timeInBufferBuckets)
         )
         return perTable.withLock { tables in
@@ -284,24 +284,26 @@ package final class BatchhouseMetrics: Sendable {
         table(name).rowsSampledOut.increment(by: Int64(rows))
     }
 
-    /// ClickHouse took a batch insert of `rows` rows and `bytes` row bytes after `duration`; `inBuffer`: for a
-    /// whole batch (not a part of a split one), its first row to the start of this delivery.
-    package func flushed(
-        table name: String, rows: Int, bytes: Int, duration: Duration, inBuffer: Duration?, unixTime: Double
-    ) {
+    /// ClickHouse took a batch insert of `rows` rows and `bytes` bytes (each part of a split batch is one) after
+    /// `duration`.
+    package func flushed(table name: String, rows: Int, bytes: Int, duration: Duration, unixTime: Double) {
         let counters = table(name)
         counters.rowsFlushed.increment(by: Int64(rows))
         counters.batchesFlushed.increment()
         counters.flushDuration.record(duration)
         counters.batchRows.record(Double(rows))
         counters.batchBytes.record(Double(bytes))
-        if let inBuffer { counters.timeInBuffer.record(max(inBuffer, .zero)) }
         totals.withLock {
             $0.batches += 1
             $0.rowsFlushed += rows
             $0.flushLatencySeconds += duration.seconds
             $0.lastFlushUnixSeconds = unixTime
         }
+    }
+
+    /// A sealed batch of `table` waited `duration` from its first row to its flush trigger.
+    package func timeInBuffer(table name: String, _ duration: Duration) {
+        table(name).timeInBuffer.record(max(duration, .zero))
     }
 
     package func flushFailed(table name: String, duration: Duration) {
