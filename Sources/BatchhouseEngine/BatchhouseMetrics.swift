@@ -59,6 +59,8 @@ package final class BatchhouseMetrics: Sendable {
     private let totals = Mutex(Totals())
     /// Rows and bytes received per table at the last scrape (`updateReceived`), so each scrape adds the growth.
     private let receivedAtLastScrape = Mutex<[String: (rows: Int, bytes: Int)]>([:])
+    /// Breaker openings per server URL at the last scrape.
+    private let breakerOpenings = Mutex<[String: Int]>([:])
     /// The spool's counters at the last scrape, so each scrape adds what they grew by.
     private let spoolCounters = Mutex<[String: Int]>([:])
     /// Wall-clock seconds since 1970 when these metrics were made (the proxy's start).
@@ -487,6 +489,24 @@ package final class BatchhouseMetrics: Sendable {
                     helpText: "The server's circuit breaker: 0 closed, 1 half-open (one trial insert), 2 open"),
                 labels: labels
             ).set(state)
+        }
+    }
+
+    /// Each server's breaker openings so far; the counter grows by what they grew since the last scrape.
+    package func updateBreakerOpenings(_ servers: [(url: String, openings: Int)]) {
+        let growth = breakerOpenings.withLock { last in
+            servers.map { server in
+                defer { last[server.url] = server.openings }
+                return (url: server.url, delta: server.openings - (last[server.url] ?? 0))
+            }
+        }
+        for (url, delta) in growth {
+            let counter = registry.makeCounter(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "upstream_breaker_openings", unitName: "total",
+                    helpText: "Times the server's circuit breaker opened (failures in a row, or a failed trial insert)"),
+                labels: [("upstream", url)])
+            if delta > 0 { counter.increment(by: Int64(delta)) }
         }
     }
 

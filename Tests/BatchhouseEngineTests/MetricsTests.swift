@@ -74,6 +74,23 @@ import Testing
         #expect(Self.sample(Self.text(fixture), "batchhouse_received_rows_total{table=\"db.m\"}") == 3, "sealed: not twice")
     }
 
+    @Test func theBreakerStateAndItsOpeningsArePerUpstream() async throws {
+        let transport = ScriptedTransport { index, _ in index < 5 ? .failure(.connect) : .ok }
+        let fixture = try EngineFixture(transport: transport)
+        let series = "{upstream=\"http://upstream.test:8123\"}"
+        #expect(Self.sample(Self.text(fixture), "batchhouse_upstream_breaker_state" + series) == 0)
+        _ = await fixture.engine.delivery.deliver(valuesBatch(id: 1, rows: 2, rule: TableRule(retries: 4)))
+        var text = Self.text(fixture)
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_state" + series) == 2, "open")
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_openings_total" + series) == 1)
+        fixture.clock.advance(by: .seconds(30))
+        #expect(Self.sample(Self.text(fixture), "batchhouse_upstream_breaker_state" + series) == 1, "half-open")
+        _ = await fixture.engine.delivery.deliver(valuesBatch(id: 2, rows: 1))
+        text = Self.text(fixture)
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_state" + series) == 0, "closed by the trial insert")
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_openings_total" + series) == 1, "counted once")
+    }
+
     @Test func requestCountersFromManyThreadsAddUpAndMetricsStayApart() async throws {
         let metrics = BatchhouseMetrics()
         let other = BatchhouseMetrics()
