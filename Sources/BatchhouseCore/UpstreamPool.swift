@@ -19,6 +19,8 @@ public struct UpstreamPool: Sendable {
         public var openUntil: Instant?
         public var probeInFlight = false
         public var lastHealthy: Bool?
+        /// How many times its breaker opened (from closed or half-open).
+        public var openings = 0
 
         public init(url: String) { self.url = url }
 
@@ -154,6 +156,7 @@ public struct UpstreamPool: Sendable {
         let state = servers[index].state(now: now)
         if state == .halfOpen || (state == .closed && servers[index].consecutiveFailures >= failureThreshold) {
             servers[index].openUntil = now + openDuration
+            servers[index].openings += 1
         }
     }
 

@@ -367,7 +367,9 @@ package final class BatchhouseEngine: Sendable {
     /// `/health` answers now (it depends on the server's state too); nil leaves it out.
     package func prometheusText(health: String? = nil) -> [UInt8] {
         if let health { metrics.updateHealth(health) }
-        metrics.updateUpstreams(gateway.serverStates().map { ($0.url, $0.state, $0.healthy) })
+        // Server URLs without their credentials, as /health shows them.
+        metrics.updateUpstreams(gateway.serverStates().map { (redacted($0.url), $0.state, $0.healthy) })
+        metrics.updateBreakerOpenings(gateway.breakerOpenings().map { (redacted($0.url), $0.openings) })
         metrics.updateReceived(buffering.receivedByTable())
         metrics.updateLimits(
             memoryInUse: buffering.memoryInUse, memoryLimit: buffering.limit,

@@ -59,6 +59,8 @@ package final class BatchhouseMetrics: Sendable {
     private let totals = Mutex(Totals())
     /// Rows and bytes received per table at the last scrape (`updateReceived`), so each scrape adds the growth.
     private let receivedAtLastScrape = Mutex<[String: (rows: Int, bytes: Int)]>([:])
+    /// Breaker openings per server URL at the last scrape.
+    private let breakerOpenings = Mutex<[String: Int]>([:])
     /// The spool's counters at the last scrape, so each scrape adds what they grew by.
     private let spoolCounters = Mutex<[String: Int]>([:])
     /// Wall-clock seconds since 1970 when these metrics were made (the proxy's start).
@@ -253,7 +255,7 @@ package final class BatchhouseMetrics: Sendable {
             timeInBuffer: registry.makeDurationHistogram(
                 descriptor: .init(
                     namespace: "batchhouse", metricName: "time_in_buffer", unitName: "seconds",
-                    helpText: "Time from a batch's first row to the start of the delivery that landed it"),
+                    helpText: "Time from a batch's first row to its flush trigger (sealed for delivery), once per batch"),
                 labels: labels, buckets: Self.timeInBufferBuckets)
         )
         return perTable.withLock { tables in
@@ -284,24 +286,26 @@ package final class BatchhouseMetrics: Sendable {
         table(name).rowsSampledOut.increment(by: Int64(rows))
     }
 
-    /// ClickHouse took a batch insert of `rows` rows and `bytes` row bytes after `duration`; `inBuffer`: for a
-    /// whole batch (not a part of a split one), its first row to the start of this delivery.
-    package func flushed(
-        table name: String, rows: Int, bytes: Int, duration: Duration, inBuffer: Duration?, unixTime: Double
-    ) {
+    /// ClickHouse took a batch insert of `rows` rows and `bytes` bytes (each part of a split batch is one) after
+    /// `duration`.
+    package func flushed(table name: String, rows: Int, bytes: Int, duration: Duration, unixTime: Double) {
         let counters = table(name)
         counters.rowsFlushed.increment(by: Int64(rows))
         counters.batchesFlushed.increment()
         counters.flushDuration.record(duration)
         counters.batchRows.record(Double(rows))
         counters.batchBytes.record(Double(bytes))
-        if let inBuffer { counters.timeInBuffer.record(max(inBuffer, .zero)) }
         totals.withLock {
             $0.batches += 1
             $0.rowsFlushed += rows
             $0.flushLatencySeconds += duration.seconds
             $0.lastFlushUnixSeconds = unixTime
         }
+    }
+
+    /// A sealed batch of `table` waited `duration` from its first row to its flush trigger.
+    package func timeInBuffer(table name: String, _ duration: Duration) {
+        table(name).timeInBuffer.record(max(duration, .zero))
     }
 
     package func flushFailed(table name: String, duration: Duration) {
@@ -485,6 +489,24 @@ package final class BatchhouseMetrics: Sendable {
                     helpText: "The server's circuit breaker: 0 closed, 1 half-open (one trial insert), 2 open"),
                 labels: labels
             ).set(state)
+        }
+    }
+
+    /// Each server's breaker openings so far; the counter grows by what they grew since the last scrape.
+    package func updateBreakerOpenings(_ servers: [(url: String, openings: Int)]) {
+        let growth = breakerOpenings.withLock { last in
+            servers.map { server in
+                defer { last[server.url] = server.openings }
+                return (url: server.url, delta: server.openings - (last[server.url] ?? 0))
+            }
+        }
+        for (url, delta) in growth {
+            let counter = registry.makeCounter(
+                descriptor: .init(
+                    namespace: "batchhouse", metricName: "upstream_breaker_openings", unitName: "total",
+                    helpText: "Times the server's circuit breaker opened (failures in a row, or a failed trial insert)"),
+                labels: [("upstream", url)])
+            if delta > 0 { counter.increment(by: Int64(delta)) }
         }
     }
 

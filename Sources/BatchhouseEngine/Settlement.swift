@@ -53,12 +53,8 @@ package final class Settlement: Sendable {
             if !chunks.isEmpty { check(spool.markDelivered(chunks), batch: part) }
         }
         let table = part.key.qualifiedTable
-        // Time in buffer: the batch's first row to the start of the delivery that landed it (whole batches only:
-        // a part of a split one was already counted by the whole's first attempts).
-        let inBuffer = whole && part.trigger != .recovery ? clock.now() - part.firstRowAt - elapsed : nil
         metrics.flushed(
-            table: table, rows: part.rows, bytes: part.data.count, duration: elapsed, inBuffer: inBuffer,
-            unixTime: clock.wallClockSeconds())
+            table: table, rows: part.rows, bytes: part.data.count, duration: elapsed, unixTime: clock.wallClockSeconds())
         logger.info(
             "flushed batch",
             metadata: [
@@ -198,6 +194,11 @@ package final class Settlement: Sendable {
     /// answered finds the room), requests waiting for it are answered, and rows that landed or went to the
     /// dead-letter folder leave the spool (deferred ones stay for replay).
     package func settle(_ report: FlushReport) {
+        // Once per sealed batch, whatever became of it: how long its first row waited for the flush trigger. A
+        // batch replayed from the spool at start has no such wait of this run.
+        if report.batch.trigger != .recovery {
+            metrics.timeInBuffer(table: report.batch.key.qualifiedTable, report.batch.sealedAt - report.batch.firstRowAt)
+        }
         buffering.release(report.batch)
         metrics.setQueueBytes(buffering.sealedBytes)
         acks.resolve(report)

@@ -96,6 +96,11 @@ package final class UpstreamGateway: Sendable {
         return pool.withLock { $0.states(now: now) }
     }
 
+    /// How many times each server's breaker opened, by URL.
+    package func breakerOpenings() -> [(url: String, openings: Int)] {
+        pool.withLock { $0.servers.map { ($0.url, $0.openings) } }
+    }
+
     /// Where a passthrough request goes: the least-loaded server whose breaker is closed (else the first).
     /// Passthrough requests are not counted as load: a long SELECT would skew the batch inserts' choice.
     /// A request of a session (`session_id`) always goes to the same server: `UpstreamPool.sessionServer`.

@@ -24,6 +24,33 @@ struct Batchhouse: AsyncParsableCommand {
         subcommands: [Serve.self, CheckConfig.self, SpoolCommand.self],
         defaultSubcommand: Serve.self
     )
+
+    /// ArgumentParser's own `main`, except that a usage error of `serve` (`--log-format xml`) exits 2, as its
+    /// configuration errors do; ArgumentParser would exit 64 (EX_USAGE). The other commands keep 64.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try parseAsRoot(arguments)
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure, runsServe(arguments) {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
+
+    /// Whether `arguments` are for `serve`: named, or by default when the first one names no other command.
+    static func runsServe(_ arguments: [String]) -> Bool {
+        guard let first = arguments.first else { return true }
+        let others = configuration.subcommands.filter { $0 != Serve.self }.compactMap { $0.configuration.commandName }
+        return !(others + ["help"]).contains(first)
+    }
 }
 
 struct Serve: AsyncParsableCommand {
@@ -46,12 +73,17 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "text (swift-log's lines) or json (one JSON object per line); both on standard error.")
+    var logFormat: LogFormat = .text
+
     @Option(
         name: .long,
         help: "Event-loop threads serving clients (default: one per core).")
     var threads: Int?
 
     func run() async throws {
+        // Before the first Logger is made: a logger keeps the handler it was made with.
+        logFormat.bootstrap()
         var logger = Logger(label: "batchhouse")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var configuration: BatchhouseConfiguration
@@ -96,6 +128,25 @@ struct Serve: AsyncParsableCommand {
         }
         application.shutdown()
         logger.info("stopped")
+    }
+}
+
+/// What `serve` logs in. Only `serve` bootstraps the logging system; the other commands keep swift-log's default.
+enum LogFormat: String, CaseIterable, ExpressibleByArgument {
+    case text
+    case json
+
+    func bootstrap() {
+        switch self {
+        case .text:
+            // What swift-log does when nobody bootstraps it, said out loud: the fault suite and people's greps read
+            // these lines, so they stay as they are, on standard error.
+            LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        case .json:
+            LoggingSystem.bootstrap { label in
+                JSONLogHandler(label: label, metadataProvider: LoggingSystem.metadataProvider)
+            }
+        }
     }
 }
 

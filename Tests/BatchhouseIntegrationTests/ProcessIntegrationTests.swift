@@ -16,12 +16,16 @@ struct ProcessIntegrationTests {
         let process = Process()
         private(set) var port = 0
         let logFile: String
+        /// Standard output when `separateStandardOutput`; otherwise it goes to `logFile` too.
+        let standardOutputFile: String
         let workDir: String
 
         /// `fileLimit`: the open-file limit (soft and hard) the proxy runs under, set by a shell's `ulimit -n`.
         /// `environment` is added to the test's own (e.g. `BATCHHOUSE_CRASH_AT`); `upstream` replaces ClickHouse 18.16.
+        /// `arguments` come after the usual ones (e.g. `--log-format json`).
         init(
-            config: String, fileLimit: Int? = nil, environment: [String: String] = [:], upstream: String? = nil
+            config: String, fileLimit: Int? = nil, environment: [String: String] = [:], upstream: String? = nil,
+            arguments extraArguments: [String] = [], separateStandardOutput: Bool = false
         ) throws {
             workDir = NSTemporaryDirectory() + "bh-proc-\(UInt32.random(in: 0...UInt32.max))"
             try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
@@ -31,9 +35,11 @@ struct ProcessIntegrationTests {
             logFile = workDir + "/batchhouse.log"
             _ = FileManager.default.createFile(atPath: logFile, contents: nil)
             let executable = ProcessIntegrationTests.repo + "/.build/debug/batchhouse"
-            let arguments = [
-                "--config", configPath, "--listen", "127.0.0.1:0", "--upstream", upstream ?? TestEnvironment.clickHouseURL!,
-            ]
+            let arguments =
+                [
+                    "--config", configPath, "--listen", "127.0.0.1:0", "--upstream",
+                    upstream ?? TestEnvironment.clickHouseURL!,
+                ] + extraArguments
             if !environment.isEmpty {
                 process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
             }
@@ -45,7 +51,13 @@ struct ProcessIntegrationTests {
                 process.arguments = arguments
             }
             let log = FileHandle(forWritingAtPath: logFile)
-            process.standardOutput = log
+            standardOutputFile = separateStandardOutput ? workDir + "/stdout.log" : logFile
+            if separateStandardOutput {
+                _ = FileManager.default.createFile(atPath: standardOutputFile, contents: nil)
+                process.standardOutput = FileHandle(forWritingAtPath: standardOutputFile)
+            } else {
+                process.standardOutput = log
+            }
             process.standardError = log
             try process.run()
         }
@@ -55,7 +67,9 @@ struct ProcessIntegrationTests {
         /// Reads the port from the "listening" log line (the proxy binds port 0), then waits for `/ping`.
         func waitUntilReady() async throws {
             for _ in 0..<300 {
-                if port == 0, let range = log.range(of: "address=127.0.0.1:") {
+                if port == 0,
+                    let range = log.range(of: "address=127.0.0.1:") ?? log.range(of: #""address":"127.0.0.1:"#)
+                {
                     port = Int(log[range.upperBound...].prefix { $0.isNumber }) ?? 0
                 }
                 if port != 0, let ping = try? await endpoint.get("/ping"), ping.status == 200 { return }
@@ -65,6 +79,7 @@ struct ProcessIntegrationTests {
         }
 
         var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+        var standardOutput: String { (try? String(contentsOfFile: standardOutputFile, encoding: .utf8)) ?? "" }
 
         /// Resident memory of the proxy process now, in bytes.
         var residentBytes: Int {
@@ -196,6 +211,54 @@ struct ProcessIntegrationTests {
         #expect(!report.output.contains("alice-pw"))
         let attributes = try FileManager.default.attributesOfItem(atPath: spoolDir)
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o700)
+    }
+
+    /// `--log-format json`: every line on standard error, where the text lines go, is one JSON object with the
+    /// standard fields, each flush line has its trigger and table as fields, and standard output stays empty.
+    @Test func jsonLogFormatWritesOneObjectPerLineOnStandardError() async throws {
+        let db = try await TestDatabase.create()
+        defer { Task { await db.drop() } }
+        try await db.clickHouse.sql("CREATE TABLE \(db.name).j (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
+        let proxy = try RunningProxy(
+            config: "defaults: { strategy: hybrid, max_rows: 3, max_delay: 60s }", arguments: ["--log-format", "json"],
+            separateStandardOutput: true)
+        try await proxy.waitUntilReady()
+        // Three rows fill a batch (trigger rows); the fourth waits for the shutdown flush (trigger shutdown).
+        for id in 0..<4 {
+            let result = try await proxy.endpoint.post("/", body: "INSERT INTO \(db.name).j VALUES (\(id), 'row')")
+            #expect(result.status == 200, "\(result.body)")
+        }
+        #expect(try await db.waitForCount("j", 3) == 3)
+        #expect(await proxy.terminateAndWait() == 0)
+        #expect(try await db.count("j") == 4)
+
+        let lines = proxy.log.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(lines.last == "", "the log ends with a newline")
+        var entries: [[String: Any]] = []
+        for line in lines.dropLast() {
+            let parsed = try? JSONSerialization.jsonObject(with: Data(line.utf8))
+            let entry = try #require(parsed as? [String: Any], "not a JSON object: \(line)")
+            #expect(entry["level"] is String && entry["message"] is String && entry["label"] as? String == "batchhouse")
+            let timestamp = try #require(entry["timestamp"] as? String)
+            #expect(timestamp.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z/) != nil, "\(timestamp)")
+            entries.append(entry)
+        }
+        #expect(entries.contains { $0["message"] as? String == "listening" && $0["address"] is String })
+        let flushes = entries.filter { $0["message"] as? String == "flushed batch" }
+        #expect(flushes.map { $0["trigger"] as? String } == ["rows", "shutdown"], "\(proxy.log)")
+        #expect(flushes.allSatisfy { $0["table"] as? String == "\(db.name).j" })
+        #expect(entries.last?["message"] as? String == "stopped")
+        #expect(proxy.standardOutput == "")
+    }
+
+    /// `--log-format` takes `text` or `json`; anything else is an argument error: exit 2 and the choices, and the
+    /// proxy does not start.
+    @Test func anUnknownLogFormatExitsTwo() async throws {
+        let result = try await CheckConfigTests.run(["--log-format", "xml", "--listen", "127.0.0.1:0"])
+        #expect(result.status == 2, "\(result.output)")
+        #expect(result.output.contains("'xml' is invalid for '--log-format"), "\(result.output)")
+        #expect(result.output.contains("'text' and 'json'"))
+        #expect(!result.output.contains("listening"))
     }
 
     @Test func sighupReloadsTheFile() async throws {
