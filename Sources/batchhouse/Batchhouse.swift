@@ -24,33 +24,6 @@ struct Batchhouse: AsyncParsableCommand {
         subcommands: [Serve.self, CheckConfig.self, SpoolCommand.self],
         defaultSubcommand: Serve.self
     )
-
-    /// ArgumentParser's own `main`, except that a usage error of `serve` (`--log-format xml`) exits 2, as its
-    /// configuration errors do; ArgumentParser would exit 64 (EX_USAGE). The other commands keep 64.
-    static func main() async {
-        let arguments = Array(CommandLine.arguments.dropFirst())
-        do {
-            var command = try parseAsRoot(arguments)
-            if var command = command as? any AsyncParsableCommand {
-                try await command.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            if exitCode(for: error) == .validationFailure, runsServe(arguments) {
-                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-                Foundation.exit(2)
-            }
-            exit(withError: error)
-        }
-    }
-
-    /// Whether `arguments` are for `serve`: named, or by default when the first one names no other command.
-    static func runsServe(_ arguments: [String]) -> Bool {
-        guard let first = arguments.first else { return true }
-        let others = configuration.subcommands.filter { $0 != Serve.self }.compactMap { $0.configuration.commandName }
-        return !(others + ["help"]).contains(first)
-    }
 }
 
 struct Serve: AsyncParsableCommand {

@@ -253,9 +253,10 @@ struct ProcessIntegrationTests {
 
     /// `--log-format` takes `text` or `json`; anything else is an argument error: exit 2 and the choices, and the
     /// proxy does not start.
-    @Test func anUnknownLogFormatExitsTwo() async throws {
+    /// A usage error: ArgumentParser's EX_USAGE (64), like any other bad option; nothing starts.
+    @Test func anUnknownLogFormatIsAUsageError() async throws {
         let result = try await CheckConfigTests.run(["--log-format", "xml", "--listen", "127.0.0.1:0"])
-        #expect(result.status == 2, "\(result.output)")
+        #expect(result.status == 64, "\(result.output)")
         #expect(result.output.contains("'xml' is invalid for '--log-format"), "\(result.output)")
         #expect(result.output.contains("'text' and 'json'"))
         #expect(!result.output.contains("listening"))
