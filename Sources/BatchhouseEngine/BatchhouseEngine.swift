@@ -366,6 +366,10 @@ package final class BatchhouseEngine: Sendable {
     /// Prometheus text, with the gauges that are read at scrape time brought up to date. `health`: the status
     /// `/health` answers now (it depends on the server's state too); nil leaves it out.
     package func prometheusText(health: String? = nil) -> [UInt8] {
+        metrics.scraping { scrape(health: health) }
+    }
+
+    private func scrape(health: String?) -> [UInt8] {
         if let health { metrics.updateHealth(health) }
         // Server URLs without their credentials, as /health shows them.
         metrics.updateUpstreams(gateway.serverStates().map { (redacted($0.url), $0.state, $0.healthy) })

@@ -61,6 +61,11 @@ package final class BatchhouseMetrics: Sendable {
     private let receivedAtLastScrape = Mutex<[String: (rows: Int, bytes: Int)]>([:])
     /// Breaker openings per server URL at the last scrape.
     private let breakerOpenings = Mutex<[String: Int]>([:])
+    /// The server URLs of the last scrape: a server a reload removed loses its series.
+    private let knownUpstreams = Mutex<Set<String>>([])
+    /// One scrape at a time: a scrape reads figures, then moves counters by their growth since the last one; two
+    /// at once could record an older reading as the last and add the same growth twice.
+    private let scrapeLock = Mutex(())
     /// The spool's counters at the last scrape, so each scrape adds what they grew by.
     private let spoolCounters = Mutex<[String: Int]>([:])
     /// Wall-clock seconds since 1970 when these metrics were made (the proxy's start).
@@ -250,12 +255,12 @@ package final class BatchhouseMetrics: Sendable {
             batchBytes: registry.makeValueHistogram(
                 descriptor: .init(
                     namespace: "batchhouse", metricName: "batch_bytes", unitName: "",
-                    helpText: "Row bytes per batch insert ClickHouse accepted (each part of a split batch is one)"),
+                    helpText: "Bytes of the body of each batch insert ClickHouse accepted, before compression (each part of a split batch is one)"),
                 labels: labels, buckets: Self.batchBytesBuckets),
             timeInBuffer: registry.makeDurationHistogram(
                 descriptor: .init(
                     namespace: "batchhouse", metricName: "time_in_buffer", unitName: "seconds",
-                    helpText: "Time from a batch's first row to its flush trigger (sealed for delivery), once per batch"),
+                    helpText: "Time from a batch's first row to the start of the delivery that settled it, once per batch"),
                 labels: labels, buckets: Self.timeInBufferBuckets)
         )
         return perTable.withLock { tables in
@@ -267,11 +272,13 @@ package final class BatchhouseMetrics: Sendable {
 
     /// Moves the received counters to the store's figures (`Buffering.receivedByTable`: rows of sealed batches
     /// plus open ones, counted per batch under the store's lock, never per request). Called at scrape time.
+    /// The figures only grow, so a reading older than the last one (a scrape that read before another but got
+    /// here after it) adds nothing and is not kept.
     package func updateReceived(_ byTable: [String: (rows: Int, bytes: Int)]) {
         let growth = receivedAtLastScrape.withLock { last in
-            defer { last = byTable }
-            return byTable.map { name, now in
+            byTable.map { name, now in
                 let before = last[name] ?? (0, 0)
+                last[name] = (max(before.rows, now.rows), max(before.bytes, now.bytes))
                 return (name: name, rows: now.rows - before.rows, bytes: now.bytes - before.bytes)
             }
         }
@@ -303,7 +310,7 @@ package final class BatchhouseMetrics: Sendable {
         }
     }
 
-    /// A sealed batch of `table` waited `duration` from its first row to its flush trigger.
+    /// A batch of `table` waited `duration` from its first row to the start of the delivery that settled it.
     package func timeInBuffer(table name: String, _ duration: Duration) {
         table(name).timeInBuffer.record(max(duration, .zero))
     }
@@ -369,16 +376,19 @@ package final class BatchhouseMetrics: Sendable {
             "spool_unwritten_marks", "",
             "Delivered spooled requests whose delivered mark is not written yet (retried; a restart would replay them)",
             statistics.unwrittenMarks)
-        // Counters: each scrape adds what the spool's own counts grew by since the last one (under one lock, so
-        // concurrent scrapes never add the same growth twice).
+        // Counters: each scrape adds what the spool's own counts grew by since the highest reading so far (they
+        // only grow; scrapes also run one at a time, `scraping`).
         let counters = statistics.counters
         let current = [
             "max_size": counters.refusedMaxSize, "no_space": counters.refusedNoSpace, "io": counters.failedIO,
             "delivered_mark": counters.markFailures, "reserve_released": counters.reserveReleasedBytes,
         ]
         let growth = spoolCounters.withLock { last in
-            defer { last = current }
-            return current.map { (key: $0.key, delta: $0.value - (last[$0.key] ?? 0)) }
+            current.map { key, value in
+                let before = last[key] ?? 0
+                last[key] = max(before, value)
+                return (key: key, delta: value - before)
+            }
         }
         for (key, delta) in growth {
             let counter =
@@ -465,47 +475,74 @@ package final class BatchhouseMetrics: Sendable {
     /// The `/health` statuses, each a series of `batchhouse_health_status` (1 for the current one).
     package static let healthStatuses = ["initializing", "healthy", "degraded", "unhealthy", "disconnected"]
 
-    /// Each server's last `/ping` (once checked) and breaker, by its URL without credentials.
+    /// Runs one scrape's reads and updates (`BatchhouseEngine.prometheusText`) with no other scrape in between.
+    package func scraping<Result>(_ body: () -> Result) -> Result {
+        scrapeLock.withLock { _ in body() }
+    }
+
+    private func upstreamUpGauge(_ url: String) -> Gauge {
+        registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "upstream_up", unitName: "",
+                helpText: "1 when the server answered its last /ping health check, 0 when it did not"),
+            labels: [("upstream", url)])
+    }
+
+    private func breakerStateGauge(_ url: String) -> Gauge {
+        registry.makeGauge(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "upstream_breaker_state", unitName: "",
+                helpText: "The server's circuit breaker: 0 closed, 1 half-open (one trial insert), 2 open"),
+            labels: [("upstream", url)])
+    }
+
+    private func breakerOpeningsCounter(_ url: String) -> Counter {
+        registry.makeCounter(
+            descriptor: .init(
+                namespace: "batchhouse", metricName: "upstream_breaker_openings", unitName: "total",
+                helpText: "Times the server's circuit breaker opened (failures in a row, or a failed trial insert)"),
+            labels: [("upstream", url)])
+    }
+
+    /// Each server's last `/ping` (once checked) and breaker, by its URL without credentials. A server no longer
+    /// configured (a reload removed it) loses its series, so no alert stays on a server that is gone.
     package func updateUpstreams(_ servers: [(url: String, state: UpstreamPool.BreakerState, healthy: Bool?)]) {
+        let current = Set(servers.map(\.url))
+        let removed = knownUpstreams.withLock { known in
+            defer { known = current }
+            return known.subtracting(current)
+        }
+        for url in removed {
+            registry.unregisterGauge(upstreamUpGauge(url))
+            registry.unregisterGauge(breakerStateGauge(url))
+            registry.unregisterCounter(breakerOpeningsCounter(url))
+            breakerOpenings.withLock { $0[url] = nil }
+        }
         for server in servers {
-            let labels = [("upstream", server.url)]
-            if let healthy = server.healthy {
-                registry.makeGauge(
-                    descriptor: .init(
-                        namespace: "batchhouse", metricName: "upstream_up", unitName: "",
-                        helpText: "1 when the server answered its last /ping health check, 0 when it did not"),
-                    labels: labels
-                ).set(Double(healthy ? 1 : 0))
-            }
+            if let healthy = server.healthy { upstreamUpGauge(server.url).set(Double(healthy ? 1 : 0)) }
             let state: Double =
                 switch server.state {
                 case .closed: 0
                 case .halfOpen: 1
                 case .open: 2
                 }
-            registry.makeGauge(
-                descriptor: .init(
-                    namespace: "batchhouse", metricName: "upstream_breaker_state", unitName: "",
-                    helpText: "The server's circuit breaker: 0 closed, 1 half-open (one trial insert), 2 open"),
-                labels: labels
-            ).set(state)
+            breakerStateGauge(server.url).set(state)
         }
     }
 
     /// Each server's breaker openings so far; the counter grows by what they grew since the last scrape.
     package func updateBreakerOpenings(_ servers: [(url: String, openings: Int)]) {
+        // Openings only grow while a server is configured (a removed one is forgotten, `updateUpstreams`): an
+        // older reading adds nothing and is not kept.
         let growth = breakerOpenings.withLock { last in
             servers.map { server in
-                defer { last[server.url] = server.openings }
-                return (url: server.url, delta: server.openings - (last[server.url] ?? 0))
+                let before = last[server.url] ?? 0
+                last[server.url] = max(before, server.openings)
+                return (url: server.url, delta: server.openings - before)
             }
         }
         for (url, delta) in growth {
-            let counter = registry.makeCounter(
-                descriptor: .init(
-                    namespace: "batchhouse", metricName: "upstream_breaker_openings", unitName: "total",
-                    helpText: "Times the server's circuit breaker opened (failures in a row, or a failed trial insert)"),
-                labels: [("upstream", url)])
+            let counter = breakerOpeningsCounter(url)
             if delta > 0 { counter.increment(by: Int64(delta)) }
         }
     }

@@ -129,7 +129,10 @@ package final class Delivery: Sendable {
 
     private func work() async {
         while let batch = await next() {
-            if case .settled(let report) = await deliverQueued(batch) { settlement.settle(report) }
+            let started = clock.now()
+            if case .settled(let report) = await deliverQueued(batch) {
+                settlement.settle(report, deliveryStartedAt: started)
+            }
         }
     }
 
@@ -156,8 +159,9 @@ package final class Delivery: Sendable {
     /// worker stops helping for the rest of this split.
     private func helpOneWaiting(_ helping: inout Bool) async {
         guard helping, let waiting = takeWaiting() else { return }
+        let started = clock.now()
         switch await deliverQueued(waiting, mode: .helping) {
-        case .settled(let report): settlement.settle(report)
+        case .settled(let report): settlement.settle(report, deliveryStartedAt: started)
         case .putBack(let keepHelping): helping = keepHelping
         }
     }

@@ -245,7 +245,9 @@ package final class Intake: Sendable {
                 // Binary data is refused as the upstream would (text formats keep the proxy's 400).
                 let old = statement.format.isBinary && gateway.capabilities.map { !$0.isAtLeast(19, 1) } == true
                 return refuse(
-                    ClickHouseError(code: error.code, name: error.name, message: error.message, status: old ? 500 : 400))
+                    ClickHouseError(
+                        code: error.code, name: error.name, message: error.message, status: old ? 500 : 400,
+                        reason: .syntax))
             }
             let header: [UInt8]?
             if let signature = scanned.signature {

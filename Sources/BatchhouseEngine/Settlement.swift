@@ -193,11 +193,13 @@ package final class Settlement: Sendable {
     /// The batch's final outcome: its bytes leave the budget (first, so a client that sends more as soon as it is
     /// answered finds the room), requests waiting for it are answered, and rows that landed or went to the
     /// dead-letter folder leave the spool (deferred ones stay for replay).
-    package func settle(_ report: FlushReport) {
-        // Once per sealed batch, whatever became of it: how long its first row waited for the flush trigger. A
-        // batch replayed from the spool at start has no such wait of this run.
-        if report.batch.trigger != .recovery {
-            metrics.timeInBuffer(table: report.batch.key.qualifiedTable, report.batch.sealedAt - report.batch.firstRowAt)
+    /// `deliveryStartedAt`: when the delivery that settled it took it from the queue.
+    package func settle(_ report: FlushReport, deliveryStartedAt: Instant? = nil) {
+        // Once per batch, whatever became of it: how long its first row waited before the delivery that settled it
+        // began (the flush trigger, then the queue or the backlog; a batch put back waits again). A batch replayed
+        // from the spool at start has no such wait of this run.
+        if let deliveryStartedAt, report.batch.trigger != .recovery {
+            metrics.timeInBuffer(table: report.batch.key.qualifiedTable, deliveryStartedAt - report.batch.firstRowAt)
         }
         buffering.release(report.batch)
         metrics.setQueueBytes(buffering.sealedBytes)

@@ -1,4 +1,5 @@
 import Atomics
+import BatchhouseCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -43,6 +44,14 @@ package final class ThreadCounters: @unchecked Sendable {
     /// The ack modes answer latency is kept for (an `immediate` table answers as `flushed`).
     package enum LatencyAck: String, CaseIterable, Sendable {
         case enqueued, durable, flushed
+
+        package init(_ ack: AckMode) {
+            switch ack {
+            case .enqueued: self = .enqueued
+            case .durable: self = .durable
+            case .flushed: self = .flushed
+            }
+        }
 
         var index: Int {
             switch self {
@@ -115,11 +124,32 @@ package enum RefusalReason: String, CaseIterable, Sendable {
     /// Anything else (shutting down, a locked session).
     case other
 
-    var index: Int { Self.allCases.firstIndex(of: self)! }
+    /// Its place in `allCases` (a switch: this runs per request).
+    var index: Int {
+        switch self {
+        case .memory: 0
+        case .spool: 1
+        case .limit: 2
+        case .auth: 3
+        case .syntax: 4
+        case .upstream: 5
+        case .clickhouse: 6
+        case .other: 7
+        }
+    }
 }
 
 extension BatchhouseMetrics.RequestKind {
-    var index: Int { Self.allCases.firstIndex(of: self)! }
+    /// Its place in `allCases` (a switch: this runs per request).
+    var index: Int {
+        switch self {
+        case .batchedInsert: 0
+        case .immediateInsert: 1
+        case .passthrough: 2
+        case .local: 3
+        case .rejected: 4
+        }
+    }
 }
 
 /// The blocks of every thread that counted for one `BatchhouseMetrics`, and the thread-specific pointer that finds

@@ -141,6 +141,12 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // NIO's HTTPServerProtocolErrorHandler, before this handler, answered a request it could not parse with
+        // 400 and passes the error on.
+        if error is HTTPParserError {
+            dependencies.metrics.request(.rejected)
+            dependencies.metrics.refused(.syntax)
+        }
         perform(machine.channelClosed(), context: context)
         context.close(promise: nil)
     }
@@ -415,6 +421,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if !headSent {
+            // The transfer ended without an answer from ClickHouse.
+            dependencies.metrics.refused(.upstream)
             var headers = HTTPHeaders([("Content-Length", "0")])
             headers.add(contentsOf: HeaderPolicy.connectionFields(persistence(close: !requestEnded, head: head)))
             context.write(
@@ -434,7 +442,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func respond(_ response: IntakeResponse, head: HTTPRequestHead, context: ChannelHandlerContext) {
         switch response {
         case .accepted(let rows, let bytes, let ack):
-            respondAccepted(head: head, rows: rows, bytes: bytes, ack: ack.rawValue, context: context)
+            respondAccepted(head: head, rows: rows, bytes: bytes, ack: ack, context: context)
         case .refused(let error, let close):
             respondError(error, head: head, close: close, context: context)
         case .passThrough:
@@ -447,7 +455,6 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // ClickHouse refused the rows this request waited for, or its credentials.
             let refusal = RefusalKind(status: upstream.status, code: clickHouseErrorCode(in: upstream.body))
             dependencies.metrics.refused(refusal == .authentication || refusal == .permission ? .auth : .clickhouse)
-            answered(ack: .flushed, context: context)
             guard HeaderPolicy.areValidToSend(upstream.headers) else {
                 context.close(promise: nil)
                 return
@@ -461,9 +468,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// The answer to a batched INSERT: 200, no body (the hot path: headers built in one go, no future).
-    private func respondAccepted(head: HTTPRequestHead, rows: Int, bytes: Int, ack: String, context: ChannelHandlerContext) {
+    private func respondAccepted(head: HTTPRequestHead, rows: Int, bytes: Int, ack: AckMode, context: ChannelHandlerContext) {
         CrashPoint.beforeAck.reach()
-        if let ack = ThreadCounters.LatencyAck(rawValue: ack) { answered(ack: ack, context: context) }
+        answered(ack: ThreadCounters.LatencyAck(ack), context: context)
         // Before the answer is written: the client's next request of the session may come on another connection.
         machine.answering()
         let summary: String
@@ -475,7 +482,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             lastSummary = (rows, bytes, summary)
         }
         let close = !head.isKeepAlive
-        var fields = [("X-ClickHouse-Summary", summary), ("X-Batchhouse-Ack", ack), ("Content-Length", "0")]
+        var fields = [("X-ClickHouse-Summary", summary), ("X-Batchhouse-Ack", ack.rawValue), ("Content-Length", "0")]
         fields.append(contentsOf: HeaderPolicy.connectionFields(persistence(close: close, head: head)))
         context.write(
             wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: HTTPHeaders(fields)))),
@@ -489,7 +496,7 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         machine.answered(at: context.eventLoop.now)
     }
 
-    /// The answer latency of an INSERT taken in, from its head to now.
+    /// The latency of an INSERT's ack, from its head to now.
     private func answered(ack: ThreadCounters.LatencyAck, context: ChannelHandlerContext) {
         let nanoseconds = context.eventLoop.now.uptimeNanoseconds &- machine.requestStarted.uptimeNanoseconds
         dependencies.metrics.answered(ack: ack, nanoseconds: Int64(truncatingIfNeeded: nanoseconds))

@@ -1,6 +1,8 @@
+import BatchhouseConfig
 import BatchhouseCore
-import BatchhouseEngine
 import Foundation
+
+@testable import BatchhouseEngine
 import Synchronization
 import Testing
 
@@ -89,6 +91,41 @@ import Testing
         text = Self.text(fixture)
         #expect(Self.sample(text, "batchhouse_upstream_breaker_state" + series) == 0, "closed by the trial insert")
         #expect(Self.sample(text, "batchhouse_upstream_breaker_openings_total" + series) == 1, "counted once")
+    }
+
+    /// Two scrapes at once: one reads 100, the other 150 and updates first; the older reading arrives last.
+    @Test func anOlderReadingArrivingLastAddsNothing() {
+        let metrics = BatchhouseMetrics()
+        metrics.updateReceived(["db.m": (rows: 80, bytes: 800)])
+        metrics.updateReceived(["db.m": (rows: 150, bytes: 1500)])
+        metrics.updateReceived(["db.m": (rows: 100, bytes: 1000)])
+        metrics.updateReceived(["db.m": (rows: 150, bytes: 1500)])
+        metrics.updateBreakerOpenings([("http://one.test:8123", 3)])
+        metrics.updateBreakerOpenings([("http://one.test:8123", 2)])
+        metrics.updateBreakerOpenings([("http://one.test:8123", 3)])
+        let text = String(decoding: metrics.prometheusText(), as: UTF8.self)
+        #expect(Self.sample(text, "batchhouse_received_rows_total{table=\"db.m\"}") == 150)
+        #expect(Self.sample(text, "batchhouse_received_bytes_total{table=\"db.m\"}") == 1500)
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_openings_total{upstream=\"http://one.test:8123\"}") == 3)
+    }
+
+    @Test func aServerAReloadRemovedLosesItsSeries() throws {
+        let fixture = try EngineFixture(
+            upstream: "{ servers: [\"http://one.test:8123\", \"http://two.test:8123\"], compression: none }")
+        var text = Self.text(fixture)
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_state{upstream=\"http://two.test:8123\"}") == 0)
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_openings_total{upstream=\"http://two.test:8123\"}") == 0)
+        var configuration = fixture.engine.configuration.value
+        configuration.upstream.servers = ["http://one.test:8123"]
+        _ = fixture.engine.apply(configuration)
+        text = Self.text(fixture)
+        #expect(Self.sample(text, "batchhouse_upstream_breaker_state{upstream=\"http://one.test:8123\"}") == 0)
+        #expect(!text.contains("two.test"), "\(text)")
+    }
+
+    @Test func theIndexesOfTheCountersFollowTheirCases() {
+        for (index, reason) in RefusalReason.allCases.enumerated() { #expect(reason.index == index) }
+        for (index, kind) in BatchhouseMetrics.RequestKind.allCases.enumerated() { #expect(kind.index == index) }
     }
 
     @Test func requestCountersFromManyThreadsAddUpAndMetricsStayApart() async throws {

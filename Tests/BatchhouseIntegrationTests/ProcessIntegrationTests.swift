@@ -251,9 +251,8 @@ struct ProcessIntegrationTests {
         #expect(proxy.standardOutput == "")
     }
 
-    /// `--log-format` takes `text` or `json`; anything else is an argument error: exit 2 and the choices, and the
-    /// proxy does not start.
-    /// A usage error: ArgumentParser's EX_USAGE (64), like any other bad option; nothing starts.
+    /// `--log-format` takes `text` or `json`; anything else is a usage error: ArgumentParser's EX_USAGE (64), like
+    /// any other bad option, with the choices, and the proxy does not start.
     @Test func anUnknownLogFormatIsAUsageError() async throws {
         let result = try await CheckConfigTests.run(["--log-format", "xml", "--listen", "127.0.0.1:0"])
         #expect(result.status == 64, "\(result.output)")

@@ -53,6 +53,15 @@ import Testing
         #expect(Self.sample(text, "batchhouse_insert_latency_seconds_count{ack=\"flushed\"}") == 0)
     }
 
+    @Test func aRequestNIOCannotParseIsCountedAsSyntax() throws {
+        let fixture = try Fixture()
+        let response = try fixture.exchange("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n")
+        #expect(response.hasPrefix("HTTP/1.1 400"), "\(response)")
+        let text = String(decoding: fixture.engine.prometheusText(), as: UTF8.self)
+        #expect(Self.sample(text, "batchhouse_refused_requests_total{reason=\"syntax\"}") == 1)
+        #expect(Self.sample(text, "batchhouse_requests_total{kind=\"rejected\"}") == 1)
+    }
+
     @Test func theJSONViewHasTheGuidesMetricsAndCalculatedBlocks() throws {
         let fixture = try Fixture()
         for id in 0..<3 { _ = try Self.post(fixture, "INSERT INTO t VALUES (\(id))") }

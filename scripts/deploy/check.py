@@ -981,4 +981,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # A TERM unwinds through the `finally` blocks, so the proxies the smoke test started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

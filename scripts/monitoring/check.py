@@ -375,10 +375,11 @@ def promtool_checks(promtool, rules, config_path, work):
 
 def start_clickhouse(started, work):
     directory = os.path.join(work, "clickhouse")
+    # Known before it starts: a TERM during clickhouse-start still stops what it started (clickhouse-stop finds the
+    # server by the folder's pid file).
+    started.clickhouse_dir = directory
     result = subprocess.run([os.path.join(REPO, "scripts/clickhouse-start"), directory], stdout=subprocess.PIPE,
                             stderr=sys.stderr, text=True)
-    if os.path.exists(os.path.join(directory, ".batchhouse-clickhouse")):
-        started.clickhouse_dir = directory
     if result.returncode != 0:
         raise RuntimeError("scripts/clickhouse-start failed")
     assignments = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
