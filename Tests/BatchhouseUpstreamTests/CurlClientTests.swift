@@ -165,8 +165,10 @@ struct CurlClientTests {
     @Test("execute: cancelling the task cancels the transfer")
     func cancellation() async throws {
         let client = self.client
-        let url = ClickHouse.queryURL(base, "SELECT sleep(3)")
-        let task = Task { try await client.execute(UpstreamRequest(url: url)) }
+        let silent = try Self.silentServer()
+        defer { close(silent.fd) }
+        let url = silent.url
+        let task = Task { try await client.execute(UpstreamRequest(url: url, timeout: Self.unlessCancelled)) }
         try await Task.sleep(for: .milliseconds(300))
         let start = ContinuousClock.now
         task.cancel()
@@ -303,11 +305,26 @@ struct CurlClientTests {
         #expect(String(buffer: state.body).contains("Code: 60"))
     }
 
+    /// A server that never answers: a listening socket nobody accepts from (the kernel completes the handshake
+    /// and takes the request). A transfer to it ends only by a cancel, however late a loaded machine wakes the test
+    /// to cancel it; `SELECT sleep(3)` had finished by then once (a 200 ms sleep took 16 s on the whole suite).
+    /// Close `fd` when done.
+    static func silentServer() throws -> (fd: Int32, url: String) {
+        let (fd, port) = try OneConnectionServer.loopbackSocket(listening: true)
+        return (fd, "http://127.0.0.1:\(port)/?query=SELECT%201")
+    }
+
+    /// The timeout of a transfer to the silent server: a cancel that does not work fails the test with `.timeout`
+    /// instead of hanging it.
+    static let unlessCancelled: Duration = .seconds(60)
+
     @Test("stream: cancel() ends a running transfer with .cancelled")
     func streamCancel() async throws {
         let recorder = StreamRecorder()
+        let silent = try Self.silentServer()
+        defer { close(silent.fd) }
         let stream = client.stream(
-            UpstreamRequest(url: ClickHouse.queryURL(base, "SELECT sleep(3)"), timeout: nil),
+            UpstreamRequest(url: silent.url, timeout: Self.unlessCancelled),
             requestBodyLength: nil,
             delegate: recorder
         )
@@ -343,8 +360,10 @@ struct CurlClientTests {
     func shutdown() async throws {
         let client = CurlClient()
         let recorder = StreamRecorder()
+        let silent = try Self.silentServer()
+        defer { close(silent.fd) }
         _ = client.stream(
-            UpstreamRequest(url: ClickHouse.queryURL(base, "SELECT sleep(3)"), timeout: nil),
+            UpstreamRequest(url: silent.url, timeout: Self.unlessCancelled),
             requestBodyLength: nil,
             delegate: recorder
         )
