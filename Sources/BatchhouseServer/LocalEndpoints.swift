@@ -119,7 +119,7 @@ final class LocalEndpoints: Sendable {
             batching["last_flush_time"] = NSNull()
         }
         // Events: requests other than those of the local endpoints; errors: those answered with an error
-        // (batchhouse_refused_requests_total). Latency: INSERTs the proxy took in, head to answer.
+        // (batchhouse_refused_requests_total). Latency: an INSERT's head to its ack.
         let requests = status.requests
         let metrics: [String: Any] = [
             "event_count": requests.events,
