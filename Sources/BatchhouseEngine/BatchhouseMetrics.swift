@@ -364,9 +364,7 @@ package final class BatchhouseMetrics: Sendable {
     /// they grew since the last scrape. Corruptions found at start are counted by `spoolCorruptions`.
     package func updateSpool(_ statistics: SpoolStatistics) {
         func gauge(_ name: String, _ unit: String, _ help: String, _ value: Int) {
-            registry.makeGauge(
-                descriptor: .init(namespace: "batchhouse", metricName: name, unitName: unit, helpText: help)
-            ).set(Double(value))
+            setGauge(name, unit: unit, help, Double(value))
         }
         gauge("spool", "bytes", "Bytes of spool segment files on disk (delivered data included until reclaimed)", statistics.fileBytes)
         gauge("spool_live", "bytes", "Record bytes of spooled rows not yet in ClickHouse: what spool.max_size bounds", statistics.liveBytes)
@@ -561,18 +559,22 @@ package final class BatchhouseMetrics: Sendable {
 
     /// The memory budget and what it counts; the spool's bound when there is a spool; when the proxy started.
     package func updateLimits(memoryInUse: Int, memoryLimit: Int, spoolMaxBytes: Int?) {
-        func gauge(_ name: String, _ help: String, _ value: Double) {
-            registry.makeGauge(
-                descriptor: .init(namespace: "batchhouse", metricName: name, unitName: "", helpText: help)
-            ).set(value)
-        }
-        gauge(
+        setGauge(
             "memory_in_use_bytes",
             "Bytes counted in limits.max_buffer_memory: open batches, bodies arriving, reserved and sealed in memory",
             Double(memoryInUse))
-        gauge("memory_limit_bytes", "limits.max_buffer_memory", Double(memoryLimit))
-        if let spoolMaxBytes { gauge("spool_max_bytes", "spool.max_size: the bound on spool_live_bytes", Double(spoolMaxBytes)) }
-        gauge("start_time_seconds", "When the proxy started, in seconds since 1970", startTimeUnix)
+        setGauge("memory_limit_bytes", "limits.max_buffer_memory", Double(memoryLimit))
+        if let spoolMaxBytes {
+            setGauge("spool_max_bytes", "spool.max_size: the bound on spool_live_bytes", Double(spoolMaxBytes))
+        }
+        setGauge("start_time_seconds", "When the proxy started, in seconds since 1970", startTimeUnix)
+    }
+
+    /// An unlabelled gauge `batchhouse_<name>[_<unit>]`, set to `value`.
+    private func setGauge(_ name: String, unit: String = "", _ help: String, _ value: Double) {
+        registry.makeGauge(
+            descriptor: .init(namespace: "batchhouse", metricName: name, unitName: unit, helpText: help)
+        ).set(value)
     }
 
     package func prometheusText() -> [UInt8] {

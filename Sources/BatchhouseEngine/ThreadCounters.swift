@@ -210,11 +210,6 @@ final class ThreadCounterBlocks: Sendable {
         return block
     }
 
-    /// The sum of a slot over every thread's block.
-    func sum(_ slot: Int) -> Int {
-        all.withLock { blocks in blocks.reduce(0) { $0 + $1.value(slot) } }
-    }
-
     /// Every slot summed, in one pass under the lock.
     func sums() -> [Int] {
         all.withLock { blocks in
