@@ -49,11 +49,11 @@ public struct PatternFinding: Sendable, Hashable {
 ///   (first − value)/|first| > 0.2 → trend_down. Independent of the other kinds (a window can be both spike and
 ///   trend_up).
 /// - A non-finite `value` (NaN, ±inf) is judged as nothing and not recorded.
-/// - The ring keeps max(history, 4) values (trend needs 4).
+/// - `values` keeps the last max(history, 4) recorded values (trend needs 4).
 public struct PatternHistory: Sendable, Hashable {
     public let thresholds: PatternThresholds
-    private var ring: [Double] = []
-    private var start = 0  // index of the oldest value once the ring is full
+    /// Oldest first, at most max(history, 4).
+    public private(set) var values: [Double] = []
     private let capacity: Int
     private let history: Int
 
@@ -61,11 +61,6 @@ public struct PatternHistory: Sendable, Hashable {
         self.thresholds = thresholds
         history = Swift.max(thresholds.history, 1)
         capacity = Swift.max(history, 4)
-    }
-
-    /// Oldest first, at most max(history, 4).
-    public var values: [Double] {
-        Array(ring[start...] + ring[..<start])
     }
 
     /// Judges `value` against the values seen before it, then records it. Returns every finding (possibly none).
@@ -92,13 +87,10 @@ public struct PatternHistory: Sendable, Hashable {
         return findings
     }
 
+    /// A plain array, not a ring buffer: it holds a handful of values, and equal histories compare equal.
     private mutating func record(_ value: Double) {
-        if ring.count < capacity {
-            ring.append(value)
-        } else {
-            ring[start] = value
-            start = (start + 1) % capacity
-        }
+        values.append(value)
+        if values.count > capacity { values.removeFirst(values.count - capacity) }
     }
 
     /// spike, drop or anomaly of `value` against `baseline` (the rules above), nil when normal or when fewer than

@@ -11,11 +11,13 @@ import Darwin
 ///
 /// Why k1: it keeps clusters small at both tails (where p99 and p999 live) and, unlike k2/k3, needs no
 /// normalizer that depends on the count, so a digest's bound does not drift as it grows or merges.
-/// Each centroid spans at most one unit of k, so there are at most about δ centroids (never more than 2δ);
-/// incoming values wait in a buffer of at most 5δ and are merged in when it fills, in alternating directions
-/// (Dunning's remedy for the bias a one-way merge leaves). The exact min and max are kept so the ends are exact.
+/// A centroid grows only while it spans at most one unit of k, so there are at most about δ centroids;
+/// incoming values wait in a buffer of at most 2δ and are merged in when it fills, in alternating directions
+/// (Dunning's remedy for the bias a one-way merge leaves). The buffer is smaller than the reference's 5δ: it is most
+/// of a digest's memory and the accuracy hardly changes. The exact min and max are kept so the ends are exact.
 ///
 /// Non-finite values and non-positive or non-finite weights are ignored: one NaN would poison every mean.
+/// Equality compares the representation (the unmerged buffer included), not only the distribution.
 public struct QuantileDigest: Sendable, Hashable {
     /// δ: larger is more accurate and bigger.
     public let compression: Double
@@ -40,7 +42,7 @@ public struct QuantileDigest: Sendable, Hashable {
     public init(compression: Double = 200) {
         let delta = compression.isFinite ? Swift.max(compression, 10) : 200
         self.compression = delta
-        bufferLimit = Int(5 * delta)
+        bufferLimit = Int(2 * delta)
     }
 
     /// Total weight added (the number of values when every weight is 1).
@@ -76,6 +78,7 @@ public struct QuantileDigest: Sendable, Hashable {
     }
 
     private mutating func appendBuffered(_ centroid: Centroid) {
+        if buffer.capacity == 0 { buffer.reserveCapacity(bufferLimit) }  // not the next power of two
         buffer.append(centroid)
         bufferWeight += centroid.weight
         if buffer.count >= bufferLimit { compress() }

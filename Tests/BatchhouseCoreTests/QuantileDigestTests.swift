@@ -158,7 +158,7 @@ import Testing
         var rng = SplitMix64(seed: 8)
         for _ in 0..<300_000 { digest.add(Double(rng.next() % 1_000_000)) }
         #expect(digest.centroidCount <= 400)
-        // Centroids (≤ 2δ) plus the buffer (5δ), 16 bytes each, plus slack for array growth.
-        #expect(digest.approximateBytes <= 16 * (2 * 200 + 5 * 200) * 2)
+        // Room for δ + 8 centroids and a buffer of 2δ, 16 bytes each, and the struct.
+        #expect(digest.approximateBytes <= 16 * (208 + 400) + 200)
     }
 }
