@@ -84,17 +84,19 @@ import Testing
         return low
     }
 
-    /// The bounds the tests hold the digest to, per q. k1 at δ = 200 gives clusters about π/δ ≈ 1.6 % of rank wide
-    /// at the median and far narrower at the tails; interpolation within them does much better than half a width.
-    static let rankBound: [Double: Double] = [0.5: 0.005, 0.95: 0.002, 0.99: 0.001, 0.999: 0.0003]
+    /// The bounds the tests hold the digest to, per q, about 5× what it measures. k1 at δ = 200 gives clusters about
+    /// π/δ ≈ 1.6 % of rank wide at the median and far narrower at the tails; interpolating within them does much
+    /// better than half a width (answering the nearest centroid's mean instead fails these bounds).
+    static let rankBound: [Double: Double] = [0.5: 0.002, 0.95: 0.002, 0.99: 0.001, 0.999: 0.0003]
 
     static func check(_ label: String, _ digest: QuantileDigest, sorted: [Double]) {
         let figures = measure(digest, sorted: sorted)
         for figure in figures {
-            print(
-                "digest \(label) q=\(figure.q) rank error \(formatted(figure.rankError)) value error \(formatted(figure.valueError))"
-            )
+            let errors = "rank error \(formatted(figure.rankError)) value error \(formatted(figure.valueError))"
+            print("digest \(label) q=\(figure.q) \(errors)")
             #expect(figure.rankError <= rankBound[figure.q]!, "\(label) q=\(figure.q)")
+            // Values: within 1 % up to p99; the sparse far tail of the lognormal is looser and only printed.
+            if figure.q <= 0.99 { #expect(figure.valueError <= 0.01, "\(label) q=\(figure.q)") }
         }
         print("digest \(label) centroids \(digest.centroidCount) bytes \(digest.approximateBytes)")
         #expect(digest.centroidCount <= 2 * 200)
