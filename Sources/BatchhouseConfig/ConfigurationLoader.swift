@@ -128,8 +128,13 @@ private struct ConfigurationReader {
     static let tlsKeys = ["ca_file", "verify"]
     static let ruleKeys = [
         "strategy", "max_rows", "max_bytes", "max_delay", "priority", "retries", "retry_backoff", "ack", "sample",
-        "passthrough", "read_your_writes",
+        "passthrough", "read_your_writes", "aggregate",
     ]
+    static let aggregateKeys = [
+        "into", "window", "grace", "time_column", "group_by", "values", "quantiles", "keep_raw", "max_groups",
+        "exact_values", "patterns",
+    ]
+    static let patternsKeys = ["into", "spike", "drop", "sigma", "history"]
     static let limitsKeys = [
         "max_buffer_memory", "max_request_body", "header_timeout", "body_timeout", "request_timeout", "idle_timeout",
         "max_connections",
@@ -170,7 +175,7 @@ private struct ConfigurationReader {
         let hasSpool = configuration.spool != nil
         var defaults = TableRule()
         if let field = sections["defaults"] {
-            defaults = try rule(field, hasSpool: hasSpool).applied(to: TableRule())
+            defaults = try rule(field, hasSpool: hasSpool, isDefaults: true).applied(to: TableRule())
         }
         var entries: [TableRules.Entry] = []
         if let field = sections["tables"] {
@@ -355,7 +360,12 @@ private struct ConfigurationReader {
             if case .scalar = field.value, !Self.isNull(field.value) {
                 throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path) must be a mapping of rule keys; each key under tables is a table pattern, e.g. default.visitors: { strategy: size, max_rows: 5000 }")
             }
-            entries.append(TableRules.Entry(pattern: TablePattern(field.key), rule: try rule(field, hasSpool: hasSpool)))
+            let pattern = TablePattern(field.key)
+            let rule = try rule(field, hasSpool: hasSpool, isDefaults: false)
+            if rule.aggregate != nil, pattern.isGlob, let aggregateField = try fields(of: field, allowed: Self.ruleKeys)["aggregate"] {
+                throw error(.invalidValue, at: aggregateField.path, line: aggregateField.line, column: aggregateField.column, "\(aggregateField.path): an aggregate rule needs one source table (db.table or table), not a glob: the summaries do not say which table their rows came from")
+            }
+            entries.append(TableRules.Entry(pattern: pattern, rule: rule))
         }
         return entries
     }
@@ -378,7 +388,7 @@ private struct ConfigurationReader {
     }
 
     /// A `defaults:` block or one `tables:` entry.
-    private func rule(_ section: Field, hasSpool: Bool) throws(ConfigurationError) -> PartialTableRule {
+    private func rule(_ section: Field, hasSpool: Bool, isDefaults: Bool) throws(ConfigurationError) -> PartialTableRule {
         var rule = PartialTableRule()
         let fields = try fields(of: section, allowed: Self.ruleKeys)
         if let field = fields["strategy"] {
@@ -418,7 +428,168 @@ private struct ConfigurationReader {
         if let field = fields["read_your_writes"] {
             rule.readYourWrites = try bool(field)
         }
+        if let field = fields["aggregate"] {
+            if isDefaults {
+                throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path): aggregate belongs to one table's rule under tables, not to defaults")
+            }
+            if rule.passthrough == true {
+                throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path): a table cannot both pass through and be aggregated; remove passthrough or aggregate")
+            }
+            rule.aggregate = try aggregate(field)
+        }
         return rule
+    }
+
+    /// A table's `aggregate:` block (docs/aggregation.md).
+    private func aggregate(_ section: Field) throws(ConfigurationError) -> AggregateRule {
+        guard case .mapping = section.value else {
+            throw error(.invalidValue, at: section.path, line: section.line, column: section.column, "\(section.path) must be a mapping such as { into: default.response_times_1m, window: 1m, group_by: [endpoint], values: [duration_ms] }, found \(Self.kind(of: section.value))")
+        }
+        let fields = try fields(of: section, allowed: Self.aggregateKeys)
+        func required(_ key: String, _ example: String) throws(ConfigurationError) -> Field {
+            guard let field = fields[key] else {
+                throw error(.missingKey, at: section.path.key(key), line: section.line, column: section.column, "\(section.path) needs '\(key)' (e.g. \(key): \(example))")
+            }
+            return field
+        }
+        let into = try target(try required("into", "default.response_times_1m"))
+        let windowField = try required("window", "1m")
+        let window = try duration(windowField, allowZero: false)
+        let (seconds, attoseconds) = window.components
+        guard attoseconds == 0, seconds <= 86_400 * 31 else {
+            throw invalidValue(windowField, ValueFormat.duration(window), "must be whole seconds (window_start is a DateTime), at most 31 days")
+        }
+        let values = try names(try required("values", "[duration_ms]"), allowEmpty: false)
+        var rule = AggregateRule(into: into, window: window, values: values)
+        if let field = fields["grace"] { rule.grace = try duration(field, allowZero: true) }
+        if let field = fields["time_column"] { rule.timeColumn = try string(field, expected: "a column name") }
+        if let field = fields["group_by"] { rule.groupBy = try names(field, allowEmpty: true) }
+        if let field = fields["quantiles"] {
+            let levels = try numbers(field)
+            for (index, level) in levels.enumerated() where !(level > 0 && level < 1) {
+                throw error(.invalidValue, at: field.path.index(index), line: field.line, column: field.column, "\(field.path.index(index)) is \(level): a quantile is more than 0 and less than 1, e.g. [0.5, 0.95, 0.99]")
+            }
+            let names = levels.map(AggregateRule.quantileName)
+            if let repeated = names.firstRepeated {
+                throw invalidValue(field, "\(levels)", "names the quantile \(repeated) twice")
+            }
+            rule.quantiles = levels
+        }
+        if let field = fields["keep_raw"] { rule.keepRaw = try bool(field) }
+        if let field = fields["max_groups"] { rule.maxGroups = try integer(field, in: 1...10_000_000) }
+        if let field = fields["exact_values"] { rule.exactValues = try integer(field, in: 0...1_000_000) }
+        if let field = fields["patterns"] { rule.patterns = try patterns(field) }
+        // A column read twice would be written twice into the target, which ClickHouse refuses.
+        let read = (rule.timeColumn.map { [$0] } ?? []) + rule.groupBy + rule.values
+        if let repeated = read.firstRepeated {
+            throw error(.invalidValue, at: section.path, line: section.line, column: section.column, "\(section.path) names the column '\(repeated)' twice among time_column, group_by and values; each column has one role")
+        }
+        if let repeated = rule.targetColumns.firstRepeated {
+            throw error(.invalidValue, at: section.path, line: section.line, column: section.column, "\(section.path): the target column '\(repeated)' would be written twice (a group_by column named like window_start, count or a value's _min/_max/... column); rename the column")
+        }
+        return rule
+    }
+
+    private func patterns(_ section: Field) throws(ConfigurationError) -> AggregateRule.Patterns {
+        guard case .mapping = section.value else {
+            throw error(.invalidValue, at: section.path, line: section.line, column: section.column, "\(section.path) must be a mapping such as { into: default.patterns, spike: 2.0, drop: 0.5, sigma: 3, history: 10 }, found \(Self.kind(of: section.value))")
+        }
+        let fields = try fields(of: section, allowed: Self.patternsKeys)
+        guard let intoField = fields["into"] else {
+            throw error(.missingKey, at: section.path.key("into"), line: section.line, column: section.column, "\(section.path) needs 'into', the table findings go to (e.g. into: default.patterns)")
+        }
+        var patterns = AggregateRule.Patterns(into: try target(intoField))
+        if let field = fields["spike"] {
+            patterns.spike = try number(field, where: { $0 > 1 }, "a factor above 1, e.g. 2.0 (a window's average above 2x the recent mean)")
+        }
+        if let field = fields["drop"] {
+            patterns.drop = try number(field, where: { $0 > 0 && $0 < 1 }, "a factor between 0 and 1, e.g. 0.5 (below half the recent mean)")
+        }
+        if let field = fields["sigma"] {
+            patterns.sigma = try number(field, where: { $0 > 0 }, "a number of standard deviations above 0, e.g. 3")
+        }
+        if let field = fields["history"] { patterns.history = try integer(field, in: 2...1_000) }
+        return patterns
+    }
+
+    private func target(_ field: Field) throws(ConfigurationError) -> AggregateRule.Target {
+        let text = try string(field, expected: "a table: db.table or table")
+        guard let target = AggregateRule.Target(parsing: text.trimmedSpaces), !text.contains(where: \.isWhitespace),
+            !target.table.contains(".")
+        else {
+            throw invalidValue(field, text, "expected a table: db.table or table (no glob, no spaces)")
+        }
+        if target.table.contains(where: { "*?[".contains($0) }) {
+            throw invalidValue(field, text, "is a glob; expected one table: db.table or table")
+        }
+        return target
+    }
+
+    /// A list of column names (a YAML sequence, or one name).
+    private func names(_ field: Field, allowEmpty: Bool) throws(ConfigurationError) -> [String] {
+        var names: [String] = []
+        switch field.value {
+        case .sequence(let sequence):
+            for (position, item) in sequence.enumerated() {
+                let path = field.path.index(position)
+                guard case .scalar(let scalar) = item, !Self.isNull(item) else {
+                    throw error(.invalidValue, at: path, node: item, "\(path) must be a column name, found \(Self.kind(of: item))")
+                }
+                let name = try substitute(scalar.string, at: path, node: item).trimmedSpaces
+                guard !name.isEmpty else { throw error(.invalidValue, at: path, node: item, "\(path) is empty; expected a column name") }
+                names.append(name)
+            }
+        case .scalar:
+            if let text = try scalar(field), !text.trimmedSpaces.isEmpty { names = [text.trimmedSpaces] }
+        default:
+            throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path) must be a list of column names such as [endpoint], found \(Self.kind(of: field.value))")
+        }
+        if names.isEmpty && !allowEmpty {
+            throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path) needs at least one column name, e.g. [duration_ms]")
+        }
+        if let repeated = names.firstRepeated {
+            throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path) names '\(repeated)' twice")
+        }
+        return names
+    }
+
+    /// A list of numbers (a YAML sequence, or one number).
+    private func numbers(_ field: Field) throws(ConfigurationError) -> [Double] {
+        let allowed = "a list of numbers such as [0.5, 0.95, 0.99]"
+        var texts: [(String, ConfigPath, Node)] = []
+        switch field.value {
+        case .sequence(let sequence):
+            for (position, item) in sequence.enumerated() {
+                let path = field.path.index(position)
+                guard case .scalar(let scalar) = item, !Self.isNull(item) else {
+                    throw error(.invalidValue, at: path, node: item, "\(path) must be a number, found \(Self.kind(of: item))")
+                }
+                texts.append((try substitute(scalar.string, at: path, node: item), path, item))
+            }
+        case .scalar:
+            texts = [(try requiredScalar(field, expected: allowed), field.path, field.value)]
+        default:
+            throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path) must be \(allowed), found \(Self.kind(of: field.value))")
+        }
+        guard !texts.isEmpty else {
+            throw error(.invalidValue, at: field.path, line: field.line, column: field.column, "\(field.path) needs at least one quantile; expected \(allowed)")
+        }
+        var numbers: [Double] = []
+        for (text, path, node) in texts {
+            guard let value = try? ValueSyntax.fraction(text) else {
+                throw error(.invalidValue, at: path, node: node, "\(path) is '\(text)'; expected a number such as 0.95")
+            }
+            numbers.append(value)
+        }
+        return numbers
+    }
+
+    private func number(_ field: Field, where valid: (Double) -> Bool, _ allowed: String) throws(ConfigurationError) -> Double {
+        let text = try requiredScalar(field, expected: allowed)
+        guard let value = try? ValueSyntax.fraction(text), valid(value) else {
+            throw invalidValue(field, text, "expected \(allowed)")
+        }
+        return value
     }
 
     // MARK: Mappings
@@ -632,5 +803,14 @@ private struct ConfigurationReader {
         case .scalar: return isNull(node) ? "nothing" : "a single value"
         case .alias: return "an alias"
         }
+    }
+}
+
+extension Array where Element: Hashable {
+    /// The first element that appears a second time, if any.
+    fileprivate var firstRepeated: Element? {
+        var seen = Set<Element>()
+        for element in self where !seen.insert(element).inserted { return element }
+        return nil
     }
 }

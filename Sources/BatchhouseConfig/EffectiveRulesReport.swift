@@ -33,7 +33,9 @@ extension BatchhouseConfiguration {
             let set = Self.keysSet(by: entry.rule)
             let sets = set.isEmpty ? "sets nothing" : "sets " + set.joined(separator: ", ")
             lines.append("\(entry.pattern.text)  (\(kind); \(sets))")
-            lines.append("  " + Self.describe(rules.effectiveRule(of: entry)))
+            let effective = rules.effectiveRule(of: entry)
+            lines.append("  " + Self.describe(effective))
+            if let aggregate = effective.aggregate { lines.append("  " + Self.describe(aggregate)) }
         }
         return lines.joined(separator: "\n") + "\n"
     }
@@ -56,6 +58,28 @@ extension BatchhouseConfiguration {
         ].joined(separator: " ")
     }
 
+    static func describe(_ rule: AggregateRule) -> String {
+        var parts = [
+            "aggregate: into=\(rule.into)",
+            "window=\(ValueFormat.duration(rule.window))",
+            "grace=\(ValueFormat.duration(rule.grace))",
+            "time_column=\(rule.timeColumn ?? "(arrival time)")",
+            "group_by=[\(rule.groupBy.joined(separator: ", "))]",
+            "values=[\(rule.values.joined(separator: ", "))]",
+            "quantiles=[\(rule.quantiles.map { "\($0)" }.joined(separator: ", "))]",
+            "keep_raw=\(rule.keepRaw)",
+            "max_groups=\(rule.maxGroups)",
+            "exact_values=\(rule.exactValues)",
+        ]
+        if let patterns = rule.patterns {
+            parts.append(
+                "patterns: into=\(patterns.into) spike=\(patterns.spike) drop=\(patterns.drop) sigma=\(patterns.sigma) history=\(patterns.history)"
+            )
+        }
+        parts.append("\n    target columns: " + rule.targetColumns.joined(separator: ", "))
+        return parts.joined(separator: " ")
+    }
+
     static func keysSet(by rule: PartialTableRule) -> [String] {
         var keys: [String] = []
         if rule.strategy != nil { keys.append("strategy") }
@@ -69,6 +93,7 @@ extension BatchhouseConfiguration {
         if rule.sample != nil { keys.append("sample") }
         if rule.passthrough != nil { keys.append("passthrough") }
         if rule.readYourWrites != nil { keys.append("read_your_writes") }
+        if rule.aggregate != nil { keys.append("aggregate") }
         return keys
     }
 }

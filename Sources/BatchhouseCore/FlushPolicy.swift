@@ -16,6 +16,8 @@ public enum FlushTrigger: String, Sendable, Hashable, CaseIterable {
     case recovery
     /// A request of an identity whose rows it holds waits to read them (`read_your_writes`).
     case read
+    /// The summaries of a window an aggregate rule emitted (docs/aggregation.md).
+    case aggregate
 }
 
 /// The strategies' flush decisions, as pure functions of a rule and a batch's size and age.

@@ -40,6 +40,8 @@ public struct TableRule: Sendable, Hashable {
     /// A request of an identity that is not a batchable INSERT waits until the batches holding that identity's
     /// acknowledged rows of this table have an outcome (docs/delivery.md, "Read your writes").
     public var readYourWrites: Bool
+    /// `aggregate:`: rows are summarised per window and group into another table (docs/aggregation.md).
+    public var aggregate: AggregateRule?
 
     public init(
         strategy: FlushStrategy = .hybrid,
@@ -52,7 +54,8 @@ public struct TableRule: Sendable, Hashable {
         ack: AckMode = .enqueued,
         sample: Double = 1.0,
         passthrough: Bool = false,
-        readYourWrites: Bool = true
+        readYourWrites: Bool = true,
+        aggregate: AggregateRule? = nil
     ) {
         self.strategy = strategy
         self.maxRows = maxRows
@@ -65,6 +68,7 @@ public struct TableRule: Sendable, Hashable {
         self.sample = sample
         self.passthrough = passthrough
         self.readYourWrites = readYourWrites
+        self.aggregate = aggregate
     }
 
     /// The delay after a batch's first row at which it is flushed at the latest.
@@ -92,6 +96,7 @@ public struct PartialTableRule: Sendable, Hashable {
     public var sample: Double?
     public var passthrough: Bool?
     public var readYourWrites: Bool?
+    public var aggregate: AggregateRule?
 
     public init() {}
 
@@ -109,6 +114,7 @@ public struct PartialTableRule: Sendable, Hashable {
         if let sample { rule.sample = sample }
         if let passthrough { rule.passthrough = passthrough }
         if let readYourWrites { rule.readYourWrites = readYourWrites }
+        if let aggregate { rule.aggregate = aggregate }
         return rule
     }
 }

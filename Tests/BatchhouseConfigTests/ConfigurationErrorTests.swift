@@ -22,7 +22,7 @@ struct ConfigurationErrorTests {
         #expect(error.key == "tables.\"default.visitors\".max_row")
         #expect(
             error.description
-                == "batchhouse.yaml:5: unknown key 'max_row' in tables.\"default.visitors\" (allowed: strategy, max_rows, max_bytes, max_delay, priority, retries, retry_backoff, ack, sample, passthrough, read_your_writes; did you mean 'max_rows'?)"
+                == "batchhouse.yaml:5: unknown key 'max_row' in tables.\"default.visitors\" (allowed: strategy, max_rows, max_bytes, max_delay, priority, retries, retry_backoff, ack, sample, passthrough, read_your_writes, aggregate; did you mean 'max_rows'?)"
         )
     }
 
