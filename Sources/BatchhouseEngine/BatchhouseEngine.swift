@@ -16,6 +16,8 @@ package final class BatchhouseEngine: Sendable {
     package let schemas: TableSchemas<TableDescription>
     package let buffering: Buffering
     package let delivery: Delivery
+    /// The tables with an `aggregate:` rule, and every table's ingest rate.
+    package let aggregation: Aggregation
     package let settlement: Settlement
     package let gateway: UpstreamGateway
     package let spool: Spool?
@@ -67,9 +69,12 @@ package final class BatchhouseEngine: Sendable {
             gateway: gateway, settlement: settlement, clock: clock,
             concurrency: configuration.upstream.maxConcurrentFlushes, retryUntilDelivered: spool != nil, spool: spool,
             jitter: jitter, refusedBinaryBatch: { key in schemas.forget(database: key.database, table: key.table) })
+        aggregation = Aggregation(
+            configuration: self.configuration, buffering: buffering, delivery: delivery, spool: spool, acks: acks,
+            metrics: metrics.aggregation, clock: clock, logger: logger)
         intake = Intake(
             configuration: self.configuration, buffering: buffering, delivery: delivery, spool: spool, acks: acks,
-            metrics: metrics, gateway: gateway, verifier: verifier, schemas: schemas)
+            metrics: metrics, gateway: gateway, verifier: verifier, schemas: schemas, aggregation: aggregation)
     }
 
     // MARK: Start
@@ -256,12 +261,20 @@ package final class BatchhouseEngine: Sendable {
             metadata: ["unwritten_chunks": "\(outcome.unwrittenChunks)", "error": "\(outcome.failure ?? "unknown")"])
     }
 
+    /// Checks the target tables of the aggregate rules against the upstream (`Aggregation.checkTargets`).
+    package func checkAggregateTargets() async {
+        await aggregation.checkTargets(gateway: gateway)
+    }
+
     // MARK: Flushing
 
     /// Seals and submits every batch whose `max_delay` has passed; returns the next deadline.
     @discardableResult
     package func flushDue() -> Instant? {
-        let (due, next) = buffering.sealDue()
+        // Windows first: a window's summaries then go in the same tick as the batches already due.
+        let window = aggregation.emitDue()
+        var (due, next) = buffering.sealDue()
+        if let window { next = min(next ?? window, window) }
         delivery.submit(due)
         // Delivered marks that found no room before are written as soon as there is (one atomic load otherwise).
         spool?.retryUnwrittenMarks()
@@ -290,6 +303,8 @@ package final class BatchhouseEngine: Sendable {
     /// Shutdown: seals every open batch and closes the delivery queue; `delivery.run()` returns once all is sent.
     package func drain() {
         logger.info("flushing everything before exit", metadata: ["buffered_rows": "\(buffering.bufferedRows)"])
+        // Open windows go as partial rows, before the delivery queue closes.
+        aggregation.emitAll()
         delivery.submit(buffering.sealAll(trigger: .shutdown))
         delivery.close()
     }
@@ -325,6 +340,10 @@ package final class BatchhouseEngine: Sendable {
         buffering.setMaxBufferMemory(applied.limits.maxBufferMemory)
         let rules = applied.rules
         delivery.submit(buffering.updateRules { key in rules.rule(database: key.database ?? "default", table: key.table) })
+        aggregation.update(rules)
+        if rules.entries.contains(where: { $0.rule.aggregate != nil }) || old.rules.entries.contains(where: { $0.rule.aggregate != nil }) {
+            Task { [self] in await checkAggregateTargets() }
+        }
         metrics.configReloaded(ok: true)
         return notes
     }

@@ -40,6 +40,8 @@ package final class BatchhouseMetrics: Sendable {
     package let registry = PrometheusCollectorRegistry()
     /// Requests, refusals and answer latency: moved by every request, so kept per thread (`ThreadCounters`).
     private let threadCounters = ThreadCounterBlocks()
+    /// Aggregate rules' and ingest anomalies' figures (docs/aggregation.md).
+    package let aggregation = AggregationMetrics()
     private let retries: Counter
     private let queueBytes: Gauge
     private let configReloads: Counter
@@ -581,6 +583,7 @@ package final class BatchhouseMetrics: Sendable {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         emitThreadCounters(into: &buffer)
+        aggregation.emit(into: &buffer)
         return buffer
     }
 

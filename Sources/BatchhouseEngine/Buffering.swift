@@ -158,6 +158,22 @@ package final class Buffering: Sendable {
         }
     }
 
+    /// A batch of summaries an aggregate rule emitted (one window's rows), sealed at once. Its bytes are taken, not
+    /// admitted: the rows they summarise were taken already, and refusing them now would lose acknowledged rows.
+    package func emitted(
+        key: BatchKey, rule: TableRule, chunk: UnsafeRawBufferPointer, rows: Int, token: UInt64, spoolChunk: UInt64?
+    ) -> SealedBatch {
+        let now = clock.now()
+        return state.withLock { state in
+            var batch = state.store.single(
+                key: key, rule: rule, chunk: chunk, rows: rows, endsWithNewline: true, now: now, token: token,
+                spoolChunk: spoolChunk)
+            batch.trigger = .aggregate
+            sealed.add(batch.data.count, ordering: .relaxed)
+            return batch
+        }
+    }
+
     // MARK: Sealing
 
     /// Seals every batch whose `max_delay` has passed; returns them and the next deadline.

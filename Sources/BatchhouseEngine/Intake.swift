@@ -74,13 +74,16 @@ package final class Intake: Sendable {
     private let verifier: CredentialVerifier?
     /// The columns RowBinary rows are read with; nil: RowBinary INSERTs pass through.
     private let schemas: TableSchemas<TableDescription>?
+    /// The tables with an `aggregate:` rule; nil: such rules are not applied (engine tests of other parts).
+    private let aggregation: Aggregation?
 
     package init(
         configuration: LiveConfiguration, buffering: Buffering, delivery: Delivery, spool: Spool?, acks: PendingAcks,
         metrics: BatchhouseMetrics, gateway: UpstreamGateway, verifier: CredentialVerifier?,
-        schemas: TableSchemas<TableDescription>? = nil
+        schemas: TableSchemas<TableDescription>? = nil, aggregation: Aggregation? = nil
     ) {
         self.schemas = schemas
+        self.aggregation = aggregation
         self.configuration = configuration
         self.buffering = buffering
         self.delivery = delivery
@@ -209,6 +212,14 @@ package final class Intake: Sendable {
         identity: ClientIdentity, contributor: ClientIdentity?, memoryLimit: Int, described: Bool = false,
         completion: () -> IntakeCompletion
     ) -> IntakeDecision {
+        if rule.aggregate != nil, aggregation != nil, statement.format.isBinary {
+            return refuse(
+                ClickHouseError(
+                    code: 36, name: "BAD_ARGUMENTS",
+                    message:
+                        "Batchhouse: format \(statement.format.rawValue) cannot be aggregated; the table's aggregate rule reads JSONEachRow, Values, TabSeparated, CSV, JSONCompactEachRow or TSKV rows",
+                    status: 400, reason: .syntax))
+        }
         // RowBinary rows are read with the table's columns as the upstream describes them to this identity.
         var columns: ColumnSignature?
         var schemaKey: TableSchemas<TableDescription>.Key?
@@ -260,6 +271,40 @@ package final class Intake: Sendable {
                 format: statement.format, header: header,
                 settings: settings + StatementTextSettings.removed(from: statement.settings))
             let rows = UnsafeRawBufferPointer(rebasing: bytes[scanned.rows])
+            if let aggregate = rule.aggregate, let aggregation, scanned.rowCount > 0 {
+                let inputs: [AggregateInput]
+                do throws(RowScanError) {
+                    inputs = try AggregateReader.inputs(
+                        bytes, scanned: scanned, format: statement.format, statementColumns: statement.columns,
+                        rule: aggregate, arrivalUnixSeconds: aggregation.arrivalSeconds())
+                } catch {
+                    aggregation.refused(rows: scanned.rowCount, table: key.qualifiedTable)
+                    return refuse(
+                        ClickHouseError(
+                            code: error.code, name: error.name, message: error.message, status: 400, reason: .syntax))
+                }
+                if let problem = aggregation.targetProblem(database: database, table: statement.table) {
+                    return refuse(
+                        ClickHouseError(
+                            code: 16, name: "NO_SUCH_COLUMN_IN_TABLE", message: "Batchhouse: \(problem)", status: 400,
+                            reason: .other))
+                }
+                let source = Aggregation.Key(identity: identity, database: database, table: statement.table)
+                if !aggregate.keepRaw {
+                    // The client's ack follows its windows: `durable` once their summaries are spooled and synced,
+                    // `flushed` (and `immediate`) once ClickHouse took them (docs/aggregation.md, "Acks").
+                    let wait: AckMode? = rule.strategy == .immediate ? .flushed : rule.ack == .enqueued ? nil : rule.ack
+                    metrics.request(.batchedInsert)
+                    return aggregation.fold(
+                        inputs, key: source, rule: aggregate, wait: wait,
+                        success: .accepted(rows: scanned.rowCount, bytes: rows.count, ack: wait ?? .enqueued),
+                        completion: completion)
+                }
+                // keep_raw: the summaries are a by-product; the raw rows below decide the ack.
+                _ = aggregation.fold(
+                    inputs, key: source, rule: aggregate, wait: nil,
+                    success: .accepted(rows: scanned.rowCount, bytes: rows.count, ack: .enqueued), completion: completion)
+            }
             if rule.sample < 1.0 && scanned.rowCount > 0 {
                 guard let kept = RowSampler.sample(rows, format: statement.format, columns: scanned.signature, fraction: rule.sample) else {
                     return refuse(.syntax("Batchhouse: cannot split the data into rows"))

@@ -24,6 +24,8 @@ final class FlushService: Service, Sendable {
             group.addTask { await delivery.run() }
             // Batches that were being sent when the process last stopped: asked about before they go again.
             group.addTask { await self.engine.settleInDoubt() }
+            // The target tables of aggregate rules: checked once a server answers.
+            group.addTask { await self.engine.checkAggregateTargets() }
             await withGracefulShutdownHandler {
                 await self.tickUntilShutdown()
             } onGracefulShutdown: {}
