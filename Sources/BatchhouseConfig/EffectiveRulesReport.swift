@@ -76,8 +76,7 @@ extension BatchhouseConfiguration {
                 "patterns: into=\(patterns.into) spike=\(patterns.spike) drop=\(patterns.drop) sigma=\(patterns.sigma) history=\(patterns.history)"
             )
         }
-        parts.append("\n    target columns: " + rule.targetColumns.joined(separator: ", "))
-        return parts.joined(separator: " ")
+        return parts.joined(separator: " ") + "\n    target columns: " + rule.targetColumns.joined(separator: ", ")
     }
 
     static func keysSet(by rule: PartialTableRule) -> [String] {

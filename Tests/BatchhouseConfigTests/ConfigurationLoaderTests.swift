@@ -50,6 +50,10 @@ struct ConfigurationLoaderTests {
           default.metrics:  { strategy: adaptive, max_delay: 5s }
           default.debug:    { sample: 0.1 }
           default.legacy:   { passthrough: true }
+          default.response_times:            # edge aggregation: one row per window and group instead of every event
+            aggregate: { into: default.response_times_1m, window: 1m, time_column: ts, group_by: [endpoint],
+                         values: [duration_ms], quantiles: [0.5, 0.95, 0.99], keep_raw: false,
+                         patterns: { into: default.patterns, spike: 2.0, drop: 0.5, sigma: 3, history: 10 } }
         limits:
           max_buffer_memory: 512MiB     # all buffered rows together; beyond it inserts get 503 + Retry-After, lowest priority first
           max_request_body: 256MiB
@@ -86,9 +90,13 @@ struct ConfigurationLoaderTests {
         #expect(
             entries.map(\.pattern.text) == [
                 "default.payments", "default.mthreads", "default.visitors", "logs.*", "default.metrics",
-                "default.debug", "default.legacy",
+                "default.debug", "default.legacy", "default.response_times",
             ]
         )
+        let aggregate = config.rules.rule(database: "default", table: "response_times").aggregate
+        #expect(aggregate?.into.description == "default.response_times_1m")
+        #expect(aggregate?.timeColumn == "ts")
+        #expect(aggregate?.patterns?.history == 10)
         var payments = PartialTableRule()
         payments.strategy = .immediate
         payments.priority = 1
@@ -110,7 +118,12 @@ struct ConfigurationLoaderTests {
         debug.sample = 0.1
         var legacy = PartialTableRule()
         legacy.passthrough = true
-        #expect(entries.map(\.rule) == [payments, mthreads, visitors, logs, metrics, debug, legacy])
+        var responseTimes = PartialTableRule()
+        responseTimes.aggregate = AggregateRule(
+            into: AggregateRule.Target(database: "default", table: "response_times_1m"), window: .seconds(60),
+            timeColumn: "ts", groupBy: ["endpoint"], values: ["duration_ms"],
+            patterns: AggregateRule.Patterns(into: AggregateRule.Target(database: "default", table: "patterns")))
+        #expect(entries.map(\.rule) == [payments, mthreads, visitors, logs, metrics, debug, legacy, responseTimes])
 
         // Effective rules, as the request path sees them.
         let rules = config.rules

@@ -11,7 +11,7 @@ struct EffectiveRulesReportTests {
             lines[defaultsAt + 1]
                 == "  strategy=hybrid max_rows=100000 max_bytes=16MiB max_delay=1s priority=3 retries=3 retry_backoff=200ms ack=enqueued sample=1.0 passthrough=false read_your_writes=true"
         )
-        // Most specific first: the six exact db.table patterns in file order, then the glob.
+        // Most specific first: the seven exact db.table patterns in file order, then the glob.
         let headers = lines.filter { !$0.hasPrefix("  ") && $0.contains("  (") }
         #expect(
             headers == [
@@ -21,6 +21,7 @@ struct EffectiveRulesReportTests {
                 "default.metrics  (exact db.table; sets strategy, max_delay)",
                 "default.debug  (exact db.table; sets sample)",
                 "default.legacy  (exact db.table; sets passthrough)",
+                "default.response_times  (exact db.table; sets aggregate)",
                 "logs.*  (glob on db.table; sets strategy, max_bytes)",
             ]
         )
@@ -33,6 +34,11 @@ struct EffectiveRulesReportTests {
         #expect(lines[payments + 1].hasPrefix("  strategy=immediate max_rows=100000 max_bytes=16MiB max_delay=1s (immediate default) priority=1 retries=5 "))
         let logs = try #require(lines.firstIndex { $0.hasPrefix("logs.*") })
         #expect(lines[logs + 1].contains("strategy=memory max_rows=100000 max_bytes=64MiB max_delay=1m (memory default)"))
+        let responseTimes = try #require(lines.firstIndex { $0.hasPrefix("default.response_times") })
+        #expect(
+            lines[responseTimes + 2]
+                == "  aggregate: into=default.response_times_1m window=1m grace=0s time_column=ts group_by=[endpoint] values=[duration_ms] quantiles=[0.5, 0.95, 0.99] keep_raw=false max_groups=10000 exact_values=1000 patterns: into=default.patterns spike=2.0 drop=0.5 sigma=3.0 history=10"
+        )
         let debug = try #require(lines.firstIndex { $0.hasPrefix("default.debug") })
         #expect(lines[debug + 1].contains("max_delay=1s priority=3") && lines[debug + 1].contains("sample=0.1"))
     }
