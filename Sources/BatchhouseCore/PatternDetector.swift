@@ -40,8 +40,9 @@ public struct PatternFinding: Sendable, Hashable {
 /// The recent values of one series (one group's v_avg of one column, window after window).
 ///
 /// The rules, with `history` = `thresholds.history` (at least 1):
-/// - Baseline: the mean m and population standard deviation s of the last `history` recorded values.
-/// - spike, drop and anomaly are judged only once at least `min(history, 3)` values are recorded.
+/// - Baseline: the mean m and sample standard deviation s (n − 1) of the last `history` recorded values.
+/// - spike and drop are judged only once at least `min(history, 3)` values are recorded; anomaly only once `history`
+///   are (a deviation from a few windows is too small a yardstick: it flagged ordinary noise).
 /// - spike: m > 0 and value > spike × m (baseline m). drop: m > 0 and value < drop × m (baseline m).
 /// - anomaly: only when neither spike nor drop fired; s > 0 and |value − m| > sigma × s (baseline m).
 /// - trend: needs the last 4 recorded values plus `value` (5 windows): strictly increasing and
@@ -103,15 +104,16 @@ public struct PatternHistory: Sendable, Hashable {
         guard baseline.count >= Swift.max(needed, 1) else { return nil }
         let n = Double(baseline.count)
         let mean = baseline.reduce(0, +) / n
-        let variance = baseline.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / n
+        let variance = n > 1 ? baseline.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / (n - 1) : 0
         let deviation = variance.squareRoot()
+        let judgesAnomaly = baseline.count >= Swift.max(thresholds.history, needed, 2)
         if mean > 0, value > thresholds.spike * mean {
             return PatternFinding(kind: .spike, value: value, baseline: mean)
         }
         if mean > 0, value < thresholds.drop * mean {
             return PatternFinding(kind: .drop, value: value, baseline: mean)
         }
-        if deviation > 0, Swift.abs(value - mean) > thresholds.sigma * deviation {
+        if judgesAnomaly, deviation > 0, Swift.abs(value - mean) > thresholds.sigma * deviation {
             return PatternFinding(kind: .anomaly, value: value, baseline: mean)
         }
         return nil

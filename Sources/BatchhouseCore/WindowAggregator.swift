@@ -144,15 +144,16 @@ public struct WindowAggregator: Sendable {
     public mutating func emitDue(now: Instant) -> [EmittedWindow] {
         let span = rule.window + rule.grace
         let due = open.values.filter { $0.firstArrival + span <= now }.map(\.start).sorted()
-        return due.map { emit(start: $0, judge: true) }
+        return due.map { emit(start: $0, judge: true, cutShort: false) }
     }
 
-    /// Every open window at once (shutdown, or the rule changed): partial rows, still judged for patterns.
+    /// Every open window at once (shutdown, or the rule changed): cut short, so partial rows, not judged for
+    /// patterns (a window of a few seconds' rows would be judged against full ones).
     public mutating func emitAll() -> [EmittedWindow] {
-        open.keys.sorted().map { emit(start: $0, judge: true) }
+        open.keys.sorted().map { emit(start: $0, judge: false, cutShort: true) }
     }
 
-    private mutating func emit(start: Int64, judge: Bool) -> EmittedWindow {
+    private mutating func emit(start: Int64, judge: Bool, cutShort: Bool) -> EmittedWindow {
         let window = open.removeValue(forKey: start)!
         let keys = window.groups.keys.sorted(by: Self.precedes)
         var rows: [EmittedWindow.Row] = []
@@ -161,7 +162,8 @@ public struct WindowAggregator: Sendable {
         for key in keys {
             let summary = window.groups[key]!
             rows.append(EmittedWindow.Row(group: key, count: summary.count, summaries: summary.summaries))
-            guard judge, rule.patterns != nil, var state = groups[key], start > state.lastJudgedStart else { continue }
+            guard judge, !window.isPartial, rule.patterns != nil, var state = groups[key], start > state.lastJudgedStart
+            else { continue }
             state.lastJudgedStart = start
             for (index, column) in rule.values.enumerated() where index < state.history.count {
                 let mean = summary.summaries[index].mean
@@ -175,7 +177,7 @@ public struct WindowAggregator: Sendable {
         if !window.isPartial { remember(start) }
         return EmittedWindow(
             id: window.id, windowStart: start, rows: rows, findings: findings, inputRows: window.inputRows,
-            isPartial: window.isPartial, isFinal: true)
+            isPartial: window.isPartial || cutShort, isFinal: true)
     }
 
     private mutating func remember(_ start: Int64) {

@@ -76,6 +76,28 @@ package final class Aggregation: Sendable {
             defer { nextRange &+= 1 << 40 }
             return nextRange
         }
+
+        /// Counts what each emitted window owes its waiters, under the same lock that emitted it: a window's last
+        /// emission can then never be seen before an earlier one of the same window is accounted for.
+        mutating func account(_ windows: [EmittedWindow]) -> [Emission] {
+            windows.map { window in
+                guard var entry = waiters[window.id] else { return Emission(window: window, durable: false, flushed: false) }
+                let durable = !entry.durable.isEmpty
+                let flushed = !entry.flushed.isEmpty
+                if durable { entry.pendingDurable += 1 }
+                if flushed { entry.pendingFlushed += 1 }
+                if window.isFinal { entry.finalSent = true }
+                waiters[window.id] = entry
+                return Emission(window: window, durable: durable, flushed: flushed)
+            }
+        }
+    }
+
+    /// An emitted window and whether requests wait for its spool sync or its delivery.
+    private struct Emission {
+        var window: EmittedWindow
+        var durable: Bool
+        var flushed: Bool
     }
 
     private let state = Mutex(State())
@@ -117,17 +139,17 @@ package final class Aggregation: Sendable {
         let now = clock.now()
         var late = 0
         var evictedGroups = 0
-        var retired: [EmittedWindow] = []
+        var retired: [Emission] = []
         var retiredRule: AggregateRule?
         var joinToWait: Join?
-        let evicted: [EmittedWindow] = state.withLock { state in
+        let evicted: [Emission] = state.withLock { state in
             var aggregator: WindowAggregator
             if let existing = state.aggregators[key], existing.rule == rule {
                 aggregator = existing
             } else {
                 if var existing = state.aggregators[key] {
                     // The rule changed under a request read with the new one: the old windows go as they are.
-                    retired = existing.emitAll()
+                    retired = state.account(existing.emitAll())
                     retiredRule = existing.rule
                 }
                 aggregator = WindowAggregator(rule: rule, firstID: state.takeRange())
@@ -149,7 +171,7 @@ package final class Aggregation: Sendable {
                 }
                 joinToWait = waiting
             }
-            return evicted
+            return state.account(evicted)
         }
         metrics.update(table: key.qualifiedTable) { figures in
             figures.rowsIn += inputs.count
@@ -174,7 +196,7 @@ package final class Aggregation: Sendable {
     @discardableResult
     package func emitDue() -> Instant? {
         let now = clock.now()
-        var due: [(Key, AggregateRule, [EmittedWindow])] = []
+        var due: [(Key, AggregateRule, [Emission])] = []
         var next: Instant?
         var observe: Bool = false
         state.withLock { state in
@@ -182,7 +204,7 @@ package final class Aggregation: Sendable {
                 guard let deadline = state.aggregators[key]!.nextDeadline else { continue }
                 if deadline <= now {
                     let windows = state.aggregators[key]!.emitDue(now: now)
-                    due.append((key, state.aggregators[key]!.rule, windows))
+                    due.append((key, state.aggregators[key]!.rule, state.account(windows)))
                 }
                 if let later = state.aggregators[key]!.nextDeadline { next = min(next ?? later, later) }
             }
@@ -200,9 +222,9 @@ package final class Aggregation: Sendable {
 
     /// Shutdown: every open window goes now, as partial rows.
     package func emitAll() {
-        let all: [(Key, AggregateRule, [EmittedWindow])] = state.withLock { state in
-            state.aggregators.keys.map { key in
-                (key, state.aggregators[key]!.rule, state.aggregators[key]!.emitAll())
+        let all: [(Key, AggregateRule, [Emission])] = state.withLock { state in
+            Array(state.aggregators.keys).map { key in
+                (key, state.aggregators[key]!.rule, state.account(state.aggregators[key]!.emitAll()))
             }
         }
         for (key, rule, windows) in all { send(windows, key: key, rule: rule) }
@@ -211,13 +233,13 @@ package final class Aggregation: Sendable {
     /// A reload: an aggregator whose table's rule is unchanged keeps its windows and history; one whose rule changed
     /// or went emits its open windows under the old rule and is dropped.
     package func update(_ rules: TableRules) {
-        let retired: [(Key, AggregateRule, [EmittedWindow])] = state.withLock { state in
-            var retired: [(Key, AggregateRule, [EmittedWindow])] = []
+        let retired: [(Key, AggregateRule, [Emission])] = state.withLock { state in
+            var retired: [(Key, AggregateRule, [Emission])] = []
             for key in Array(state.aggregators.keys) {
                 let rule = rules.rule(database: key.database ?? "default", table: key.table)
                 guard rule.aggregate != state.aggregators[key]!.rule || rule.passthrough else { continue }
                 var old = state.aggregators.removeValue(forKey: key)!
-                retired.append((key, old.rule, old.emitAll()))
+                retired.append((key, old.rule, state.account(old.emitAll())))
             }
             return retired
         }
@@ -237,25 +259,17 @@ package final class Aggregation: Sendable {
         }
     }
 
-    private func send(_ windows: [EmittedWindow], key: Key, rule: AggregateRule) {
-        guard !windows.isEmpty else { return }
+    private func send(_ emissions: [Emission], key: Key, rule: AggregateRule) {
+        guard !emissions.isEmpty else { return }
         let rules = configuration.snapshot.value.rules
         let source = key.qualifiedTable
-        for window in windows {
+        for emission in emissions {
+            let window = emission.window
+            let (durable, flushed) = (emission.durable, emission.flushed)
             let targetKey = BatchKey(
                 identity: key.identity, database: rule.into.database(forSource: key.database), table: rule.into.table,
                 columns: rule.targetColumns, format: .tabSeparated, header: nil, settings: [])
             let data = AggregateEncoding.targetRows(window, rule: rule)
-            let (durable, flushed) = state.withLock { state -> (Bool, Bool) in
-                guard var waiters = state.waiters[window.id] else { return (false, false) }
-                let durable = !waiters.durable.isEmpty
-                let flushed = !waiters.flushed.isEmpty
-                if durable { waiters.pendingDurable += 1 }
-                if flushed { waiters.pendingFlushed += 1 }
-                if window.isFinal { waiters.finalSent = true }
-                state.waiters[window.id] = waiters
-                return (durable, flushed)
-            }
             let id = window.id
             let token = flushed ? acks.register { [self] failure in flushSettled(id, failure) } : 0
             let position = submit(key: targetKey, rules: rules, data: data, rows: window.rows.count, token: token)

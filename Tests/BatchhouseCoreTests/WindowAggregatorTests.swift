@@ -84,6 +84,11 @@ import Testing
         let late = aggregator.emitDue(now: Self.t0 + .seconds(3))
         #expect(late.first?.isPartial == true)
         #expect(late.first?.findings.isEmpty == true)
+        // A window cut short by a stop (or a changed rule) is partial and not judged either.
+        _ = aggregator.add([Self.input(11, "a", 5_000)], arrival: Self.t0 + .seconds(4))
+        let cut = aggregator.emitAll()
+        #expect(cut.first?.isPartial == true)
+        #expect(cut.first?.findings.isEmpty == true)
     }
 
     @Test func rowsAreWrittenAsTabSeparatedWithEscapesNullsAndNaN() {
