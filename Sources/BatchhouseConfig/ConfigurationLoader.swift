@@ -179,7 +179,7 @@ private struct ConfigurationReader {
         }
         var entries: [TableRules.Entry] = []
         if let field = sections["tables"] {
-            entries = try tables(field, hasSpool: hasSpool)
+            entries = try tables(field, hasSpool: hasSpool, defaults: defaults)
         }
         configuration.rules = TableRules(defaults: defaults, entries: entries)
         if let field = sections["dead_letter_dir"] {
@@ -353,7 +353,7 @@ private struct ConfigurationReader {
         return spool
     }
 
-    private func tables(_ section: Field, hasSpool: Bool) throws(ConfigurationError) -> [TableRules.Entry] {
+    private func tables(_ section: Field, hasSpool: Bool, defaults: TableRule) throws(ConfigurationError) -> [TableRules.Entry] {
         var entries: [TableRules.Entry] = []
         for field in try orderedFields(of: section, allowed: nil) {
             try validatePattern(field)
@@ -362,8 +362,13 @@ private struct ConfigurationReader {
             }
             let pattern = TablePattern(field.key)
             let rule = try rule(field, hasSpool: hasSpool, isDefaults: false)
-            if rule.aggregate != nil, pattern.isGlob, let aggregateField = try fields(of: field, allowed: Self.ruleKeys)["aggregate"] {
-                throw error(.invalidValue, at: aggregateField.path, line: aggregateField.line, column: aggregateField.column, "\(aggregateField.path): an aggregate rule needs one source table (db.table or table), not a glob: the summaries do not say which table their rows came from")
+            if rule.aggregate != nil, let aggregateField = try fields(of: field, allowed: Self.ruleKeys)["aggregate"] {
+                if pattern.isGlob {
+                    throw error(.invalidValue, at: aggregateField.path, line: aggregateField.line, column: aggregateField.column, "\(aggregateField.path): an aggregate rule needs one source table (db.table or table), not a glob: the summaries do not say which table their rows came from")
+                }
+                if rule.passthrough == nil && defaults.passthrough {
+                    throw error(.invalidValue, at: aggregateField.path, line: aggregateField.line, column: aggregateField.column, "\(aggregateField.path): defaults has passthrough: true, so this table's rows would pass through unaggregated; set passthrough: false in this rule")
+                }
             }
             entries.append(TableRules.Entry(pattern: pattern, rule: rule))
         }

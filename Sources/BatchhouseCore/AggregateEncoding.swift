@@ -17,9 +17,12 @@ public enum AggregateEncoding {
             out.append(UInt8(ascii: "\t"))
             append("\(row.count)", to: &out)
             for summary in row.summaries {
-                for figure in [summary.min, summary.max, summary.mean, summary.sum] + summary.quantiles(rule.quantiles) {
+                // A column that was NULL in every row of the group: no min, max, avg or quantile (nan), and a sum of
+                // 0, so that sum(v_sum) over many rows stays a number.
+                let empty = summary.count == 0
+                for (index, figure) in ([summary.min, summary.max, summary.mean, summary.sum] + summary.quantiles(rule.quantiles)).enumerated() {
                     out.append(UInt8(ascii: "\t"))
-                    append(number(summary.count == 0 ? .nan : figure), to: &out)
+                    append(number(empty ? (index == 3 ? 0 : .nan) : figure), to: &out)
                 }
             }
             out.append(UInt8(ascii: "\n"))

@@ -58,9 +58,12 @@ public enum AggregateReader {
                 }
                 values.append(number)
             }
-            inputs.append(
-                AggregateInput(
-                    windowStart: start, group: Array(fields[keyOffset..<valueOffset]), values: values))
+            // A key is its text: JSON's "200" and 200, or a CSV field quoted only when it had to be, are one group.
+            let group = fields[keyOffset..<valueOffset].map { field -> FieldValue in
+                if case .text(let text, quoted: true) = field { return .text(text, quoted: false) }
+                return field
+            }
+            inputs.append(AggregateInput(windowStart: start, group: group, values: values))
         }
         return inputs
     }

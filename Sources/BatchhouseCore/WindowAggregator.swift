@@ -72,12 +72,19 @@ public struct WindowAggregator: Sendable {
 
     private var open: [Int64: OpenWindow] = [:]
     private var groups: [[FieldValue]: GroupState] = [:]
-    /// window_starts emitted before (bounded: the newest ones), so a later row for one is known as late.
+    /// window_starts emitted before, so a later row for one is known as late: the last `rememberedStarts` emitted,
+    /// whatever their times (a far-future timestamp must not make every later window look late).
     private var emittedStarts: Set<Int64> = []
-    private var newestEmitted: Int64 = .min
+    private var emittedOrder: [Int64] = []
+    private var emittedOrderHead = 0
+    static let rememberedStarts = 4_096
     private var nextID: UInt64
     private var sequence: UInt64 = 0
     public private(set) var evictedGroups = 0
+    /// Windows emitted early because `maxOpenWindows` were open.
+    public private(set) var evictedWindows = 0
+    /// Open windows per rule and identity at most.
+    public static let maxOpenWindows = 1_024
     public private(set) var lateRows = 0
 
     /// `firstID`: where window ids start (ids stay unique across the aggregators of one engine when each gets its
@@ -99,10 +106,12 @@ public struct WindowAggregator: Sendable {
     }
 
     /// Folds rows in; returns the ids of the windows that hold them and the windows emitted early because groups
-    /// were evicted to make room.
+    /// were evicted to make room. Everything is changed in place: a copy of a window or a group's values per row
+    /// would make a request cost as much as the state it lands in.
     public mutating func add(_ inputs: [AggregateInput], arrival: Instant) -> (windows: [UInt64], evicted: [EmittedWindow]) {
         var touched: [UInt64] = []
         var evicted: [EmittedWindow] = []
+        let emptySummaries = Array(repeating: ValueSummary(exactLimit: rule.exactValues), count: rule.values.count)
         for input in inputs {
             sequence &+= 1
             if groups[input.group] != nil {
@@ -115,22 +124,27 @@ public struct WindowAggregator: Sendable {
                 groups[input.group] = GroupState(lastSeen: sequence, history: history)
             }
             if open[input.windowStart] == nil {
-                let late = emittedStarts.contains(input.windowStart) || input.windowStart <= newestEmitted
+                // Event time can open a window per row (a backfill, bad clocks): beyond the bound, the window that
+                // has waited longest goes at once, cut short, so state and the windows due in one tick stay bounded.
+                if open.count >= Self.maxOpenWindows, let oldest = open.values.min(by: { $0.firstArrival < $1.firstArrival }) {
+                    evicted.append(emit(start: oldest.start, judge: false, cutShort: true))
+                    evictedWindows += 1
+                }
                 open[input.windowStart] = OpenWindow(
-                    id: takeID(), start: input.windowStart, firstArrival: arrival, isPartial: late)
+                    id: takeID(), start: input.windowStart, firstArrival: arrival,
+                    isPartial: emittedStarts.contains(input.windowStart))
             }
             let id = open[input.windowStart]!.id
             if touched.last != id && !touched.contains(id) { touched.append(id) }
             open[input.windowStart]!.inputRows += 1
             if open[input.windowStart]!.isPartial { lateRows += 1 }
-            var summary =
-                open[input.windowStart]!.groups[input.group]
-                ?? GroupSummary(summaries: Array(repeating: ValueSummary(exactLimit: rule.exactValues), count: rule.values.count))
-            summary.count += 1
-            for (index, value) in input.values.enumerated() where index < summary.summaries.count {
-                if let value { summary.summaries[index].add(value) }
+            open[input.windowStart]!.groups[input.group, default: GroupSummary(summaries: emptySummaries)].count += 1
+            for (index, value) in input.values.enumerated() where index < emptySummaries.count {
+                if let value {
+                    open[input.windowStart]!.groups[input.group, default: GroupSummary(summaries: emptySummaries)]
+                        .summaries[index].add(value)
+                }
             }
-            open[input.windowStart]!.groups[input.group] = summary
         }
         return (touched, evicted)
     }
@@ -181,13 +195,15 @@ public struct WindowAggregator: Sendable {
     }
 
     private mutating func remember(_ start: Int64) {
-        newestEmitted = max(newestEmitted, start)
-        emittedStarts.insert(start)
-        // Starts far older than the newest are late anyway (`<= newestEmitted`); the set only has to cover starts
-        // emitted out of order, which event time allows.
-        if emittedStarts.count > 4_096 {
-            let keep = emittedStarts.sorted().suffix(2_048)
-            emittedStarts = Set(keep)
+        guard emittedStarts.insert(start).inserted else { return }
+        emittedOrder.append(start)
+        if emittedOrder.count - emittedOrderHead > Self.rememberedStarts {
+            emittedStarts.remove(emittedOrder[emittedOrderHead])
+            emittedOrderHead += 1
+            if emittedOrderHead > Self.rememberedStarts {
+                emittedOrder.removeFirst(emittedOrderHead)
+                emittedOrderHead = 0
+            }
         }
     }
 

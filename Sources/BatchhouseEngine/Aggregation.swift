@@ -71,6 +71,10 @@ package final class Aggregation: Sendable {
         var ingest = IngestAnomalyDetector()
         /// Source tables (`db.table` or `table`, as the rule's pattern says) whose target lacks columns, and why.
         var targetProblems: [String: String] = [:]
+        /// Which target check is the latest: an older one finishing later does not overwrite its result.
+        var checkGeneration = 0
+        /// Tables summaries and findings went to: their rows are the proxy's own, so their rate is not watched.
+        var summaryTables: Set<String> = []
 
         mutating func takeRange() -> UInt64 {
             defer { nextRange &+= 1 << 40 }
@@ -143,22 +147,19 @@ package final class Aggregation: Sendable {
         var retiredRule: AggregateRule?
         var joinToWait: Join?
         let evicted: [Emission] = state.withLock { state in
-            var aggregator: WindowAggregator
-            if let existing = state.aggregators[key], existing.rule == rule {
-                aggregator = existing
-            } else {
-                if var existing = state.aggregators[key] {
+            if state.aggregators[key]?.rule != rule {
+                if var existing = state.aggregators.removeValue(forKey: key) {
                     // The rule changed under a request read with the new one: the old windows go as they are.
                     retired = state.account(existing.emitAll())
                     retiredRule = existing.rule
                 }
-                aggregator = WindowAggregator(rule: rule, firstID: state.takeRange())
+                state.aggregators[key] = WindowAggregator(rule: rule, firstID: state.takeRange())
             }
-            let (lateBefore, evictedBefore) = (aggregator.lateRows, aggregator.evictedGroups)
-            let (windows, evicted) = aggregator.add(inputs, arrival: now)
-            late = aggregator.lateRows - lateBefore
-            evictedGroups = aggregator.evictedGroups - evictedBefore
-            state.aggregators[key] = aggregator
+            // In place (through the dictionary's subscript): a copy would cost as much as the whole state.
+            let (lateBefore, evictedBefore) = (state.aggregators[key]!.lateRows, state.aggregators[key]!.evictedGroups)
+            let (windows, evicted) = state.aggregators[key]!.add(inputs, arrival: now)
+            late = state.aggregators[key]!.lateRows - lateBefore
+            evictedGroups = state.aggregators[key]!.evictedGroups - evictedBefore
             if !rule.keepRaw { state.rowsIn[key.qualifiedTable, default: 0] += inputs.count }
             if let ack, !windows.isEmpty {
                 let waiting = Join(windows: windows.count, success: success, completion: completion())
@@ -271,22 +272,27 @@ package final class Aggregation: Sendable {
                 columns: rule.targetColumns, format: .tabSeparated, header: nil, settings: [])
             let data = AggregateEncoding.targetRows(window, rule: rule)
             let id = window.id
-            let token = flushed ? acks.register { [self] failure in flushSettled(id, failure) } : 0
-            let position = submit(key: targetKey, rules: rules, data: data, rows: window.rows.count, token: token)
-            if durable {
-                if let position, let spool {
-                    Task { [self] in
-                        do throws(SpoolError) {
-                            try await spool.waitDurable(position)
-                            durableSettled(id, nil)
-                        } catch {
-                            durableSettled(
-                                id, .refused(.spoolFailed("Batchhouse: the spool could not be synced: \(error.message)"), close: false))
-                        }
+            let position = submit(key: targetKey, rules: rules, data: data, rows: window.rows.count) { [self] spooled in
+                // Summaries the spool would not take go up from memory: their durable waiters then wait for
+                // ClickHouse to have them instead (a refusal would make their clients send the rows again).
+                let viaDelivery = durable && !spooled
+                guard flushed || viaDelivery else { return 0 }
+                return acks.register { [self] failure in
+                    if flushed { flushSettled(id, failure) }
+                    if viaDelivery {
+                        durableSettled(id, failure.map { Intake.response(to: $0, rows: 0, bytes: 0, spooled: false) })
                     }
-                } else {
-                    durableSettled(
-                        id, .refused(.spoolFull("Batchhouse: the window's summaries could not be written to the spool"), close: false))
+                }
+            }
+            if durable, let position, let spool {
+                Task { [self] in
+                    do throws(SpoolError) {
+                        try await spool.waitDurable(position)
+                        durableSettled(id, nil)
+                    } catch {
+                        durableSettled(
+                            id, .refused(.spoolFailed("Batchhouse: the spool could not be synced: \(error.message)"), close: false))
+                    }
                 }
             }
             // Nothing was waiting (or the last waiter is answered by the settlement above): a final emission with
@@ -321,15 +327,19 @@ package final class Aggregation: Sendable {
                 header: nil, settings: [])
             _ = submit(
                 key: patternsKey, rules: rules, data: AggregateEncoding.patternRows(window, table: source, rule: rule),
-                rows: window.findings.count, token: 0)
+                rows: window.findings.count, token: { _ in 0 })
         }
         metrics.setGroups(figures().groups)
     }
 
-    /// Spools (when there is a spool) and submits one batch of emitted rows. Returns its spool position.
-    private func submit(key: BatchKey, rules: TableRules, data: [UInt8], rows: Int, token: UInt64) -> SpoolPosition? {
+    /// Spools (when there is a spool) and submits one batch of emitted rows; `token` is given whether the spool
+    /// took them and returns the batch's `PendingAcks` token (0: none). Returns the spool position.
+    private func submit(
+        key: BatchKey, rules: TableRules, data: [UInt8], rows: Int, token: (_ spooled: Bool) -> UInt64
+    ) -> SpoolPosition? {
         var rule = rules.rule(database: key.database ?? "default", table: key.table)
         rule.aggregate = nil
+        state.withLock { _ = $0.summaryTables.insert(key.qualifiedTable) }
         var position: SpoolPosition?
         data.withUnsafeBytes { bytes in
             if let spool {
@@ -342,6 +352,7 @@ package final class Aggregation: Sendable {
                         metadata: ["table": "\(key.qualifiedTable)", "rows": "\(rows)", "error": "\(error.message)"])
                 }
             }
+            let token = token(position != nil)
             delivery.submit([
                 buffering.emitted(key: key, rule: rule, chunk: bytes, rows: rows, token: token, spoolChunk: position?.chunkID)
             ])
@@ -400,19 +411,32 @@ package final class Aggregation: Sendable {
     }
 
     /// Asks the upstream (`DESCRIBE TABLE`, as the service account or the default user) whether each aggregate
-    /// rule's target and patterns tables have the columns the rule writes. A rule whose table lacks some is logged
-    /// and its INSERTs are refused until a later check (a reload) finds the columns; a table that cannot be described
-    /// (no server, no right) is logged and not held against the rule. Waits up to `patience` for a server to answer.
-    package func checkTargets(gateway: UpstreamGateway, patience: Duration = .seconds(60)) async {
+    /// rule's target and patterns tables have the columns the rule writes, with types that read its text (Float32 or
+    /// Float64 for the figures). A rule whose table lacks some, or that ClickHouse says does not exist, is logged
+    /// and its INSERTs are refused until a later check finds the columns; a table that cannot be described for
+    /// another reason (no server, no right to describe it) is logged and not held against the rule. Waits up to
+    /// `patience` for a server to answer. Returns whether a problem was found.
+    @discardableResult
+    package func checkTargets(gateway: UpstreamGateway, patience: Duration = .seconds(60)) async -> Bool {
+        let generation = state.withLock { state in
+            state.checkGeneration += 1
+            return state.checkGeneration
+        }
         let rules = configuration.snapshot.value.rules
         var problems: [String: String] = [:]
+        func note(_ pattern: String, _ problem: String) {
+            problems[pattern] = problems[pattern].map { $0 + "; " + problem } ?? problem
+        }
         for entry in rules.entries {
             guard let rule = rules.effectiveRule(of: entry).aggregate else { continue }
             let pattern = entry.pattern.text
             let sourceDatabase = entry.pattern.hasDatabasePart ? String(pattern.prefix { $0 != "." }) : nil
-            var tables: [(AggregateRule.Target, [String])] = [(rule.into, rule.targetColumns)]
-            if let patterns = rule.patterns { tables.append((patterns.into, AggregateRule.Patterns.columns)) }
-            for (target, columns) in tables {
+            let figures = Set(rule.targetColumns.dropFirst(1 + rule.groupBy.count + 1))
+            var tables: [(AggregateRule.Target, [String], Set<String>)] = [(rule.into, rule.targetColumns, figures)]
+            if let patterns = rule.patterns {
+                tables.append((patterns.into, AggregateRule.Patterns.columns, ["value", "baseline"]))
+            }
+            for (target, columns, floats) in tables {
                 let database = target.database(forSource: sourceDatabase)
                 let name = (database.map { "\($0)." } ?? "") + target.table
                 let deadline = clock.now() + patience
@@ -424,22 +448,35 @@ package final class Aggregation: Sendable {
                             logger.warning("cannot read the description of an aggregate target", metadata: ["table": "\(name)"])
                             break checking
                         }
-                        let present = Set(description.insertable.map(\.name))
-                        let missing = columns.filter { !present.contains($0) }
-                        if missing.isEmpty {
-                            logger.info("aggregate target checked", metadata: ["source": "\(pattern)", "table": "\(name)"])
-                        } else {
-                            let problem =
-                                "the aggregate rule of \(pattern) writes into \(name), which lacks the columns \(missing.joined(separator: ", ")) (it needs \(columns.joined(separator: ", ")))"
-                            problems[pattern] = problems[pattern].map { $0 + "; " + problem } ?? problem
+                        var types: [String: String] = [:]
+                        for column in description.insertable { types[column.name] = column.type }
+                        let missing = columns.filter { types[$0] == nil }
+                        let mistyped = columns.filter { column in
+                            guard floats.contains(column), let type = types[column] else { return false }
+                            return !type.contains("Float32") && !type.contains("Float64")
+                        }
+                        if !missing.isEmpty {
+                            note(pattern, "the aggregate rule of \(pattern) writes into \(name), which lacks the columns \(missing.joined(separator: ", ")) (it needs \(columns.joined(separator: ", ")))")
                             logger.error("aggregate target lacks columns", metadata: ["source": "\(pattern)", "table": "\(name)", "missing": "\(missing.joined(separator: ","))"])
+                        }
+                        if !mistyped.isEmpty {
+                            note(pattern, "the aggregate rule of \(pattern) writes Float64 figures (and nan) into \(name), whose columns \(mistyped.map { "\($0) \(types[$0]!)" }.joined(separator: ", ")) would refuse them; make them Float64")
+                            logger.error("aggregate target has columns of another type than Float64", metadata: ["source": "\(pattern)", "table": "\(name)", "columns": "\(mistyped.joined(separator: ","))"])
+                        }
+                        if missing.isEmpty && mistyped.isEmpty {
+                            logger.info("aggregate target checked", metadata: ["source": "\(pattern)", "table": "\(name)"])
                         }
                         break checking
                     case .refused(let response):
                         let body = String(decoding: response.body.readableBytesView.prefix(300), as: UTF8.self)
-                        let problem = "the aggregate rule of \(pattern) writes into \(name), which ClickHouse would not describe: \(body)"
-                        problems[pattern] = problems[pattern].map { $0 + "; " + problem } ?? problem
-                        logger.error("aggregate target cannot be described", metadata: ["source": "\(pattern)", "table": "\(name)", "answer": "\(body)"])
+                        // Only a table or database that does not exist holds the rule back; a refusal to describe
+                        // it (access, authentication) says nothing of whether the rows would land.
+                        if [60, 81].contains(response.exceptionCode) {
+                            note(pattern, "the aggregate rule of \(pattern) writes into \(name), which does not exist: \(body)")
+                            logger.error("aggregate target does not exist", metadata: ["source": "\(pattern)", "table": "\(name)", "answer": "\(body)"])
+                        } else {
+                            logger.warning("aggregate target not checked: ClickHouse would not describe it", metadata: ["source": "\(pattern)", "table": "\(name)", "answer": "\(body)"])
+                        }
                         break checking
                     case .unreachable(let reason):
                         if clock.now() + wait > deadline || delivery.isClosed {
@@ -452,8 +489,11 @@ package final class Aggregation: Sendable {
                 }
             }
         }
-        // Only the rules still in force: a reload may have come meanwhile, and then checks again.
-        state.withLock { $0.targetProblems = problems }
+        // Only the latest check's result stands: a reload starts another, which may finish first.
+        state.withLock { state in
+            if state.checkGeneration == generation { state.targetProblems = problems }
+        }
+        return !problems.isEmpty
     }
 
     // MARK: Ingest anomalies
@@ -463,6 +503,7 @@ package final class Aggregation: Sendable {
         for (table, figures) in buffering.receivedByTable() { totals[table] = figures.rows }
         let findings = state.withLock { state in
             for (table, rows) in state.rowsIn { totals[table, default: 0] += rows }
+            for table in state.summaryTables { totals[table] = nil }
             return state.ingest.observe(totals: totals, at: now)
         }
         for finding in findings {

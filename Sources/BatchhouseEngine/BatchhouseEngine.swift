@@ -262,9 +262,24 @@ package final class BatchhouseEngine: Sendable {
     }
 
     /// Checks the target tables of the aggregate rules against the upstream (`Aggregation.checkTargets`).
-    package func checkAggregateTargets() async {
-        await aggregation.checkTargets(gateway: gateway)
+    /// Runs until delivery closes or the task is cancelled: checks at once, again after each reload that touches an
+    /// aggregate rule, and every `recheck` while a problem stands, so an `ALTER TABLE ... ADD COLUMN` is seen
+    /// without a reload.
+    package func checkAggregateTargets(recheck: Duration = .seconds(30)) async {
+        var problems = await aggregation.checkTargets(gateway: gateway)
+        var waited = Duration.zero
+        while !delivery.isClosed && !Task.isCancelled {
+            await clock.sleep(for: .seconds(1))
+            waited += .seconds(1)
+            if aggregateRulesChanged.exchange(false, ordering: .relaxed) || (problems && waited >= recheck) {
+                problems = await aggregation.checkTargets(gateway: gateway)
+                waited = .zero
+            }
+        }
     }
+
+    /// Set by a reload that changed an aggregate rule: the target check runs again.
+    private let aggregateRulesChanged = Atomic<Bool>(false)
 
     // MARK: Flushing
 
@@ -342,7 +357,7 @@ package final class BatchhouseEngine: Sendable {
         delivery.submit(buffering.updateRules { key in rules.rule(database: key.database ?? "default", table: key.table) })
         aggregation.update(rules)
         if rules.entries.contains(where: { $0.rule.aggregate != nil }) || old.rules.entries.contains(where: { $0.rule.aggregate != nil }) {
-            Task { [self] in await checkAggregateTargets() }
+            aggregateRulesChanged.store(true, ordering: .relaxed)
         }
         metrics.configReloaded(ok: true)
         return notes

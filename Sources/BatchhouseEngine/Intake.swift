@@ -300,27 +300,43 @@ package final class Intake: Sendable {
                         success: .accepted(rows: scanned.rowCount, bytes: rows.count, ack: wait ?? .enqueued),
                         completion: completion)
                 }
-                // keep_raw: the summaries are a by-product; the raw rows below decide the ack.
+                // keep_raw: the raw rows decide the ack, and the summaries (a by-product) take the rows only once
+                // the raw rows were taken: a refused request, sent again, is not counted twice.
+                let decision = storeRaw(
+                    key: key, rule: rule, scanned: scanned, rows: rows, memoryLimit: memoryLimit,
+                    contributor: contributor, completion: completion)
+                if case .answer(.refused) = decision { return decision }
                 _ = aggregation.fold(
                     inputs, key: source, rule: aggregate, wait: nil,
                     success: .accepted(rows: scanned.rowCount, bytes: rows.count, ack: .enqueued), completion: completion)
+                return decision
             }
-            if rule.sample < 1.0 && scanned.rowCount > 0 {
-                guard let kept = RowSampler.sample(rows, format: statement.format, columns: scanned.signature, fraction: rule.sample) else {
-                    return refuse(.syntax("Batchhouse: cannot split the data into rows"))
-                }
-                metrics.sampledOut(table: key.qualifiedTable, rows: scanned.rowCount - kept.rows)
-                if kept.rows == 0 { return accepted(rows: 0, bytes: 0, ack: .enqueued) }
-                return kept.data.withUnsafeBytes { keptBytes in
-                    store(
-                        key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
-                        limit: memoryLimit, contributor: contributor, completion: completion)
-                }
-            }
-            return store(
-                key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
-                limit: memoryLimit, contributor: contributor, completion: completion)
+            return storeRaw(
+                key: key, rule: rule, scanned: scanned, rows: rows, memoryLimit: memoryLimit,
+                contributor: contributor, completion: completion)
         }
+    }
+
+    /// Samples (the `sample` rule) and stores a request's rows as they were sent.
+    private func storeRaw(
+        key: BatchKey, rule: TableRule, scanned: ScannedRows, rows: UnsafeRawBufferPointer, memoryLimit: Int,
+        contributor: ClientIdentity?, completion: () -> IntakeCompletion
+    ) -> IntakeDecision {
+        if rule.sample < 1.0 && scanned.rowCount > 0 {
+            guard let kept = RowSampler.sample(rows, format: key.format, columns: scanned.signature, fraction: rule.sample) else {
+                return refuse(.syntax("Batchhouse: cannot split the data into rows"))
+            }
+            metrics.sampledOut(table: key.qualifiedTable, rows: scanned.rowCount - kept.rows)
+            if kept.rows == 0 { return accepted(rows: 0, bytes: 0, ack: .enqueued) }
+            return kept.data.withUnsafeBytes { keptBytes in
+                store(
+                    key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
+                    limit: memoryLimit, contributor: contributor, completion: completion)
+            }
+        }
+        return store(
+            key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
+            limit: memoryLimit, contributor: contributor, completion: completion)
     }
 
     /// Asks for the table's columns, holding the body in the memory budget meanwhile (shed first, like a body still

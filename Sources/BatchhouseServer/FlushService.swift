@@ -24,11 +24,12 @@ final class FlushService: Service, Sendable {
             group.addTask { await delivery.run() }
             // Batches that were being sent when the process last stopped: asked about before they go again.
             group.addTask { await self.engine.settleInDoubt() }
-            // The target tables of aggregate rules: checked once a server answers.
-            group.addTask { await self.engine.checkAggregateTargets() }
+            // The target tables of aggregate rules: checked once a server answers, and again after reloads.
+            let checks = Task { await self.engine.checkAggregateTargets() }
             await withGracefulShutdownHandler {
                 await self.tickUntilShutdown()
             } onGracefulShutdown: {}
+            checks.cancel()
             engine.drain()
             await group.waitForAll()
             logger.info("flush queue empty")

@@ -156,6 +156,9 @@ final class HTTPServer: Service, Sendable {
 
     private func drainConnections() async {
         serving.stopAccepting()
+        // Requests waiting for an aggregate window (durable, flushed acks) are answered while their connections
+        // drain, not after: the windows go now, as partial rows (docs/aggregation.md, "Acks").
+        handlerDependencies.engine?.aggregation.emitAll()
         let open = connections.withLock { Array($0.values) }
         logger.info("stopped accepting connections; draining", metadata: ["open_connections": "\(open.count)"])
         for channel in open {

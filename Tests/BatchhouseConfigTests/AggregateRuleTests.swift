@@ -72,6 +72,9 @@ import Testing
         #expect(inDefaults.contains("not to defaults"))
         let both = parseError("tables:\n  t: { passthrough: true, aggregate: { \(good) } }\n").map { "\($0)" } ?? ""
         #expect(both.contains("cannot both pass through and be aggregated"))
+        let inherited = parseError("defaults: { passthrough: true }\ntables:\n  t: { aggregate: { \(good) } }\n").map { "\($0)" } ?? ""
+        #expect(inherited.contains("set passthrough: false"))
+        _ = try parse("defaults: { passthrough: true }\ntables:\n  t: { passthrough: false, aggregate: { \(good) } }\n")
         // A good rule is accepted.
         _ = try parse("tables:\n  default.rt:\n    aggregate: { \(good) }\n")
     }

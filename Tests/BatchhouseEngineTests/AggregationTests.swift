@@ -271,4 +271,83 @@ import Testing
         #expect(text.contains("batchhouse_ingest_anomalies_total{table=\"default.events\",kind=\"drop\"} 1"))
         await fixture.drain()
     }
+
+    @Test func aDurableAckWhoseSummariesTheSpoolRefusedWaitsForClickHouseInstead() async throws {
+        let fixture = try EngineFixture(
+            """
+            tables:
+              default.rt:
+                ack: durable
+                aggregate: { into: default.rt_1m, window: 1m, group_by: [endpoint], values: [d] }
+
+            """, spool: true, spoolMaxSize: "1KiB")
+        let answers = Answers()
+        let endpoint = String(repeating: "x", count: 2_000)
+        #expect(fixture.insert("INSERT INTO default.rt FORMAT JSONEachRow {\"endpoint\":\"\(endpoint)\",\"d\":1}", answers: answers).waitsForBatch)
+        fixture.clock.advance(by: .seconds(60))
+        fixture.engine.flushDue()
+        try await Task.sleep(for: .milliseconds(50))
+        // Not in the spool (too big for it), not yet in ClickHouse: no answer yet, and no refusal.
+        #expect(answers.all.isEmpty)
+        await fixture.drain()
+        let received = await answers.wait(for: 1)
+        #expect(received.first?.acceptedAck == .durable)
+        #expect(Self.rows(fixture.transport, into: "rt_1m").count == 1)
+    }
+
+    @Test func aKeepRawRequestRefusedForMemoryFoldsNothing() async throws {
+        let fixture = try EngineFixture(
+            """
+            limits: { max_buffer_memory: 1KiB }
+            tables:
+              default.rt:
+                aggregate: { into: default.rt_1m, window: 1m, group_by: [endpoint], values: [d], keep_raw: true }
+
+            """)
+        let rows = (0..<100).map { "{\"endpoint\":\"/a\",\"d\":\($0)}" }.joined(separator: "\n")
+        let refused = fixture.insert("INSERT INTO default.rt FORMAT JSONEachRow " + rows)
+        #expect(refused.refusal?.code == 241)
+        #expect(fixture.engine.aggregation.figures().openRows == 0)
+    }
+
+    @Test func aKeyIsItsTextWhetherQuotedOrNot() async throws {
+        let fixture = try EngineFixture(
+            """
+            tables:
+              default.rt:
+                aggregate: { into: default.rt_1m, window: 1m, group_by: [status], values: [d] }
+
+            """)
+        #expect(fixture.insert("INSERT INTO default.rt FORMAT JSONEachRow {\"status\":200,\"d\":1} {\"status\":\"200\",\"d\":2}").acceptedRows == 2)
+        #expect(fixture.insert("INSERT INTO default.rt FORMAT CSVWithNames\nstatus,d\n\"200\",3\n200,4\n").acceptedRows == 2)
+        fixture.clock.advance(by: .seconds(60))
+        fixture.engine.flushDue()
+        await fixture.drain()
+        #expect(Self.rows(fixture.transport, into: "rt_1m").map { Array($0[1...2]) } == [["200", "4"]])
+    }
+
+    @Test func theSummaryTablesOwnRowsAreNotWatchedForIngestAnomalies() async throws {
+        let fixture = try EngineFixture(
+            """
+            tables:
+              default.rt:
+                aggregate: { into: default.rt_1m, window: 10s, group_by: [endpoint], values: [d] }
+
+            """)
+        fixture.engine.flushDue()
+        // A minute-long window would write its rows in bursts (20, 0, 0, ...): never judged, so never a drop.
+        for step in 0..<40 {
+            if step < 30 {
+                let body = (0..<50).map { "{\"endpoint\":\"/\($0)\",\"d\":1}" }.joined(separator: "\n")
+                fixture.insert("INSERT INTO default.rt FORMAT JSONEachRow " + body)
+            }
+            fixture.clock.advance(by: .seconds(10))
+            fixture.engine.flushDue()
+        }
+        #expect(fixture.engine.metrics.aggregation.ingestAnomalies(table: "default.rt_1m", kind: "drop") == 0)
+        #expect(fixture.engine.metrics.aggregation.ingestAnomalies(table: "default.rt_1m", kind: "spike") == 0)
+        // The source table's rows are watched: it went silent after 5 minutes of steady traffic.
+        #expect(fixture.engine.metrics.aggregation.ingestAnomalies(table: "default.rt", kind: "drop") == 1)
+        await fixture.drain()
+    }
 }
