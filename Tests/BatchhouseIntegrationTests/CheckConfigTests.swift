@@ -45,7 +45,8 @@ import Testing
         let text = try String(contentsOfFile: path, encoding: .utf8)
         if let tables = text.range(of: "\ntables:") {
             for line in text[tables.upperBound...].split(separator: "\n") {
-                guard line.hasPrefix("  "), !line.trimmingCharacters(in: .whitespaces).hasPrefix("#"),
+                // Table patterns are the keys indented by two; deeper lines belong to a rule (aggregate: {...}).
+                guard line.hasPrefix("  "), !line.hasPrefix("   "), !line.trimmingCharacters(in: .whitespaces).hasPrefix("#"),
                     let colon = line.range(of: ": {")
                 else {
                     if !line.hasPrefix(" ") && !line.hasPrefix("#") { break }
