@@ -1,5 +1,6 @@
 // A libFuzzer target for the parts of the core that read untrusted bytes: the INSERT statement parser, the row
-// scanners of every batchable format, the row sampler and splitter built on them, and CityHash128. Built and run
+// scanners of every batchable format, the row sampler and splitter built on them, the aggregate rule's field
+// reader (and the windows and encoder behind it), and CityHash128. Built and run
 // for a bounded time by `scripts/fuzz` (part of `scripts/test`); a crash or a broken invariant stops the run with
 // the input that caused it (docs/architecture.md, "Testing").
 
@@ -51,6 +52,7 @@ public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
                 check(kept.rows >= 0 && kept.rows <= ranges.count, "sampled more rows than there are")
             }
         }
+        if !format.isBinary { fuzzAggregate(data, scanned: scanned, format: format, timed: selector & 1 == 1) }
     }
     fuzzBinary(data)
     return 0
@@ -83,6 +85,32 @@ private func fuzzBinary(_ data: UnsafeRawBufferPointer) {
         let half = block.slice(data, rows: 0..<((block.rows + 1) / 2))
         let rows = half.withUnsafeBytes { (try? RowScanner.nativeBlocks($0))?.first?.rows }
         check(rows == (block.rows + 1) / 2, "a Native slice does not scan as its rows")
+    }
+}
+
+/// The aggregate rule's reader on rows the scanner took (columns a, b, c: key, value and, when `timed`, time), then
+/// the windows and the TabSeparated encoder on what it read.
+private func fuzzAggregate(_ data: UnsafeRawBufferPointer, scanned: ScannedRows, format: InputFormat, timed: Bool) {
+    let rule = AggregateRule(
+        into: AggregateRule.Target(database: nil, table: "out"), window: .seconds(60), timeColumn: timed ? "c" : nil,
+        groupBy: ["a"], values: ["b"], exactValues: 4)
+    guard let inputs = try? AggregateReader.inputs(
+        data, scanned: scanned, format: format, statementColumns: ["a", "b", "c"], rule: rule,
+        arrivalUnixSeconds: 1_800_000_000)
+    else { return }
+    check(inputs.count == scanned.rowCount, "the reader read another number of rows than the scanner")
+    for input in inputs {
+        check(input.group.count == 1 && input.values.count == 1, "a row read with other columns than the rule's")
+        check(input.values[0].map(\.isFinite) ?? true, "a value that is not finite")
+        check(input.windowStart >= 0 && input.windowStart % 60 == 0, "a window start off the epoch's grid")
+    }
+    var aggregator = WindowAggregator(rule: rule)
+    _ = aggregator.add(inputs, arrival: Instant(nanoseconds: 0))
+    let windows = aggregator.emitAll()
+    check(windows.reduce(0) { $0 + $1.inputRows } == inputs.count, "rows lost between the reader and the windows")
+    for window in windows {
+        let text = AggregateEncoding.targetRows(window, rule: rule)
+        check(text.filter { $0 == UInt8(ascii: "\n") }.count == window.rows.count, "an encoded row is not one line")
     }
 }
 

@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import bisect
 import datetime
-import http.client
 import json
 import math
 import multiprocessing
@@ -58,7 +57,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +65,7 @@ import urllib.parse
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "scripts", "oracle"))
 
-from common import ClickHouse, free_port  # noqa: E402
+from common import ClickHouse, Started, free_port, http_get, start_clickhouse, wait_until  # noqa: E402
 
 ENDPOINTS = ["/api/%d" % index for index in range(10)]
 # Zipf-like: endpoint k gets weight 1/(k+1); /api/0 about 34% of the events, /api/9 about 3.4%.
@@ -148,68 +146,7 @@ def relative_difference(a, b):
     return abs(a - b) / max(abs(a), abs(b), 1e-300)
 
 
-# --- processes ------------------------------------------------------------------------------------------------------
-
-class Started:
-    """Everything this run started, stopped in reverse order by PID."""
-
-    def __init__(self):
-        self.processes = []  # (name, Popen, term timeout)
-        self.clickhouse_dir = None
-
-    def popen(self, name, argv, log_path, term_timeout=15):
-        log_file = open(log_path, "wb")
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                   restore_signals=True)
-        log_file.close()
-        self.processes.append((name, process, term_timeout))
-        return process
-
-    def stop(self, process, term_timeout):
-        """TERM, then KILL after term_timeout; the exit status (None when it had to be killed)."""
-        if process.poll() is not None:
-            return process.returncode
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            return process.wait(term_timeout)
-        except subprocess.TimeoutExpired:
-            say("pid %d still running %d s after TERM, killing it" % (process.pid, term_timeout))
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(10)
-            return None
-
-    def stop_all(self):
-        for _, process, term_timeout in reversed(self.processes):
-            self.stop(process, term_timeout)
-        self.processes = []
-        if self.clickhouse_dir:
-            directory, self.clickhouse_dir = self.clickhouse_dir, None
-            subprocess.run([os.path.join(REPO, "scripts/clickhouse-stop"), directory], stdout=sys.stderr,
-                           stderr=sys.stderr)
-
-
-def http_get(port, path, timeout=5):
-    """(status, body bytes), or None without an answer."""
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read()
-        connection.close()
-        return response.status, body
-    except (OSError, http.client.HTTPException):
-        return None
-
-
-def wait_until(predicate, timeout, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
-
+# --- metrics --------------------------------------------------------------------------------------------------------
 
 def metric_values(text, name):
     """{labels text: value} of one metric in a Prometheus text exposition."""
@@ -707,16 +644,6 @@ async def send_pattern_phase(port, per_window, parallel=4):
 
 # --- setup ----------------------------------------------------------------------------------------------------------
 
-def start_clickhouse(started, work):
-    directory = os.path.join(work, "clickhouse")
-    started.clickhouse_dir = directory
-    result = subprocess.run([os.path.join(REPO, "scripts/clickhouse-start"), directory], stdout=subprocess.PIPE,
-                            stderr=sys.stderr, text=True)
-    if result.returncode != 0:
-        raise RuntimeError("scripts/clickhouse-start failed")
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-
-
 TARGET_COLUMNS = ("window_start DateTime, endpoint String, count UInt64, duration_ms_min Float64, "
                   "duration_ms_max Float64, duration_ms_avg Float64, duration_ms_sum Float64, "
                   "duration_ms_p50 Float64, duration_ms_p95 Float64, duration_ms_p99 Float64")
@@ -1181,7 +1108,7 @@ def main():
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="bh-aggregate-check.")
-    started = Started()
+    started = Started(say)
     timings = {}
     summary = []
     figures = []

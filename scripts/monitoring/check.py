@@ -37,7 +37,7 @@ import urllib.parse
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "scripts", "oracle"))
 
-from common import ClickHouse, free_port, values_row  # noqa: E402
+from common import ClickHouse, Started, free_port, http_get, start_clickhouse, values_row, wait_until  # noqa: E402
 
 DATABASE = "monitoring"
 # table: (rule, requests per second, first id). Three strategies and the three ack modes (an immediate table answers
@@ -78,64 +78,6 @@ def fail(message):
 
 
 # --- processes ------------------------------------------------------------------------------------------------------
-
-class Started:
-    """Everything this run started, stopped in reverse order by PID."""
-
-    def __init__(self):
-        self.processes = []  # (name, Popen, term timeout)
-        self.clickhouse_dir = None
-
-    def popen(self, name, argv, log_path, term_timeout=15, **kw):
-        log_file = open(log_path, "wb")
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                   restore_signals=True, **kw)
-        log_file.close()
-        self.processes.append((name, process, term_timeout))
-        return process
-
-    def stop_clickhouse(self):
-        if self.clickhouse_dir:
-            directory, self.clickhouse_dir = self.clickhouse_dir, None
-            subprocess.run([os.path.join(REPO, "scripts/clickhouse-stop"), directory], stdout=sys.stderr,
-                           stderr=sys.stderr)
-
-    def stop_all(self):
-        for name, process, term_timeout in reversed(self.processes):
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(term_timeout)
-                except subprocess.TimeoutExpired:
-                    say("%s (pid %d) still running %d s after TERM, killing it" % (name, process.pid, term_timeout))
-                    os.kill(process.pid, signal.SIGKILL)
-                    process.wait(10)
-        self.processes = []
-        self.stop_clickhouse()
-
-
-def http_get(port, path, timeout=5):
-    """(status, body bytes), or None without an answer."""
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read()
-        connection.close()
-        return response.status, body
-    except (OSError, http.client.HTTPException):
-        return None
-
-
-def wait_until(predicate, timeout, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
-
 
 class Prometheus:
     def __init__(self, port):
@@ -373,19 +315,6 @@ def promtool_checks(promtool, rules, config_path, work):
     return True
 
 
-def start_clickhouse(started, work):
-    directory = os.path.join(work, "clickhouse")
-    # Known before it starts: a TERM during clickhouse-start still stops what it started (clickhouse-stop finds the
-    # server by the folder's pid file).
-    started.clickhouse_dir = directory
-    result = subprocess.run([os.path.join(REPO, "scripts/clickhouse-start"), directory], stdout=subprocess.PIPE,
-                            stderr=sys.stderr, text=True)
-    if result.returncode != 0:
-        raise RuntimeError("scripts/clickhouse-start failed")
-    assignments = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return assignments
-
-
 def write_proxy_config(path, work, clickhouse_url, port):
     rules = "\n".join("  %s.%s: %s" % (DATABASE, table, rule) for table, (rule, _, _) in TABLES.items())
     with open(path, "w") as handle:
@@ -528,7 +457,7 @@ def main():
     # A TERM (scripts/test interrupted, a timeout) still stops what was started: the finally block below runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="bh-monitoring-check.")
-    started = Started()
+    started = Started(say)
     timings = {}
     summary = []
     try:
