@@ -487,11 +487,12 @@ package final class Intake: Sendable {
     private func waitDurable(
         _ position: SpoolPosition, spool: Spool, rows: Int, bytes: Int, completion: @escaping IntakeCompletion
     ) {
-        Task {
-            do throws(SpoolError) {
-                try await spool.waitDurable(position)
+        // Completed from the spool's sync thread: the completion hands the answer to the connection's event loop.
+        spool.whenDurable(position) { result in
+            switch result {
+            case .success:
                 completion(.accepted(rows: rows, bytes: bytes, ack: .durable))
-            } catch {
+            case .failure(let error):
                 completion(
                     .refused(
                         .spoolFailed("Batchhouse: the spool could not be synced: \(error.message)"), close: false))

@@ -308,29 +308,38 @@ public final class Spool: Sendable {
     /// - Throws: `.io` when the fsync failed (the segment is then retired: later appends go to a new
     ///   one), `.closed` when the spool was closed before the record could be synced.
     public func waitDurable(_ position: SpoolPosition) async throws(SpoolError) {
-        let result = await withCheckedContinuation { (continuation: DurabilityContinuation) in
-            enum Action {
-                case resume(Result<Void, SpoolError>)
-                case wait(signal: Bool)
-            }
-            let action = core.state.withLock { state -> Action in
-                guard let index = state.index(ofSegment: position.segment) else { return .resume(.success(())) }
-                if let failure = state.segments[index].syncFailure { return .resume(.failure(failure)) }
-                if state.segments[index].durableSize >= position.offset { return .resume(.success(())) }
-                if state.closed {
-                    return .resume(.failure(SpoolError(code: .closed, message: "closed before chunk \(position.chunkID) was synced")))
-                }
-                state.segments[index].waiters.append((position.offset, continuation))
-                guard !state.syncThreadBusy else { return .wait(signal: false) }
-                state.syncThreadBusy = true
-                return .wait(signal: true)
-            }
-            switch action {
-            case .resume(let result): continuation.resume(returning: result)
-            case .wait(let signal): if signal { core.wakeSyncThread.signal() }
-            }
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, SpoolError>, Never>) in
+            whenDurable(position) { continuation.resume(returning: $0) }
         }
         try result.get()
+    }
+
+    /// Calls `done` once the record at `position` is on stable storage, or with the error that keeps it from
+    /// getting there, as ``waitDurable(_:)`` returns: on the sync thread, which shares one fsync among every
+    /// waiter of the time, or at once on this thread when nothing needs syncing. No task, no thread hop of its
+    /// own: `done` should only hand the result on (a `durable` ack completes on its connection's event loop).
+    public func whenDurable(_ position: SpoolPosition, _ done: @escaping @Sendable (Result<Void, SpoolError>) -> Void) {
+        let continuation = DurabilityContinuation(done: done)
+        enum Action {
+            case resume(Result<Void, SpoolError>)
+            case wait(signal: Bool)
+        }
+        let action = core.state.withLock { state -> Action in
+            guard let index = state.index(ofSegment: position.segment) else { return .resume(.success(())) }
+            if let failure = state.segments[index].syncFailure { return .resume(.failure(failure)) }
+            if state.segments[index].durableSize >= position.offset { return .resume(.success(())) }
+            if state.closed {
+                return .resume(.failure(SpoolError(code: .closed, message: "closed before chunk \(position.chunkID) was synced")))
+            }
+            state.segments[index].waiters.append((position.offset, continuation))
+            guard !state.syncThreadBusy else { return .wait(signal: false) }
+            state.syncThreadBusy = true
+            return .wait(signal: true)
+        }
+        switch action {
+        case .resume(let result): continuation.resume(returning: result)
+        case .wait(let signal): if signal { core.wakeSyncThread.signal() }
+        }
     }
 
     /// Records that these chunks are in ClickHouse (one `delivered` record, written without fsync)

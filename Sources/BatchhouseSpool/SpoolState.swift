@@ -6,7 +6,13 @@ import Musl
 import Darwin
 #endif
 
-typealias DurabilityContinuation = CheckedContinuation<Result<Void, SpoolError>, Never>
+/// One caller waiting for a record to be on stable storage (``Spool/whenDurable(_:_:)``): called once, on the sync
+/// thread, or on the caller's when the record is durable already.
+struct DurabilityContinuation: Sendable {
+    let done: @Sendable (Result<Void, SpoolError>) -> Void
+
+    func resume(returning result: Result<Void, SpoolError>) { done(result) }
+}
 
 /// Where an undelivered chunk's record is in its segment: what a read-back needs and what `spool.max_size` counts.
 struct ChunkSlot {
