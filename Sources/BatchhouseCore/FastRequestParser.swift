@@ -181,7 +181,8 @@ package enum FastRequestParser {
             FastRequest(target: target, headers: headers, body: i..<bodyEnd, closes: connectionCloses ?? false))
     }
 
-    /// The value of the first field named `lowercasedName` (ASCII case-insensitive compare of the name), decoded as UTF-8; nil if absent.
+    /// The value of the first field named `lowercasedName` (ASCII case-insensitive compare of the name), decoded as
+    /// UTF-8; nil if absent.
     package static func value(of lowercasedName: String, in request: FastRequest, bytes: UnsafeRawBufferPointer)
         -> String?
     {
