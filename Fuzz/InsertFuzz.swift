@@ -1,6 +1,6 @@
 // A libFuzzer target for the parts of the core that read untrusted bytes: the INSERT statement parser, the row
 // scanners of every batchable format, the row sampler and splitter built on them, the aggregate rule's field
-// reader (and the windows and encoder behind it), and CityHash128. Built and run
+// reader (and the windows and encoder behind it), CityHash128, and the fast path's request parser. Built and run
 // for a bounded time by `scripts/fuzz` (part of `scripts/test`); a crash or a broken invariant stops the run with
 // the input that caused it (docs/architecture.md, "Testing").
 
@@ -55,6 +55,7 @@ public func fuzz(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
         if !format.isBinary { fuzzAggregate(data, scanned: scanned, format: format, timed: selector & 1 == 1) }
     }
     fuzzBinary(data)
+    fuzzFastRequest(data)
     return 0
 }
 
@@ -112,6 +113,44 @@ private func fuzzAggregate(_ data: UnsafeRawBufferPointer, scanned: ScannedRows,
         let text = AggregateEncoding.targetRows(window, rule: rule)
         check(text.filter { $0 == UInt8(ascii: "\n") }.count == window.rows.count, "an encoded row is not one line")
     }
+}
+
+/// The fast path's request parser on the whole input. A request it reads lies within the bytes in order, reads
+/// the same from exactly its own bytes, is `.needMore` at sampled shorter prefixes, and what follows it parses
+/// too; one byte less never decides otherwise than the whole (a `.general` or a request stays what it was).
+private func fuzzFastRequest(_ data: UnsafeRawBufferPointer) {
+    let maxBody = 65_536
+    guard !data.isEmpty else { return }
+    let result = FastRequestParser.parse(data, maxBody: maxBody)
+    let allButLast = UnsafeRawBufferPointer(rebasing: data[0..<(data.count - 1)])
+    let shorter = FastRequestParser.parse(allButLast, maxBody: maxBody)
+    if shorter != .needMore { check(shorter == result, "one more byte changed a decided parse") }
+    guard case .request(let request) = result else { return }
+    check(!request.target.isEmpty && request.target.lowerBound >= 0, "an empty target")
+    check(request.headers.count <= FastRequestParser.maxFields, "more fields than maxFields")
+    var last = request.target.upperBound
+    for header in request.headers {
+        check(!header.name.isEmpty && header.name.lowerBound >= last, "a field name out of order")
+        check(header.value.lowerBound > header.name.upperBound, "a field value before its name's colon")
+        last = header.value.upperBound
+    }
+    check(request.body.lowerBound > last && request.body.lowerBound <= FastRequestParser.maxHead, "a head out of bounds")
+    check(request.body.upperBound <= data.count && request.length == request.body.upperBound, "a body beyond the data")
+    check(request.body.count <= maxBody, "a body over maxBody")
+    let own = UnsafeRawBufferPointer(rebasing: data[0..<request.length])
+    check(FastRequestParser.parse(own, maxBody: maxBody) == result, "its own bytes read otherwise")
+    let length = request.length
+    for n in [0, 1, request.target.upperBound, request.body.lowerBound - 1, request.body.lowerBound, length / 2,
+        data.count * 7_919 % length, length - 1] where n >= 0 && n < length
+    {
+        let prefix = UnsafeRawBufferPointer(rebasing: data[0..<n])
+        check(FastRequestParser.parse(prefix, maxBody: maxBody) == .needMore, "a prefix of a request is not needMore")
+    }
+    if let first = request.headers.first {
+        let name = String(decoding: UnsafeRawBufferPointer(rebasing: data[first.name]), as: UTF8.self)
+        check(FastRequestParser.value(of: name.lowercased(), in: request, bytes: data) != nil, "a field not found")
+    }
+    _ = FastRequestParser.parse(UnsafeRawBufferPointer(rebasing: data[length...]), maxBody: maxBody)
 }
 
 private func check(_ condition: Bool, _ message: StaticString) {
