@@ -29,7 +29,10 @@ public final class BatchhouseApplication: Sendable {
 
     /// Opens the spool (if configured) and puts every row it holds that ClickHouse does not have yet back into
     /// batches, so they are sent before or alongside new rows.
-    public init(configuration: BatchhouseConfiguration, logger: Logger, eventLoopThreads: Int? = nil) throws {
+    /// `fastPath`: false sends every request through NIO's codec (`--no-fast-path`).
+    public init(
+        configuration: BatchhouseConfiguration, logger: Logger, eventLoopThreads: Int? = nil, fastPath: Bool = true
+    ) throws {
         var spool: Spool?
         var recovery: SpoolRecovery?
         // Identity tags: keyed by a key kept in the spool (stable across restarts, like the batches it holds),
@@ -64,7 +67,7 @@ public final class BatchhouseApplication: Sendable {
             handler: RequestHandler.Dependencies(
                 intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway, client: client,
                 metrics: engine.metrics, endpoints: LocalEndpoints(engine: engine, serving: serving),
-                buffering: engine.buffering, engine: engine, sessions: SessionRegistry()),
+                buffering: engine.buffering, engine: engine, sessions: SessionRegistry(), fastPath: fastPath),
             serving: serving, logger: logger)
         flushService = FlushService(engine: engine, logger: logger)
         healthService = HealthService(gateway: engine.gateway, logger: logger)

@@ -41,9 +41,16 @@ final class HTTPServer: Service, Sendable {
         return boundPort.withLock { $0 }
     }
 
-    /// One connection's pipeline, set up in one synchronous step: the raw-bytes watcher, NIO's HTTP/1.1 codec with
-    /// pipelining assistance and error handling, then the request handler.
+    /// One connection's pipeline, set up in one synchronous step: the fast path, the raw-bytes watcher, NIO's
+    /// HTTP/1.1 codec with pipelining assistance and error handling, then the request handler.
     static func configure(_ channel: any Channel, dependencies: RequestHandler.Dependencies) throws {
+        var fastPath: FastPathHandler?
+        if dependencies.fastPath {
+            let handler = FastPathHandler(
+                intake: dependencies.intake, configuration: dependencies.configuration, metrics: dependencies.metrics)
+            try channel.pipeline.syncOperations.addHandler(handler)
+            fastPath = handler
+        }
         let clientBytes = ClientBytesHandler()
         try channel.pipeline.syncOperations.addHandler(clientBytes)
         // No outbound header validator: the proxy's own headers are constants, and the headers it relays from
@@ -57,7 +64,9 @@ final class HTTPServer: Service, Sendable {
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
             withPipeliningAssistance: true, withErrorHandling: true, withOutboundHeaderValidation: false,
             withEncoderConfiguration: encoder)
-        try channel.pipeline.syncOperations.addHandler(RequestHandler(dependencies, clientBytes: clientBytes))
+        let requestHandler = RequestHandler(dependencies, clientBytes: clientBytes)
+        try channel.pipeline.syncOperations.addHandler(requestHandler)
+        fastPath?.requestHandler = requestHandler
     }
 
     /// How long accepting pauses after accept(2) failed (EMFILE, ENFILE, ...). Without a pause the listening

@@ -31,6 +31,9 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// The sessions seen by every connection (which session INSERTs may be batched); nil: session requests
         /// always stream.
         var sessions: SessionRegistry? = nil
+        /// Small INSERTs are served by `FastPathHandler` before NIO's codec; false: every request takes the general
+        /// path (`--no-fast-path`, for comparisons).
+        var fastPath = true
     }
 
     private let dependencies: Dependencies
@@ -60,6 +63,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let clientBytes: ClientBytesHandler?
     /// The connection's one timer (header, body, request and idle timeouts); see `StateMachine.nextCheck`.
     private var timer: Scheduled<Void>?
+    /// A request the fast path served waits for its answer: the connection is not idle.
+    private var fastPathBusy = false
     /// The last `X-ClickHouse-Summary` value: clients sending rows of the same shape get the same one.
     private var lastSummary: (rows: Int, bytes: Int, text: String)?
 
@@ -98,6 +103,10 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
         timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: next) { [self] in
             timer = nil
             guard let context = self.context else { return }
+            if fastPathBusy, case .idle = machine.state {
+                armTimer(context: context)
+                return
+            }
             var draining = false
             if case .discarding = machine.state { draining = true }
             if let (action, kind) = machine.timerFired(at: context.eventLoop.now) {
@@ -114,6 +123,13 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             armTimer(context: context)
         }
+    }
+
+    /// The fast path served requests on this connection (`FastPathHandler`); `busy`: some still wait for their
+    /// answers. Not busy, the connection is idle from `now`.
+    func fastPathActivity(busy: Bool, at now: NIODeadline) {
+        fastPathBusy = busy
+        if !busy { machine.answered(at: now) }
     }
 
     // MARK: Inbound

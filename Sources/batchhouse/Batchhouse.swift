@@ -54,6 +54,11 @@ struct Serve: AsyncParsableCommand {
         help: "Event-loop threads serving clients (default: one per core).")
     var threads: Int?
 
+    @Flag(
+        name: .long,
+        help: "Serve every request through the general HTTP path, also small INSERTs (for comparisons and diagnosis).")
+    var noFastPath = false
+
     func run() async throws {
         // Before the first Logger is made: a logger keeps the handler it was made with.
         logFormat.bootstrap()
@@ -77,7 +82,7 @@ struct Serve: AsyncParsableCommand {
         let application: BatchhouseApplication
         do {
             application = try BatchhouseApplication(
-                configuration: configuration, logger: logger, eventLoopThreads: threads)
+                configuration: configuration, logger: logger, eventLoopThreads: threads, fastPath: !noFastPath)
         } catch {
             FileHandle.standardError.write(Data("batchhouse: \(error)\n".utf8))
             throw ExitCode(2)

@@ -128,7 +128,7 @@ final class ProxyUnderTest: Sendable {
     /// With `watchedFile`, the YAML is written there and reloaded when it changes (checked every 100 ms).
     static func start(
         _ rules: String, upstream: String? = nil, upstreamSettings: String = "{}", watchedFile: String? = nil,
-        compression: String = "gzip"
+        compression: String = "gzip", fastPath: Bool = true
     ) async throws -> ProxyUnderTest {
         let deadLetterDir = NSTemporaryDirectory() + "bh-dead-letter-\(UInt32.random(in: 0...UInt32.max))"
         let yaml = """
@@ -146,7 +146,7 @@ final class ProxyUnderTest: Sendable {
         if let watchedFile { try yaml.write(toFile: watchedFile, atomically: true, encoding: .utf8) }
         var logger = Logger(label: "batchhouse-test")
         logger.logLevel = ProcessInfo.processInfo.environment["BATCHHOUSE_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
-        let application = try BatchhouseApplication(configuration: configuration, logger: logger)
+        let application = try BatchhouseApplication(configuration: configuration, logger: logger, fastPath: fastPath)
         var services = application.services
         if let watchedFile {
             services.append(application.configurationWatcher(path: watchedFile, pollInterval: .milliseconds(100)))

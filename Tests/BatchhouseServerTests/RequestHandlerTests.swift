@@ -26,7 +26,8 @@ import Testing
         let client = CurlClient(maxConnections: 1)
         let channel = EmbeddedChannel()
 
-        init(_ yaml: String = "") throws {
+        /// `fastPath`: false sends every request through the general path (`--no-fast-path`).
+        init(_ yaml: String = "", fastPath: Bool = true) throws {
             let configuration = try ConfigurationLoader.parse(
                 yaml: "upstream: { servers: [\"http://127.0.0.1:9\"] }\n" + yaml, environment: [:])
             var logger = Logger(label: "test")
@@ -39,7 +40,8 @@ import Testing
                 dependencies: RequestHandler.Dependencies(
                     intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway,
                     client: client, metrics: engine.metrics,
-                    endpoints: LocalEndpoints(engine: engine, serving: ServingState()), buffering: engine.buffering))
+                    endpoints: LocalEndpoints(engine: engine, serving: ServingState()), buffering: engine.buffering,
+                    fastPath: fastPath))
         }
 
         deinit {
