@@ -201,7 +201,8 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let parameters = RequestParameters(uriQuery: query[...]) { name in
                 FastRequestParser.value(of: name, in: head, bytes: raw)
             }
-            if parameters.sessionID != nil { return nil }
+            // A session, or a body in ClickHouse's compressed blocks (`decompress=1`): the general path's.
+            if parameters.sessionID != nil || parameters.decompress { return nil }
             guard let body = bytes.getSlice(at: bytes.readerIndex + head.body.lowerBound, length: head.body.count) else {
                 return nil
             }

@@ -134,6 +134,9 @@ import Testing
             writes: [
                 "POST \(tsvTarget) HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n", "1\tx\n",
             ], staysFast: false),
+        Case(
+            name: "decompress=1: ClickHouse's compressed blocks are the general path's",
+            writes: [post("1\tx\n", target: tsvTarget + "&decompress=1")], staysFast: false),
         Case(name: "garbage", writes: ["\u{1}\u{2}GARBAGE\r\n\r\n"], staysFast: false),
     ]
 
