@@ -224,6 +224,20 @@ import Testing
         #expect(tag == "alice#" + hex)
     }
 
+    /// The last digest is kept per thread: what comes back is still the digest of this identity under this key.
+    @Test func theKeptDigestIsTheOneOfThisIdentityUnderThisKey() throws {
+        let first = IdentityTags(key: SymmetricKey(size: .bits256))
+        let second = IdentityTags(key: SymmetricKey(size: .bits256))
+        let bob = ClientIdentity(user: "alice", password: "wrong")
+        let aliceFirst = first.digest(of: Self.alice)
+        #expect(first.digest(of: Self.alice) == aliceFirst)
+        #expect(second.digest(of: Self.alice) != aliceFirst, "another key, another digest")
+        #expect(first.digest(of: bob) != aliceFirst, "another password, another digest")
+        #expect(first.digest(of: Self.alice) == aliceFirst)
+        #expect(first.digest(of: .anonymous) != aliceFirst)
+        #expect(first.tag(of: Self.alice) == first.tag(of: ClientIdentity(user: "alice", password: "right")))
+    }
+
     @Test func aKeyFileOfTheWrongSizeIsRefused() throws {
         let directory = TemporaryDirectory()
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: directory.path + "/" + IdentityTags.keyFileName))
