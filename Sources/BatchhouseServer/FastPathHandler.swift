@@ -38,24 +38,29 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var general = false
     /// Bytes of requests not served yet (a request in progress at the end of a read, or ones parsed later).
     private var pending: ByteBuffer?
-    /// Answers of this read burst not written yet, in order.
+    /// Answers not written yet, in order.
     private var out: ByteBuffer?
-    /// Answers not written yet because an earlier one waits, oldest first.
-    private var queue: [Slot] = []
+    /// Answers not written yet because an earlier one waits, oldest first. Their ids are consecutive.
+    private var queue = CircularBuffer<Slot>()
     private var nextID: UInt64 = 0
     /// A request waits whose answer may send it to the general path: nothing after it is parsed meanwhile.
     private var holding = false
     /// Bytes for the general path, waiting for the answers before them.
     private var handOff: ByteBuffer?
-    /// An answer that closes the connection was queued: nothing after it is served.
+    /// An answer that closes the connection was queued: nothing after it is served or read.
     private var closing = false
+    private var closeRequested = false
     private var quiescing = false
     private var readPending = false
+    /// A write of the answers that arrived since is due on this turn of the event loop.
+    private var flushScheduled = false
     /// When the current read burst began (the latency of its answers counts from here).
     private var burstStarted = NIODeadline.uptimeNanoseconds(0)
     /// The last 200 written and what it answered: clients sending rows of one shape get the same bytes.
     private var lastAccepted: (rows: Int, bytes: Int, ack: AckMode, keepAlive: Int?, response: ByteBuffer)?
     private var keepAliveSeconds = 1
+    /// One per connection, as the general path keeps one: its scratch space is reused.
+    private var classifier = StatementClassifier()
 
     private struct Slot {
         var id: UInt64
@@ -83,10 +88,13 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Whether the connection has moved to the general path.
     var isGeneral: Bool { general }
 
+    /// Whether the general path has the connection and nothing waits for it here.
+    private var handedOver: Bool { general && handOff == nil }
+
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if general && handOff == nil {
+        if handedOver {
             context.fireChannelRead(data)
             return
         }
@@ -96,21 +104,24 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         if closing || quiescing { return }
-        if pending == nil || pending!.readableBytes == 0 {
+        if var earlier = pending, earlier.readableBytes > 0 {
+            pending = nil  // one reference, so the buffer grows in place
+            earlier.discardReadBytes()
+            earlier.writeBuffer(&bytes)
+            pending = earlier
+        } else {
             if pending == nil { burstStarted = context.eventLoop.now }
             pending = bytes
-        } else {
-            pending!.writeBuffer(&bytes)
         }
         serve(context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        // A request still incomplete at the end of a read is a slow or large one: the general path times and
-        // bounds it.
-        if !general, !holding, handOff == nil, !closing, !quiescing, let pending, pending.readableBytes > 0 {
-            moveToGeneral(context: context)
+        if handedOver {
+            context.fireChannelReadComplete()
+            return
         }
+        moveToGeneralIfIncomplete(context: context)
         flushAnswers(context: context)
         if pending?.readableBytes == 0 { pending = nil }
         context.fireChannelReadComplete()
@@ -118,7 +129,7 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // Bytes waiting for the general path wait for fast-path answers: those are written first.
-        guard event is ChannelShouldQuiesceEvent, !general || handOff != nil else {
+        guard event is ChannelShouldQuiesceEvent, !handedOver else {
             context.fireUserInboundEventTriggered(event)
             return
         }
@@ -147,20 +158,21 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Reading stops while a request holds the parsing, bytes wait for the general path, or many answers wait.
+    /// Reading stops while a request holds the parsing, bytes wait for the general path, many answers wait, or
+    /// the connection is closing.
     private var readsPaused: Bool {
-        handOff != nil || (!general && (holding || queue.count >= Self.maxWaiting))
+        handOff != nil || (!general && (holding || closing || queue.count >= Self.maxWaiting))
     }
 
     // MARK: Serving
 
-    /// Serves every whole request at the start of `pending`.
+    /// Serves every whole request at the start of `pending`, up to `maxWaiting` waiting answers.
     private func serve(context: ChannelHandlerContext) {
         guard !holding, !closing, !quiescing, handOff == nil else { return }
         let limits = configuration.snapshot.value.limits
         keepAliveSeconds = max(1, Int(ConnectionTimeouts.amount(limits.idleTimeout).nanoseconds / 1_000_000_000))
         let maxBody = min(Self.maxBody, limits.maxRequestBody)
-        while let bytes = pending, bytes.readableBytes > 0, !holding, !closing {
+        while queue.count < Self.maxWaiting, let bytes = pending, bytes.readableBytes > 0, !holding, !closing {
             let parsed = bytes.withUnsafeReadableBytes { FastRequestParser.parse($0, maxBody: maxBody) }
             switch parsed {
             case .needMore:
@@ -169,7 +181,7 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 moveToGeneral(context: context)
                 return
             case .request(let head):
-                guard let request = Self.insertRequest(head, in: bytes) else {
+                guard let request = insertRequest(head, in: bytes) else {
                     moveToGeneral(context: context)
                     return
                 }
@@ -188,8 +200,8 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// What the general path would hand the intake for this request, or nil when it would not (a local endpoint, a
-    /// session, a statement that is not an INSERT).
-    static func insertRequest(_ head: FastRequest, in bytes: ByteBuffer) -> InsertRequest? {
+    /// session, compressed blocks, a statement that is not an INSERT).
+    private func insertRequest(_ head: FastRequest, in bytes: ByteBuffer) -> InsertRequest? {
         bytes.withUnsafeReadableBytes { raw -> InsertRequest? in
             let target = UnsafeRawBufferPointer(rebasing: raw[head.target])
             let question = target.firstIndex(of: UInt8(ascii: "?")) ?? target.count
@@ -206,7 +218,6 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             guard let body = bytes.getSlice(at: bytes.readerIndex + head.body.lowerBound, length: head.body.count) else {
                 return nil
             }
-            var classifier = StatementClassifier()
             guard case .insert(let statement) = classifier.classify(query: parameters.query, body: body, isComplete: true)
             else { return nil }
             return InsertRequest(parameters: parameters, body: body, coding: nil, statement: statement)
@@ -247,12 +258,17 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// A waiting request's answer arrived.
     private func arrived(_ response: IntakeResponse, for id: UInt64, context: ChannelHandlerContext) {
-        guard self.context != nil, let index = queue.firstIndex(where: { $0.id == id }), queue[index].answer == nil
-        else { return }
+        guard self.context != nil, let first = queue.first, id >= first.id, id - first.id < UInt64(queue.count) else {
+            return
+        }
+        let index = queue.index(queue.startIndex, offsetBy: Int(id - first.id))
         let slot = queue[index]
-        if case .passThrough = response, let raw = slot.request {
-            // Only the request that held the parsing can pass through: what follows it was not parsed.
-            queue.remove(at: index)
+        guard slot.id == id, slot.answer == nil else { return }
+        let last = Int(id - first.id) == queue.count - 1
+        if case .passThrough = response, let raw = slot.request, last {
+            // Only the request that held the parsing can pass through: nothing after it was parsed. The general
+            // path streams it, and what follows (its own `Connection: close` included).
+            queue.removeLast()
             holding = false
             closing = false
             var rest = pending ?? ByteBuffer()
@@ -261,22 +277,30 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             pending = whole
             moveToGeneral(context: context)
         } else {
-            // An answer that would close the connection while answers after it wait keeps it open: those requests
-            // were taken, and their clients must hear so. (Only a shutdown's answers close; it closes afterwards.)
-            let last = index == queue.count - 1
             let (encoded, closes) = encode(
                 response, closes: slot.closes, mayClose: last, started: slot.started, context: context)
             queue[index].answer = encoded
             queue[index].closes = closes
+            if closes { closing = true }
             if slot.request != nil { holding = false }
         }
-        writeReadyAnswers(context: context)
-        if !holding, handOff == nil, pending != nil {
+        writeReadyAnswers()
+        if !holding, !closing, !quiescing, handOff == nil, pending != nil {
             burstStarted = context.eventLoop.now
             serve(context: context)
+            // No read is under way: what is left incomplete is the general path's to time and bound.
+            moveToGeneralIfIncomplete(context: context)
         }
-        flushAnswers(context: context)
-        resumeReadingIfAllowed(context: context)
+        // The answers of every waiting request completed on this turn of the loop go out in one write.
+        if !flushScheduled {
+            flushScheduled = true
+            context.eventLoop.assumeIsolated().execute { [self] in
+                flushScheduled = false
+                guard let context = self.context else { return }
+                flushAnswers(context: context)
+                resumeReadingIfAllowed(context: context)
+            }
+        }
     }
 
     /// Queues an answer known now: behind waiting ones, or straight into this burst's write.
@@ -284,42 +308,60 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var (encoded, closes) = encode(response, closes: closes, mayClose: true, started: burstStarted, context: context)
         if queue.isEmpty {
             if out == nil { out = encoded } else { out!.writeBuffer(&encoded) }
-            if closes { closing = true }
         } else {
             queue.append(Slot(id: id, answer: encoded, closes: closes, started: burstStarted, request: nil))
         }
+        if closes { closing = true }
     }
 
-    /// Moves the answers at the front of the queue that are known into this burst's write.
-    private func writeReadyAnswers(context: ChannelHandlerContext) {
+    /// Moves the answers at the front of the queue that are known into the next write. Nothing follows an answer
+    /// that closes the connection.
+    private func writeReadyAnswers() {
         while let first = queue.first, var answer = first.answer {
             queue.removeFirst()
             if out == nil { out = answer } else { out!.writeBuffer(&answer) }
-            if first.closes { closing = true }
+            if first.closes {
+                closing = true
+                queue.removeAll()
+            }
         }
     }
 
-    /// Writes this burst's answers in one write; then hands bytes waiting for the general path over, closes after a
-    /// closing answer, or ends a graceful shutdown.
+    /// Writes the answers due in one write; then hands bytes waiting for the general path over, or closes after a
+    /// closing answer or at the end of a graceful shutdown, once every answer is written.
     private func flushAnswers(context: ChannelHandlerContext) {
+        if handedOver { return }
         requestHandler?.fastPathActivity(busy: !queue.isEmpty, at: context.eventLoop.now)
         if let answers = out {
             out = nil
-            if closing && queue.isEmpty {
-                let channel = context.channel
-                context.writeAndFlush(wrapOutboundOut(answers)).whenComplete { _ in channel.close(promise: nil) }
-                return
-            }
             context.writeAndFlush(wrapOutboundOut(answers), promise: nil)
         }
         guard queue.isEmpty else { return }
-        if quiescing {
-            context.close(promise: nil)
+        if quiescing, let bytes = handOff {
+            // A request that held the parsing passes through after shutdown began: the general path serves it,
+            // then closes.
+            handOff = nil
+            context.fireChannelRead(wrapInboundOut(bytes))
+            context.fireChannelReadComplete()
+            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        } else if closing || quiescing {
+            closeAfterWrites(context: context)
         } else if let bytes = handOff {
             handOff = nil
             context.fireChannelRead(wrapInboundOut(bytes))
             context.fireChannelReadComplete()
             resumeReadingIfAllowed(context: context)
+        }
+    }
+
+    /// Closes once every answer written so far is on the socket (closing at once would drop them: NIO fails the
+    /// writes still pending). Writes complete in order, so an empty one completes after all of them.
+    private func closeAfterWrites(context: ChannelHandlerContext) {
+        guard !closeRequested else { return }
+        closeRequested = true
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            channel.close(promise: nil)
         }
     }
 
@@ -331,6 +373,15 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         pending = nil
         if handOff == nil { handOff = bytes } else { handOff!.writeBuffer(&bytes) }
         if queue.isEmpty { flushAnswers(context: context) }
+    }
+
+    /// A request still incomplete when no more bytes are being read is a slow or large one: the general path
+    /// times and bounds it. (Not while parsing is held or many answers wait: those requests wait here.)
+    private func moveToGeneralIfIncomplete(context: ChannelHandlerContext) {
+        guard !general, !holding, handOff == nil, !closing, !quiescing, queue.count < Self.maxWaiting,
+            let pending, pending.readableBytes > 0
+        else { return }
+        moveToGeneral(context: context)
     }
 
     private func resumeReadingIfAllowed(context: ChannelHandlerContext) {
@@ -376,9 +427,16 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             headers.remove(name: "Connection")
             headers.remove(name: "Keep-Alive")
             guard HeaderPolicy.areValidToSend(upstream.headers) else {
-                // As the general path does: a response carrying a header that cannot be sent closes the connection
-                // unanswered.
-                return (allocator.buffer(capacity: 0), true)
+                // The general path closes the connection unanswered. With answers after it, that would make the
+                // client read the next one as this one's: it gets a 502 instead.
+                if mayClose { return (allocator.buffer(capacity: 0), true) }
+                let error = ClickHouseError.upstreamUnavailable(
+                    "Batchhouse: ClickHouse's answer carried a header that cannot be sent to the client")
+                return (
+                    FastResponse.encode(
+                        status: error.status, headers: error.headers, body: Array(error.body.utf8),
+                        keepAlive: keepAlive, allocator: allocator), closes
+                )
             }
             return (
                 FastResponse.encode(
@@ -392,8 +450,8 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 status: 500)
             return (
                 FastResponse.encode(
-                    status: error.status, headers: error.headers, body: Array(error.body.utf8), keepAlive: nil,
-                    allocator: allocator), true
+                    status: error.status, headers: error.headers, body: Array(error.body.utf8),
+                    keepAlive: mayClose ? nil : keepAlive, allocator: allocator), closes || mayClose
             )
         }
     }

@@ -316,8 +316,9 @@ public final class Spool: Sendable {
 
     /// Calls `done` once the record at `position` is on stable storage, or with the error that keeps it from
     /// getting there, as ``waitDurable(_:)`` returns: on the sync thread, which shares one fsync among every
-    /// waiter of the time, or at once on this thread when nothing needs syncing. No task, no thread hop of its
-    /// own: `done` should only hand the result on (a `durable` ack completes on its connection's event loop).
+    /// waiter of the time; at once on this thread when nothing needs syncing; or on the thread that marked the
+    /// segment's last chunks delivered. Never under the spool's lock. No task, no thread hop of its own: `done`
+    /// should only hand the result on (a `durable` ack completes on its connection's event loop).
     public func whenDurable(_ position: SpoolPosition, _ done: @escaping @Sendable (Result<Void, SpoolError>) -> Void) {
         let continuation = DurabilityContinuation(done: done)
         enum Action {

@@ -4,6 +4,7 @@ import BatchhouseEngine
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import Foundation
 import Testing
 
 @testable import BatchhouseServer
@@ -154,7 +155,7 @@ import Testing
         let handler = fastPath ? try fixture.channel.pipeline.syncOperations.handler(type: FastPathHandler.self) : nil
         var output = ""
         for write in testCase.writes {
-            try? fixture.channel.writeInbound(ByteBuffer(string: write))
+            _ = try? fixture.channel.writeInbound(ByteBuffer(string: write))
             output += try fixture.output()
         }
         fixture.channel.embeddedEventLoop.run()
@@ -217,5 +218,34 @@ import Testing
         fixture.channel.embeddedEventLoop.run()
         #expect(!fixture.channel.isActive)
         #expect(fixture.batcher.bufferedRows == 1)
+    }
+
+    /// Answers wait (`flushed`, with no delivery running here): at most `maxWaiting` requests are taken, the rest
+    /// wait in the connection; a graceful stop keeps the connection open until the promised answers are written.
+    @Test func atMostMaxWaitingAnswersWaitAndAGracefulStopWritesThemBeforeClosing() throws {
+        let fixture = try Fixture("defaults: { ack: flushed, max_delay: 1h, retries: 0 }\n")
+        try fixture.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        let count = FastPathHandler.maxWaiting + 40
+        let requests = (0..<count).map { Self.post("INSERT INTO db.t VALUES (\($0))") }.joined()
+        try fixture.channel.writeInbound(ByteBuffer(string: requests))
+        #expect(try fixture.output() == "", "every answer waits for its batch")
+        #expect(fixture.batcher.bufferedRows == FastPathHandler.maxWaiting, "the rest is not taken yet")
+        fixture.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        fixture.channel.embeddedEventLoop.run()
+        #expect(fixture.channel.isActive, "answers are promised: the connection stays")
+        // The end of the graceful stop: the batches are settled (the upstream is unreachable: refused).
+        let delivery = fixture.engine.delivery
+        let workers = Task { await delivery.run() }
+        defer { workers.cancel() }
+        fixture.engine.drain()
+        var output = ""
+        for _ in 0..<200 where fixture.channel.isActive {
+            fixture.channel.embeddedEventLoop.run()
+            output += try fixture.output()
+            usleep(5_000)
+        }
+        output += try fixture.output()
+        #expect(output.components(separatedBy: "HTTP/1.1 ").count - 1 == FastPathHandler.maxWaiting, "\(output.prefix(300))")
+        #expect(!fixture.channel.isActive, "closed once they are written")
     }
 }
