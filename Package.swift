@@ -97,6 +97,8 @@ let package = Package(
             dependencies: [
                 "BatchhouseEngine", "BatchhouseConfig", "BatchhouseCore", "BatchhouseSpool", "BatchhouseUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
+                // An event loop whose turns the tests run (the spool's one write per turn).
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 // Checks the identity digest against swift-crypto's own HMAC.
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -13,12 +13,19 @@ package struct InsertRequest: Sendable {
     package var coding: ContentCoding?
     /// Parsed from the start of the (undecoded) body while it arrived; nil when that was not possible.
     package var statement: InsertStatement?
+    /// The event loop `accept` is called on: its spool records of one turn are written together (`SpoolStage`);
+    /// nil, each request writes its own.
+    package var eventLoop: (any EventLoop)?
 
-    package init(parameters: RequestParameters, body: ByteBuffer, coding: ContentCoding?, statement: InsertStatement?) {
+    package init(
+        parameters: RequestParameters, body: ByteBuffer, coding: ContentCoding?, statement: InsertStatement?,
+        eventLoop: (any EventLoop)? = nil
+    ) {
         self.parameters = parameters
         self.body = body
         self.coding = coding
         self.statement = statement
+        self.eventLoop = eventLoop
     }
 }
 
@@ -45,6 +52,9 @@ package enum IntakeDecision: Sendable {
     case passthrough
     /// The rows are buffered and in the spool; the completion is called once an fsync covers them.
     case awaitDurable(SpoolPosition)
+    /// The rows wait for their spool record to be written with the others of this turn of the event loop; the
+    /// completion is called with the answer (`enqueued` once written, or as `durable` and `flushed` say).
+    case awaitSpool
     /// The rows are in a batch; the completion is called with the batch's outcome for them.
     case awaitBatch(token: UInt64)
     /// The client's credentials are being checked with ClickHouse (a new identity); the completion is called
@@ -189,9 +199,11 @@ package final class Intake: Sendable {
             }
             return .awaitVerification
         }
+        // Staged only on the loop's own thread: the stage belongs to it.
+        let loop = request.eventLoop.flatMap { $0.inEventLoop ? $0 : nil }
         return scanAndStore(
             statement: statement, database: database, rule: rule, data: data, settings: settings, identity: identity,
-            contributor: contributor, memoryLimit: memoryLimit, completion: completion)
+            contributor: contributor, memoryLimit: memoryLimit, loop: loop, completion: completion)
     }
 
     /// A decision reached after a wait, passed to the completion the wait was given: an answer now, a pass-through,
@@ -200,7 +212,7 @@ package final class Intake: Sendable {
         switch decision {
         case .answer(let response): completion(response)
         case .passthrough: completion(.passThrough)
-        case .awaitDurable, .awaitBatch, .awaitVerification, .awaitDescription: break
+        case .awaitDurable, .awaitSpool, .awaitBatch, .awaitVerification, .awaitDescription: break
         }
     }
 
@@ -210,7 +222,7 @@ package final class Intake: Sendable {
     private func scanAndStore(
         statement: InsertStatement, database: String?, rule: TableRule, data: ByteBuffer, settings: [Setting],
         identity: ClientIdentity, contributor: ClientIdentity?, memoryLimit: Int, described: Bool = false,
-        completion: () -> IntakeCompletion
+        loop: (any EventLoop)? = nil, completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         if rule.aggregate != nil, aggregation != nil, statement.format.isBinary {
             return refuse(
@@ -304,7 +316,7 @@ package final class Intake: Sendable {
                 // the raw rows were taken: a refused request, sent again, is not counted twice.
                 let decision = storeRaw(
                     key: key, rule: rule, scanned: scanned, rows: rows, memoryLimit: memoryLimit,
-                    contributor: contributor, completion: completion)
+                    contributor: contributor, loop: loop, completion: completion)
                 if case .answer(.refused) = decision { return decision }
                 _ = aggregation.fold(
                     inputs, key: source, rule: aggregate, wait: nil,
@@ -313,14 +325,14 @@ package final class Intake: Sendable {
             }
             return storeRaw(
                 key: key, rule: rule, scanned: scanned, rows: rows, memoryLimit: memoryLimit,
-                contributor: contributor, completion: completion)
+                contributor: contributor, loop: loop, completion: completion)
         }
     }
 
     /// Samples (the `sample` rule) and stores a request's rows as they were sent.
     private func storeRaw(
         key: BatchKey, rule: TableRule, scanned: ScannedRows, rows: UnsafeRawBufferPointer, memoryLimit: Int,
-        contributor: ClientIdentity?, completion: () -> IntakeCompletion
+        contributor: ClientIdentity?, loop: (any EventLoop)?, completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         if rule.sample < 1.0 && scanned.rowCount > 0 {
             guard let kept = RowSampler.sample(rows, format: key.format, columns: scanned.signature, fraction: rule.sample) else {
@@ -331,12 +343,12 @@ package final class Intake: Sendable {
             return kept.data.withUnsafeBytes { keptBytes in
                 store(
                     key: key, rule: rule, rows: keptBytes, rowCount: kept.rows, endsWithNewline: true,
-                    limit: memoryLimit, contributor: contributor, completion: completion)
+                    limit: memoryLimit, contributor: contributor, loop: loop, completion: completion)
             }
         }
         return store(
             key: key, rule: rule, rows: rows, rowCount: scanned.rowCount, endsWithNewline: scanned.endsWithNewline,
-            limit: memoryLimit, contributor: contributor, completion: completion)
+            limit: memoryLimit, contributor: contributor, loop: loop, completion: completion)
     }
 
     /// Asks for the table's columns, holding the body in the memory budget meanwhile (shed first, like a body still
@@ -372,7 +384,7 @@ package final class Intake: Sendable {
 
     private func store(
         key: BatchKey, rule: TableRule, rows: UnsafeRawBufferPointer, rowCount: Int, endsWithNewline: Bool, limit: Int,
-        contributor: ClientIdentity?, completion: () -> IntakeCompletion
+        contributor: ClientIdentity?, loop: (any EventLoop)?, completion: () -> IntakeCompletion
     ) -> IntakeDecision {
         if rowCount == 0 && rows.isEmpty { return accepted(rows: 0, bytes: 0, ack: .enqueued) }
         let immediate = rule.strategy == .immediate
@@ -401,6 +413,23 @@ package final class Intake: Sendable {
         case .admitted(let admitted): reservation = admitted
         case .refused(let inUse): return overMemory(inUse, rule: rule, limit: limit)
         }
+        if let spool, !immediate, let loop {
+            let stage = SpoolStage.ofThisThread()
+            let staged = stage.add(
+                SpoolStage.Entry(
+                    intake: self, spool: spool, key: key, rule: rule, rows: rowCount, bytes: rows.count,
+                    reservation: reservation, contributor: contributor, completion: completion()),
+                endsWithNewline: endsWithNewline, data: rows, loop: loop)
+            guard staged else {
+                buffering.cancel(reservation)
+                return refuse(
+                    .spoolRefused(
+                        SpoolError(
+                            code: .io,
+                            message: "a chunk of \(rows.count) bytes is larger than a spool record can hold (4 GiB)")))
+            }
+            return .awaitSpool
+        }
         var position: SpoolPosition?
         if let spool {
             do throws(SpoolError) {
@@ -428,6 +457,37 @@ package final class Intake: Sendable {
             return .awaitDurable(position)
         }
         return admitted(key: key, rows: rowCount, bytes: rows.count, token: token, immediate: false)
+    }
+
+    /// A staged request's spool record was written (or refused) with the others of its turn: its rows go into
+    /// their batch, and its client is answered as its ack mode says. On the event loop that staged it.
+    func finishStaged(_ entry: SpoolStage.Entry, _ result: Result<SpoolPosition, SpoolError>, rows data: UnsafeRawBufferPointer, endsWithNewline: Bool) {
+        let position: SpoolPosition
+        switch result {
+        case .failure(let error):
+            buffering.cancel(entry.reservation)
+            metrics.request(.rejected)
+            entry.completion(.refused(.spoolRefused(error), close: false))
+            return
+        case .success(let written):
+            position = written
+        }
+        let rule = entry.rule
+        let token =
+            rule.ack == .flushed
+            ? register(rows: entry.rows, bytes: entry.bytes, spooled: true, entry.completion) : 0
+        delivery.submit(
+            buffering.append(
+                key: entry.key, rule: rule, chunk: data, rows: entry.rows, endsWithNewline: endsWithNewline,
+                token: token, spoolChunk: position.chunkID, reservation: entry.reservation,
+                contributor: entry.contributor))
+        metrics.request(.batchedInsert)
+        if token != 0 { return }
+        if rule.ack == .durable {
+            waitDurable(position, spool: entry.spool, rows: entry.rows, bytes: entry.bytes, completion: entry.completion)
+            return
+        }
+        entry.completion(.accepted(rows: entry.rows, bytes: entry.bytes, ack: .enqueued))
     }
 
     // MARK: Answers

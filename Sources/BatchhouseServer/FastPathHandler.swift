@@ -220,7 +220,8 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             guard case .insert(let statement) = classifier.classify(query: parameters.query, body: body, isComplete: true)
             else { return nil }
-            return InsertRequest(parameters: parameters, body: body, coding: nil, statement: statement)
+            return InsertRequest(
+                parameters: parameters, body: body, coding: nil, statement: statement, eventLoop: context?.eventLoop)
         }
     }
 
@@ -234,7 +235,7 @@ final class FastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return false
         case .answer(let response):
             answer(response, id: id, closes: closes, context: context)
-        case .awaitDurable, .awaitBatch:
+        case .awaitDurable, .awaitSpool, .awaitBatch:
             queue.append(Slot(id: id, answer: nil, closes: closes, started: burstStarted, request: nil))
         case .awaitVerification, .awaitDescription:
             queue.append(Slot(id: id, answer: nil, closes: closes, started: burstStarted, request: raw))

@@ -384,7 +384,7 @@ extension RequestHandler {
                 return .respond(response, head)
             case .passthrough:
                 return startPassthrough(head, initialBody: body, bodyComplete: true)
-            case .awaitDurable, .awaitBatch:
+            case .awaitDurable, .awaitSpool, .awaitBatch:
                 state = .awaitingAck(head, body: nil)
                 return .none
             case .awaitVerification, .awaitDescription:

@@ -212,7 +212,8 @@ final class RequestHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             bridge?.cancel()
             bridge = nil
-        case .intake(let request):
+        case .intake(var request):
+            request.eventLoop = context.eventLoop
             let decision = dependencies.intake.accept(request) { self.completion(context: context) }
             perform(machine.intakeDecided(decision), context: context)
         case .decodeMore:

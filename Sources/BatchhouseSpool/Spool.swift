@@ -228,7 +228,7 @@ public final class Spool: Sendable {
         return position
     }
 
-    private func count(_ error: SpoolError, in state: inout SpoolState) {
+    func count(_ error: SpoolError, in state: inout SpoolState) {
         if error.code == .noSpace {
             state.counters.refusedNoSpace += 1
             state.diskWasFull = true
@@ -237,17 +237,19 @@ public final class Spool: Sendable {
         }
     }
 
-    private func full(_ state: SpoolState, _ needed: Int) -> SpoolError {
+    /// `pending`: bytes of chunks taken in the same batch, not written yet.
+    func full(_ state: SpoolState, _ needed: Int, pending: Int = 0) -> SpoolError {
         SpoolError(
             code: .full,
-            message: "\(state.liveBytes) bytes of undelivered rows spooled, \(needed) more would pass spool.max_size (\(maxSize) bytes)"
+            message:
+                "\(state.liveBytes + pending) bytes of undelivered rows spooled, \(needed) more would pass spool.max_size (\(maxSize) bytes)"
         )
     }
 
     /// Starts a new active segment. The old one keeps its descriptor until the sync thread has
     /// synced its last bytes. Returns whether the sync thread must be signalled. `fromReserve`: on a
     /// full disk, steps of the reserve are freed until the new file fits (a rollover that gives space back).
-    private func rotate(_ state: inout SpoolState, fromReserve: Bool) throws(SpoolError) -> Bool {
+    func rotate(_ state: inout SpoolState, fromReserve: Bool) throws(SpoolError) -> Bool {
         let old = state.activeIndex
         let number = max(state.nextChunkID, state.segments[old].number + 1)
         let path = directory + "/" + RecordFormat.segmentFileName(number)

@@ -211,7 +211,8 @@ struct EngineFixture {
     @discardableResult
     func insert(
         _ body: String, query: String? = nil, identity: ClientIdentity = .anonymous, settings: [Setting] = [],
-        coding: ContentCoding? = nil, answers: Answers? = nil, credentials: Credentials? = nil
+        coding: ContentCoding? = nil, answers: Answers? = nil, credentials: Credentials? = nil,
+        eventLoop: (any EventLoop)? = nil
     ) -> IntakeDecision {
         var bytes = ByteBuffer(string: body)
         if let coding {
@@ -221,7 +222,7 @@ struct EngineFixture {
             parameters: RequestParameters(
                 query: query, database: nil, credentials: credentials ?? .resolved(identity), settings: settings,
                 decompress: false),
-            body: bytes, coding: coding, statement: nil)
+            body: bytes, coding: coding, statement: nil, eventLoop: eventLoop)
         return engine.intake.accept(request) {
             { response in answers?.append(response) }
         }
