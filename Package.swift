@@ -90,6 +90,9 @@ let package = Package(
             name: "BatchhouseUpstreamTests",
             dependencies: [
                 "BatchhouseUpstream", "BatchhouseCore", .product(name: "NIOCore", package: "swift-nio"),
+                // A loopback HTTP server for the easy-handle reuse tests (RecordingHTTPServer.swift).
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .testTarget(

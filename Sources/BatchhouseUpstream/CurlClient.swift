@@ -89,6 +89,11 @@ public final class CurlClient: Sendable {
         driver.shutdown()
     }
 
+    /// How many easy handles the curl thread made and reused, and how many are idle (tests check the reuse).
+    var easyHandleCounts: CurlEasyPool.Counts {
+        driver.easyHandleCounts.withLock { $0 }
+    }
+
     private func start(_ stream: UpstreamStream) {
         if !driver.add(stream) {
             stream.finish(UpstreamError(kind: .cancelled, message: "the upstream client was shut down"))

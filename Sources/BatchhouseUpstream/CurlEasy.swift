@@ -12,6 +12,9 @@ enum CurlGlobal {
 
 /// Owns one easy handle, its error buffer and its header list, and frees them together.
 /// Lives and is used only on the curl thread.
+///
+/// Between transfers a handle goes back to ``CurlEasyPool`` through ``reset()``, which returns it to the
+/// state `init()` leaves it in, so a transfer configures a reused handle exactly as a new one.
 final class CurlEasy {
     let handle: UnsafeMutableRawPointer
     private let errorBuffer: UnsafeMutablePointer<CChar>
@@ -28,6 +31,25 @@ final class CurlEasy {
         let size = Int(BH_CURL_ERROR_SIZE)
         errorBuffer = .allocate(capacity: size)
         errorBuffer.initialize(repeating: 0, count: size)
+        attachErrorBuffer()
+    }
+
+    /// Forgets everything the last transfer set: every option (URL, method, credentials, timeouts, callbacks and
+    /// their userdata pointers, the header list), its info and its auth state. What curl_easy_reset keeps (live
+    /// connections, the DNS and TLS session caches, cookies) is the multi handle's here, or never enabled (cookies).
+    /// The handle must not be in a multi handle.
+    func reset() {
+        curl_easy_reset(handle)
+        // After the reset: until then CURLOPT_HTTPHEADER still points at the list.
+        curl_slist_free_all(headerList)
+        headerList = nil
+        errorBuffer.update(repeating: 0, count: Int(BH_CURL_ERROR_SIZE))
+        setupFailure = nil
+        // curl_easy_reset dropped the buffer too.
+        attachErrorBuffer()
+    }
+
+    private func attachErrorBuffer() {
         check(CURLOPT_ERRORBUFFER, bh_curl_easy_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
     }
 

@@ -4,7 +4,7 @@ import Foundation
 import Logging
 
 /// One thread that drives a curl multi handle: every easy handle is created, configured, paused,
-/// resumed, removed and freed here. Other threads talk to it only through `inbox` (a locked queue of
+/// resumed, removed, reset for reuse and freed here. Other threads talk to it only through `inbox` (a locked queue of
 /// commands) followed by `curl_multi_wakeup`, which interrupts `curl_multi_poll`.
 ///
 /// Each turn of the loop: take the commands, act on them, let libcurl do its I/O
@@ -30,6 +30,8 @@ final class CurlMultiThread: Sendable {
     /// CURLOPT_MAXAGE_CONN for every transfer.
     let maxIdleSeconds: Int
     let logger: Logger
+    /// What the curl thread's ``CurlEasyPool`` did, for tests.
+    let easyHandleCounts = Locked(CurlEasyPool.Counts())
     private let inbox = Locked(Inbox())
     private let exited = DispatchSemaphore(value: 0)
 
@@ -87,7 +89,7 @@ final class CurlMultiThread: Sendable {
 
     private func run() {
         inbox.withLock { $0.thread = currentThreadID() }
-        let loop = CurlLoop(multi: multi, logger: logger)
+        let loop = CurlLoop(multi: multi, pool: CurlEasyPool(counts: easyHandleCounts), logger: logger)
         while true {
             let (commands, shuttingDown) = inbox.withLock { inbox -> ([Command], Bool) in
                 defer { inbox.commands.removeAll(keepingCapacity: true) }
@@ -109,6 +111,7 @@ final class CurlMultiThread: Sendable {
         for case .add(let stream) in last {
             stream.finish(error)
         }
+        loop.pool.removeAll()
         // No more wakeups can come (`accepting` is false), so the multi handle can go now; this closes
         // the cached connections.
         multi.close()
@@ -117,14 +120,16 @@ final class CurlMultiThread: Sendable {
 }
 
 /// The state of the curl thread: the multi handle's transfers, each retained while its easy handle
-/// is in the multi (libcurl calls back into it only then).
+/// is in the multi (libcurl calls back into it only then), and the idle easy handles.
 private final class CurlLoop {
     let multi: CurlMulti
+    let pool: CurlEasyPool
     let logger: Logger
     var active: [UnsafeMutableRawPointer: UpstreamStream] = [:]
 
-    init(multi: CurlMulti, logger: Logger) {
+    init(multi: CurlMulti, pool: CurlEasyPool, logger: Logger) {
         self.multi = multi
+        self.pool = pool
         self.logger = logger
     }
 
@@ -135,7 +140,7 @@ private final class CurlLoop {
                 stream.finish(UpstreamError(kind: .cancelled, message: "cancelled"))
                 return
             }
-            guard let easy = stream.makeEasyHandle() else { return }
+            guard let easy = stream.makeEasyHandle(from: pool) else { return }
             let code = curl_multi_add_handle(multi.handle, easy.handle)
             guard code == CURLM_OK else {
                 let text = String(cString: curl_multi_strerror(code))
@@ -168,7 +173,7 @@ private final class CurlLoop {
             // Read before remove: the message does not survive curl_multi_remove_handle.
             let result = bh_curl_msg_result(message)
             guard let stream = active[easy] else { continue }
-            remove(easy, with: stream.error(for: result))
+            remove(easy, with: stream.error(for: result), reusable: result == CURLE_OK)
         }
     }
 
@@ -186,15 +191,20 @@ private final class CurlLoop {
         }
     }
 
-    private func remove(_ easy: UnsafeMutableRawPointer, with error: UpstreamError?) {
+    /// Takes the transfer out of the multi handle and finishes its stream. With `reusable` (the transfer
+    /// succeeded), its easy handle goes back to the pool, otherwise it is freed.
+    private func remove(_ easy: UnsafeMutableRawPointer, with error: UpstreamError?, reusable: Bool = false) {
         guard let stream = active.removeValue(forKey: easy) else { return }
-        curl_multi_remove_handle(multi.handle, easy)
+        let removed = curl_multi_remove_handle(multi.handle, easy) == CURLM_OK
         if let error {
             logger.debug(
                 "upstream transfer failed",
                 metadata: ["kind": "\(error.kind)", "error": "\(error.message)"]
             )
         }
+        // Held past finish(), which lets go of the stream's reference (and reads the response code first).
+        var handle = reusable && removed ? stream.curl.easy : nil
         stream.finish(error)
+        pool.recycle(&handle)
     }
 }

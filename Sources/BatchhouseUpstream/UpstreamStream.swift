@@ -165,10 +165,11 @@ public final class UpstreamStream: Sendable {
 
     var isCancelRequested: Bool { shared.withLock { $0.cancelRequested } }
 
-    /// Creates and configures the easy handle. Returns nil (after finishing the stream) when libcurl
-    /// refused an option.
-    func makeEasyHandle() -> CurlEasy? {
-        let easy = CurlEasy()
+    /// Takes an easy handle from `pool` (new, or reset after an earlier transfer: every option starts at
+    /// libcurl's default either way) and sets every option this transfer needs. Returns nil (after finishing
+    /// the stream) when libcurl refused an option; that handle is freed, not pooled.
+    func makeEasyHandle(from pool: CurlEasyPool) -> CurlEasy? {
+        let easy = pool.take()
         let userdata = Unmanaged.passUnretained(self).toOpaque()
 
         easy.set(CURLOPT_URL, request.url)
@@ -261,8 +262,8 @@ public final class UpstreamStream: Sendable {
         return false
     }
 
-    /// Ends the stream: frees the easy handle (already removed from the multi handle), delivers a
-    /// head that is still due, and tells the delegate. Runs once.
+    /// Ends the stream: lets go of the easy handle (already removed from the multi handle; the curl loop may
+    /// keep it for another transfer), delivers a head that is still due, and tells the delegate. Runs once.
     func finish(_ error: UpstreamError?) {
         guard !curl.finished else { return }
         curl.finished = true

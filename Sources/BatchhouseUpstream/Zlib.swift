@@ -145,10 +145,17 @@ public enum Zlib {
         _ input: UnsafeRawBufferPointer,
         as coding: ContentCoding,
         level: Int32,
-        into output: inout ByteBuffer
+        into output: inout ByteBuffer,
+        pool: DeflateStreamPool = .shared
     ) {
         precondition(coding.isZlib, "Zlib compresses gzip and deflate only, not \(coding)")
-        let stream = ZStream(deflateLevel: level, windowBits: coding == .gzip ? 15 + 16 : 15)
+        pool.withStream(level: level, windowBits: coding == .gzip ? 15 + 16 : 15) { stream in
+            deflate(input, with: stream, into: &output)
+        }
+    }
+
+    /// Compresses the whole input with `stream`, new or reset, to the end of its stream.
+    static func deflate(_ input: UnsafeRawBufferPointer, with stream: ZStream, into output: inout ByteBuffer) {
         output.reserveCapacity(minimumWritableBytes: stream.deflateBound(input.count))
         var offset = 0
         while true {
@@ -164,8 +171,10 @@ public enum Zlib {
                     return written
                 }
                 if status == Z_STREAM_END { return }
-                // Z_OK: progress made, go on; Z_BUF_ERROR: this piece of input is used up.
-                precondition(status == Z_OK || status == Z_BUF_ERROR, "deflate failed: \(status)")
+                // Z_OK: progress made, go on; Z_BUF_ERROR: this piece of input is used up. With Z_FINISH and
+                // 64 KiB of room, zlib always makes progress: Z_BUF_ERROR there means a stream that cannot go on
+                // (one finished and not reset), which would otherwise loop here for ever.
+                precondition(status == Z_OK || (status == Z_BUF_ERROR && !isLast), "deflate failed: \(status)")
                 if !isLast && stream.availableInput == 0 { break }
             }
         }
@@ -277,6 +286,8 @@ final class ZStream {
     private let stream: UnsafeMutablePointer<z_stream>
     private let kind: Kind
 
+    /// memLevel 8 and the default strategy, as zlib's deflateInit; ``DeflateStreamPool`` relies on these being
+    /// the same for every stream of a level and window size.
     init(deflateLevel level: Int32, windowBits: Int32) {
         stream = .allocate(capacity: 1)
         stream.initialize(to: z_stream())
@@ -342,6 +353,15 @@ final class ZStream {
 
     func resetInflate() {
         inflateReset(stream)
+    }
+
+    /// Makes a deflate stream start over as a new one with the same parameters: the next output is the bytes a
+    /// new stream would produce. False if zlib found the stream unusable. Drops the pointer to the last input.
+    func resetDeflate() -> Bool {
+        precondition(kind == .deflate, "resetDeflate on an inflate stream")
+        stream.pointee.next_in = nil
+        stream.pointee.avail_in = 0
+        return deflateReset(stream) == Z_OK
     }
 }
 
