@@ -265,7 +265,9 @@ package final class Intake: Sendable {
                         completion: completion)
                 }
                 // ClickHouse 18.16 answers every exception with 500; later versions answer data errors with 400.
-                // Binary data is refused as the upstream would (text formats keep the proxy's 400).
+                // Binary data is refused as the upstream would (text formats keep the proxy's 400); before its
+                // version is known (the first probe not answered yet), ClickHouse answers such a body itself.
+                if statement.format.isBinary && gateway.capabilities == nil { return .passthrough }
                 let old = statement.format.isBinary && gateway.capabilities.map { !$0.isAtLeast(19, 1) } == true
                 return refuse(
                     ClickHouseError(
