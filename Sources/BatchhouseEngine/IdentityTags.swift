@@ -169,19 +169,7 @@ private final class LastDigest {
     var identity: ClientIdentity?
     var digest: IdentityDigest?
 
-    private static let threadKey: pthread_key_t = {
-        var key = pthread_key_t()
-        let created = pthread_key_create(&key) { pointer in
-            if let pointer { Unmanaged<LastDigest>.fromOpaque(pointer).release() }
-        }
-        precondition(created == 0, "pthread_key_create failed")
-        return key
-    }()
+    private static let lasts = PerThread { LastDigest() }
 
-    static func ofThisThread() -> LastDigest {
-        if let raw = pthread_getspecific(threadKey) { return Unmanaged<LastDigest>.fromOpaque(raw).takeUnretainedValue() }
-        let last = LastDigest()
-        pthread_setspecific(threadKey, Unmanaged.passRetained(last).toOpaque())
-        return last
-    }
+    static func ofThisThread() -> LastDigest { lasts.current }
 }

@@ -2,19 +2,13 @@ import BatchhouseCore
 import BatchhouseSpool
 import NIOCore
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// The spool records of the requests one event loop takes on one turn, written together when the turn ends: one
 /// write and one turn of the spool's lock for all of them instead of one each (docs/spool-and-acks.md, "One write
 /// per turn"). The first request of a turn schedules the write with `execute`, which NIO runs after every channel
 /// that was ready on this turn has been read. Then each request's rows go into their batch and its client is
 /// answered, in the order the requests came.
 ///
-/// One stage per event-loop thread, found through a thread-specific pointer, used only on that thread: no lock.
+/// One stage per event-loop thread (`PerThread`), used only on that thread: no lock.
 final class SpoolStage {
     /// What a staged request needs once its record is written.
     struct Entry {
@@ -67,20 +61,8 @@ final class SpoolStage {
         }
     }
 
-    private static let threadKey: pthread_key_t = {
-        var key = pthread_key_t()
-        let created = pthread_key_create(&key) { pointer in
-            if let pointer { Unmanaged<SpoolStage>.fromOpaque(pointer).release() }
-        }
-        precondition(created == 0, "pthread_key_create failed")
-        return key
-    }()
+    private static let stages = PerThread { SpoolStage() }
 
     /// This thread's stage.
-    static func ofThisThread() -> SpoolStage {
-        if let raw = pthread_getspecific(threadKey) { return Unmanaged<SpoolStage>.fromOpaque(raw).takeUnretainedValue() }
-        let stage = SpoolStage()
-        pthread_setspecific(threadKey, Unmanaged.passRetained(stage).toOpaque())
-        return stage
-    }
+    static func ofThisThread() -> SpoolStage { stages.current }
 }

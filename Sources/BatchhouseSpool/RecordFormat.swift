@@ -183,14 +183,21 @@ struct EncodedChunk {
 
     /// Writes the id into the payload and the checksum into the header; cheap, so it runs under the lock.
     mutating func seal(id: UInt64) {
+        let (tailCRC, tailLength) = (self.tailCRC, self.tailLength)
+        head.withUnsafeMutableBytes { Self.seal($0, at: 0, id: id, tailCRC: tailCRC, tailLength: tailLength) }
+    }
+
+    /// Seals the chunk record that starts at `start` in `bytes` (its head, at least, is there): the id into its
+    /// payload, the checksum of type, id and `tailCRC` (over `tailLength` bytes after the id) into its header.
+    static func seal(
+        _ bytes: UnsafeMutableRawBufferPointer, at start: Int, id: UInt64, tailCRC: UInt32, tailLength: Int
+    ) {
         var prefix = ByteWriter(capacity: 9)
         prefix.u8(RecordFormat.RecordType.chunk.rawValue)
         prefix.u64(id)
         let crc = RecordFormat.combine(RecordFormat.crc(prefix.bytes), tailCRC, lengthB: tailLength)
-        head.withUnsafeMutableBytes { head in
-            head.storeBytes(of: crc.littleEndian, toByteOffset: 9, as: UInt32.self)
-            head.storeBytes(of: id.littleEndian, toByteOffset: Self.idOffset, as: UInt64.self)
-        }
+        bytes.storeBytes(of: crc.littleEndian, toByteOffset: start + 9, as: UInt32.self)
+        bytes.storeBytes(of: id.littleEndian, toByteOffset: start + idOffset, as: UInt64.self)
     }
 }
 

@@ -48,17 +48,11 @@ public struct SpoolBatch: Sendable {
         }
     }
 
-    /// Writes the id into the record's payload and the checksum into its header (as `EncodedChunk.seal`).
+    /// Writes the id into the record's payload and the checksum into its header.
     mutating func seal(_ index: Int, id: UInt64) {
         let record = records[index]
-        var prefix = ByteWriter(capacity: 9)
-        prefix.u8(RecordFormat.RecordType.chunk.rawValue)
-        prefix.u64(id)
-        let crc = RecordFormat.combine(RecordFormat.crc(prefix.bytes), record.tailCRC, lengthB: record.tailLength)
         bytes.withUnsafeMutableBytes { all in
-            all.storeBytes(of: crc.littleEndian, toByteOffset: record.start + 9, as: UInt32.self)
-            all.storeBytes(
-                of: id.littleEndian, toByteOffset: record.start + EncodedChunk.idOffset, as: UInt64.self)
+            EncodedChunk.seal(all, at: record.start, id: id, tailCRC: record.tailCRC, tailLength: record.tailLength)
         }
     }
 }
