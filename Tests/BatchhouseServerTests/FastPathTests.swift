@@ -1,6 +1,7 @@
 import BatchhouseConfig
 import BatchhouseCore
 import BatchhouseEngine
+import BatchhouseUpstream
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -222,31 +223,52 @@ import Testing
 
     /// Answers wait (`flushed`, with no delivery running here): at most `maxWaiting` requests are taken, the rest
     /// wait in the connection; a graceful stop keeps the connection open until the promised answers are written.
-    @Test func atMostMaxWaitingAnswersWaitAndAGracefulStopWritesThemBeforeClosing() throws {
-        let fixture = try Fixture("defaults: { ack: flushed, max_delay: 1h, retries: 0 }\n")
-        try fixture.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    /// The batches here are settled by the delivery workers, on other threads than the test's, while the test
+    /// turns the channel's loop: an `NIOAsyncTestingChannel`, whose loop takes work from any thread (an
+    /// `EmbeddedEventLoop` must not be touched off the thread that made it).
+    @Test func atMostMaxWaitingAnswersWaitAndAGracefulStopWritesThemBeforeClosing() async throws {
+        let deadLetters = NSTemporaryDirectory() + "bh-fast-path-dead-letter-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: deadLetters) }
+        let engine = try Fixture.engine(
+            "dead_letter_dir: \(deadLetters)\ndefaults: { ack: flushed, max_delay: 1h, retries: 0 }\n")
+        let client = CurlClient(maxConnections: 1)
+        defer { client.shutdown() }
+        let channel = NIOAsyncTestingChannel()
+        let dependencies = Fixture.dependencies(engine: engine, client: client, fastPath: true)
+        try await channel.testingEventLoop.executeInContext {
+            try HTTPServer.configure(channel, dependencies: dependencies)
+        }
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+        func written() async throws -> String {
+            var out = ""
+            while let buffer = try await channel.readOutbound(as: ByteBuffer.self) { out += String(buffer: buffer) }
+            return out
+        }
         let count = FastPathHandler.maxWaiting + 40
         let requests = (0..<count).map { Self.post("INSERT INTO db.t VALUES (\($0))") }.joined()
-        try fixture.channel.writeInbound(ByteBuffer(string: requests))
-        #expect(try fixture.output() == "", "every answer waits for its batch")
-        #expect(fixture.batcher.bufferedRows == FastPathHandler.maxWaiting, "the rest is not taken yet")
-        fixture.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-        fixture.channel.embeddedEventLoop.run()
-        #expect(fixture.channel.isActive, "answers are promised: the connection stays")
+        try await channel.writeInbound(ByteBuffer(string: requests))
+        #expect(try await written() == "", "every answer waits for its batch")
+        #expect(engine.buffering.bufferedRows == FastPathHandler.maxWaiting, "the rest is not taken yet")
+        channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        await channel.testingEventLoop.run()
+        #expect(channel.isActive, "answers are promised: the connection stays")
         // The end of the graceful stop: the batches are settled (the upstream is unreachable: refused).
-        let delivery = fixture.engine.delivery
+        let delivery = engine.delivery
         let workers = Task { await delivery.run() }
         defer { workers.cancel() }
-        fixture.engine.drain()
+        engine.drain()
         var output = ""
         let deadline = ContinuousClock.now + .seconds(30)
-        while fixture.channel.isActive && ContinuousClock.now < deadline {
-            fixture.channel.embeddedEventLoop.run()
-            output += try fixture.output()
-            usleep(5_000)
+        while channel.isActive && ContinuousClock.now < deadline {
+            await channel.testingEventLoop.run()
+            output += try await written()
+            try await Task.sleep(for: .milliseconds(5))
         }
-        output += try fixture.output()
+        output += try await written()
         #expect(output.components(separatedBy: "HTTP/1.1 ").count - 1 == FastPathHandler.maxWaiting, "\(output.prefix(300))")
-        #expect(!fixture.channel.isActive, "closed once they are written")
+        #expect(!channel.isActive, "closed once they are written")
+        let kept = (try? FileManager.default.contentsOfDirectory(atPath: deadLetters)) ?? []
+        #expect(kept.filter { $0.hasSuffix(".json") }.count == 1, "the refused batch is a dead letter: \(kept)")
+        _ = try? await channel.finish()
     }
 }

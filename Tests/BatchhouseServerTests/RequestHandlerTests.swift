@@ -28,20 +28,30 @@ import Testing
 
         /// `fastPath`: false sends every request through the general path (`--no-fast-path`).
         init(_ yaml: String = "", fastPath: Bool = true) throws {
+            engine = try Self.engine(yaml)
+            try HTTPServer.configure(
+                channel, dependencies: Self.dependencies(engine: engine, client: client, fastPath: fastPath))
+        }
+
+        /// An engine whose upstream cannot be reached, with `yaml` after its `upstream` section.
+        static func engine(_ yaml: String) throws -> BatchhouseEngine {
             let configuration = try ConfigurationLoader.parse(
                 yaml: "upstream: { servers: [\"http://127.0.0.1:9\"] }\n" + yaml, environment: [:])
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            engine = BatchhouseEngine(
+            return BatchhouseEngine(
                 configuration: configuration, transport: UnreachableUpstream(), spool: nil, logger: logger,
                 verifiesCredentials: false)
-            try HTTPServer.configure(
-                channel,
-                dependencies: RequestHandler.Dependencies(
-                    intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway,
-                    client: client, metrics: engine.metrics,
-                    endpoints: LocalEndpoints(engine: engine, serving: ServingState()), buffering: engine.buffering,
-                    fastPath: fastPath))
+        }
+
+        static func dependencies(engine: BatchhouseEngine, client: CurlClient, fastPath: Bool)
+            -> RequestHandler.Dependencies
+        {
+            RequestHandler.Dependencies(
+                intake: engine.intake, configuration: engine.configuration, gateway: engine.gateway,
+                client: client, metrics: engine.metrics,
+                endpoints: LocalEndpoints(engine: engine, serving: ServingState()), buffering: engine.buffering,
+                fastPath: fastPath)
         }
 
         deinit {
